@@ -1,0 +1,73 @@
+# restem — `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+GEN := shared/gen
+PROTOS := $(shell find proto/restem -name '*.proto' | sort)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup proto check-proto lint test test-unit test-integration test-e2e test-slow bench demo up down status clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install restem with its dev tools (idempotent)
+
+proto: $(STAMP) ## Generate Python stubs from proto/ into shared/gen
+	rm -rf $(GEN)/restem
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTOS)
+	find $(GEN)/restem -type d -exec touch {}/__init__.py \;
+
+check-proto: $(STAMP) ## Fail when the committed stubs are stale or the protos do not lint
+	cd proto && ../$(BIN)/buf lint
+	@tmp=$$(mktemp -d) && $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) \
+	  && find $$tmp/restem -type d -exec touch {}/__init__.py \; \
+	  && diff -r -q $$tmp/restem $(GEN)/restem -x __pycache__ && echo "stubs are current" \
+	  || { echo "generated stubs in $(GEN) are stale: run 'make proto' and commit"; exit 1; }
+
+lint: $(STAMP) ## ruff (check + format) and mypy
+	$(BIN)/ruff check shared services tests
+	$(BIN)/ruff format --check shared services tests
+	$(BIN)/mypy shared services
+
+test: $(STAMP) check-proto lint ## The whole CI suite: stubs, lint, unit, integration and e2e tests
+	$(BIN)/pytest -m "not slow and not gpu" -q
+
+test-unit: $(STAMP) ## Unit tests only (seconds)
+	$(BIN)/pytest tests/unit -q
+
+test-integration: $(STAMP) ## Integration tests against real nats-server, SeaweedFS and gRPC
+	$(BIN)/pytest tests/integration -q
+
+test-e2e: $(STAMP) ## The small end-to-end ReST-EM run through the five services
+	$(BIN)/pytest tests/e2e -m "not slow" -q
+
+test-slow: $(STAMP) ## Slow tests: held-out accuracy must rise on the demo config (~10 min)
+	$(BIN)/pytest -m slow -q
+
+bench: $(STAMP) ## Services vs one process on the same small run; prints both wall times and the ratio
+	$(BIN)/python tests/bench/bench_e2e.py
+
+demo: $(STAMP) ## The main job: ReST-EM on arithmetic with SmolLM2-135M on CPU through the local stack
+	$(BIN)/restem demo
+
+up: $(STAMP) ## Start the local stack (nats-server, store, five services)
+	$(BIN)/restem up
+
+down: ## Stop the local stack
+	$(BIN)/restem down
+
+status: ## Health of the local stack
+	$(BIN)/restem status
+
+clean: ## Remove the local stack's state (.restem)
+	rm -rf .restem

@@ -1,0 +1,26 @@
+"""Coordinator service settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
+
+
+class CoordinatorConfig(StrictModel):
+    """Runs the EM iterations and serves the public RunService API."""
+
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    """gRPC server (the public API)."""
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    """NATS JetStream connection."""
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    """Artifact store."""
+    dead_letter_sweep_s: float = Field(default=10.0, gt=0)
+    """How often dead-lettered jobs are checked so their runs fail instead of waiting."""
+    max_config_bytes: int = Field(default=1_000_000, ge=1024)
+    """Largest run config accepted by StartRun."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level."""

@@ -1,0 +1,214 @@
+"""The coordinator's event adapter: apply result events to runs and publish the next jobs.
+
+Every change to a run goes through `Orchestrator.mutate`: load the run and its revision from the
+key-value store, apply a pure decision from `core`, publish the jobs it asks for (deterministic
+ids, so a repeat is deduplicated), do the I/O it asks for (filtering, the report), then write the
+run back with compare-and-set. The event is acked only after that write, so a coordinator killed
+at any point re-applies the event on restart, and re-applying changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.message import Message
+from restem.coordinator.v1 import coordinator_pb2 as pb
+from restem.events.v1 import events_pb2 as ev
+
+from shared import keys
+from shared.bus import ConflictError, DeadLetter, Delivery, EventBus
+from shared.runconfig import RunConfig, parse_run_config
+from shared.store import ArtifactStore
+from shared.tasks import dumps_jsonl, loads_jsonl
+
+from . import core
+from .report import build_report, render_markdown
+
+log = logging.getLogger("restem.coordinator")
+
+EVENT_TYPES: dict[str, type[Message]] = {
+    "prepare_done": ev.PrepareDone,
+    "sample_done": ev.SampleDone,
+    "verify_done": ev.VerifyDone,
+    "train_progress": ev.TrainProgress,
+    "train_done": ev.TrainDone,
+    "eval_done": ev.EvalDone,
+    "job_failed": ev.JobFailed,
+}
+MAX_CAS_RETRIES = 20
+
+
+class RunNotFound(KeyError):
+    pass
+
+
+class Orchestrator:
+    def __init__(self, bus: EventBus, store: ArtifactStore) -> None:
+        self.bus = bus
+        self.store = store
+        self._configs: dict[str, RunConfig] = {}
+        self._ids: dict[str, dict[str, list[str]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # --- state access ---------------------------------------------------------------------------
+
+    async def load(self, run_id: str) -> tuple[pb.Run, int]:
+        got = await self.bus.kv_get(run_id)
+        if got is None:
+            raise RunNotFound(run_id)
+        return pb.Run.FromString(got[0]), got[1]
+
+    def config(self, run: pb.Run) -> RunConfig:
+        if run.run_id not in self._configs:
+            self._configs[run.run_id] = parse_run_config(run.config_yaml, source=f"run {run.run_id}")
+        return self._configs[run.run_id]
+
+    async def split_ids(self, run_id: str) -> dict[str, list[str]]:
+        """Problem ids per split, read once from the datasets the run stored at start."""
+        if run_id not in self._ids:
+            ids = {}
+            for split in ("train", "validation", "test"):
+                key = keys.dataset_key(run_id, split)
+                exists = await asyncio.to_thread(self.store.exists, key)
+                rows = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, key)) if exists else []
+                ids[split] = [r["id"] for r in rows]
+            self._ids[run_id] = ids
+        return self._ids[run_id]
+
+    async def publish(self, decision: core.Decision) -> None:
+        for job in decision.jobs:
+            run_id = job.message.run_id  # type: ignore[attr-defined]
+            await self.bus.publish_job(
+                job.job_type, run_id, job.message.SerializeToString(), msg_id=job.job_id
+            )
+
+    async def mutate(
+        self, run_id: str, apply: Callable[[pb.Run, RunConfig, dict[str, list[str]]], core.Decision]
+    ) -> pb.Run:
+        """Apply a decision to a run with compare-and-set, retrying when another writer won."""
+        lock = self._locks.setdefault(run_id, asyncio.Lock())
+        async with lock:
+            for _ in range(MAX_CAS_RETRIES):
+                run, revision = await self.load(run_id)
+                cfg = self.config(run)
+                ids = await self.split_ids(run_id)
+                decision = apply(run, cfg, ids)
+                await self.publish(decision)
+                if decision.needs_filter:
+                    await self.publish(await self._filter(run, cfg, ids))
+                if decision.finished or (run.status in core.FINISHED and not run.report_key):
+                    await self._write_report(run)
+                try:
+                    await self.bus.kv_update(run_id, run.SerializeToString(), revision=revision)
+                    return run
+                except ConflictError:
+                    log.info("run %s changed underneath; re-applying", run_id)
+            raise ConflictError(f"run {run_id}: gave up after {MAX_CAS_RETRIES} concurrent updates")
+
+    # --- I/O the decisions ask for ----------------------------------------------------------
+
+    async def _filter(self, run: pb.Run, cfg: RunConfig, ids: dict[str, list[str]]) -> core.Decision:
+        it = run.iterations[-1]
+        samples: list[dict[str, Any]] = []
+        verdicts: list[dict[str, Any]] = []
+        for shard in range(it.shards_total):
+            samples += loads_jsonl(
+                await asyncio.to_thread(
+                    self.store.get_bytes, keys.samples_key(run.run_id, it.iteration, shard)
+                )
+            )
+            verdicts += loads_jsonl(
+                await asyncio.to_thread(
+                    self.store.get_bytes, keys.verdicts_key(run.run_id, it.iteration, shard)
+                )
+            )
+        kept, stats = core.select_kept(
+            samples,
+            verdicts,
+            problem_ids=ids["train"],
+            cutoff=cfg.em.cutoff,
+            seed=core.derive_seed(cfg.sampling.seed, it.iteration),
+        )
+        await asyncio.to_thread(
+            self.store.put_bytes, keys.kept_key(run.run_id, it.iteration), dumps_jsonl(kept)
+        )
+        log.info(
+            "run %s iteration %d: %d/%d samples correct, %d/%d problems solved, %d kept (%d duplicates dropped)",
+            run.run_id, it.iteration, stats.correct, stats.samples, stats.problems_solved, stats.problems_total, stats.kept, stats.duplicates_dropped,
+        )  # fmt: skip
+        return core.on_filtered(run, cfg, it.iteration, stats, self._splits(cfg, ids))
+
+    async def _write_report(self, run: pb.Run) -> None:
+        report = build_report(run)
+        import json
+
+        await asyncio.to_thread(
+            self.store.put_bytes, keys.report_key(run.run_id, "report.md"), render_markdown(report).encode()
+        )
+        key = keys.report_key(run.run_id, "report.json")
+        await asyncio.to_thread(self.store.put_bytes, key, json.dumps(report, indent=2).encode())
+        run.report_key = key
+
+    @staticmethod
+    def _splits(cfg: RunConfig, ids: dict[str, list[str]]) -> list[str]:
+        return core.eval_splits(cfg, {k: len(v) for k, v in ids.items()})
+
+    # --- events -----------------------------------------------------------------------------------
+
+    async def on_event(self, delivery: Delivery) -> None:
+        kind = delivery.subject.rsplit(".", 1)[-1]
+        cls = EVENT_TYPES.get(kind)
+        if cls is None:
+            log.warning("ignoring unknown event %s", delivery.subject)
+            return
+        msg: Any = cls.FromString(delivery.data)
+        try:
+            await self.mutate(msg.run_id, lambda run, cfg, ids: self._apply(kind, msg, run, cfg, ids))
+        except RunNotFound:
+            log.warning("event %s for unknown run %s ignored", kind, msg.run_id)
+
+    def _apply(
+        self, kind: str, msg: Any, run: pb.Run, cfg: RunConfig, ids: dict[str, list[str]]
+    ) -> core.Decision:
+        splits = self._splits(cfg, ids)
+        if kind == "prepare_done":
+            return core.on_prepare_done(run, cfg, msg, splits)
+        if kind == "sample_done":
+            return core.on_sample_done(run, cfg, msg)
+        if kind == "verify_done":
+            return core.on_verify_done(run, msg)
+        if kind == "train_progress":
+            return core.on_train_progress(run, msg)
+        if kind == "train_done":
+            return core.on_train_done(run, cfg, msg, splits)
+        if kind == "eval_done":
+            return core.on_eval_done(run, cfg, msg, splits, ids["train"])
+        return core.on_job_failed(run, msg)
+
+    async def _fail_dead_lettered(self, dl: DeadLetter) -> None:
+        _, _, job_type, run_id = dl.subject.split(".", 3)
+        failed = ev.JobFailed(run_id=run_id, job_id="?", job_type=job_type, reason=dl.reason)
+
+        def fail(run: pb.Run, cfg: RunConfig, ids: dict[str, list[str]]) -> core.Decision:
+            return core.on_job_failed(run, failed)
+
+        with contextlib.suppress(RunNotFound, ValueError):
+            await self.mutate(run_id, fail)
+
+    async def sweep_dead_letters(self, stop: asyncio.Event, every_s: float) -> None:
+        """Fail runs whose jobs were dead-lettered without a JobFailed event (e.g. a worker that kept crashing)."""
+        seen: set[tuple[str, int]] = set()
+        while not stop.is_set():
+            try:
+                for dl in await self.bus.dead_letters():
+                    if (dl.subject, dl.num_delivered) not in seen:
+                        seen.add((dl.subject, dl.num_delivered))
+                        await self._fail_dead_lettered(dl)
+            except Exception:
+                log.exception("dead-letter sweep failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every_s)

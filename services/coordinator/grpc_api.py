@@ -1,0 +1,186 @@
+"""RunService: the public API. Validates before anything starts; maps errors to gRPC statuses.
+
+A new run gets a fresh id, so StartRun never overwrites stored data: the config and the datasets
+are written under the new `runs/<run_id>/` before the run record exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+from restem.coordinator.v1 import coordinator_pb2 as pb
+from restem.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+
+from shared import keys
+from shared.configio import ConfigError
+from shared.models import ModelNotFound, model_store_key, resolve_model_source
+from shared.runconfig import RunConfig, parse_run_config
+from shared.store import ArtifactNotFound
+from shared.tasks import DatasetError, build_splits, dumps_jsonl
+
+from . import core
+from .config import CoordinatorConfig
+from .events import Orchestrator, RunNotFound
+
+log = logging.getLogger("restem.coordinator.api")
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def new_run_id(cfg: RunConfig) -> str:
+    return f"{cfg.name or 'run'}-{secrets.token_hex(3)}"
+
+
+class RunApi(pb_grpc.RunServiceServicer):
+    def __init__(self, config: CoordinatorConfig, orchestrator: Orchestrator) -> None:
+        self.config = config
+        self.orc = orchestrator
+
+    async def _validated(
+        self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[RunConfig, Any, str]:
+        if len(request.config_yaml.encode()) > self.config.max_config_bytes:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"config_yaml is larger than {self.config.max_config_bytes} bytes",
+            )
+        try:
+            cfg = parse_run_config(request.config_yaml, source="config_yaml")
+        except ConfigError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            source = resolve_model_source(cfg.model.base)
+            splits = await asyncio.to_thread(build_splits, cfg.task)
+        except ModelNotFound as exc:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except DatasetError as exc:
+            code = (
+                grpc.StatusCode.NOT_FOUND
+                if "does not exist" in str(exc)
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            await _abort(context, code, str(exc))
+        return cfg, splits, model_store_key(source)
+
+    async def StartRun(
+        self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartRunResponse:
+        cfg, splits, model_key = await self._validated(request, context)
+        if cfg.name is not None:
+            for other in await self._all_runs():
+                if other.name == cfg.name:
+                    await _abort(
+                        context,
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        f"a run named '{cfg.name}' exists ({other.run_id}); choose another name",
+                    )
+        run_id = new_run_id(cfg)
+        store = self.orc.store
+        await asyncio.to_thread(store.put_bytes, keys.config_key(run_id), request.config_yaml.encode())
+        for split, problems in splits.items():
+            await asyncio.to_thread(store.put_bytes, keys.dataset_key(run_id, split), dumps_jsonl(problems))
+        run, decision = core.new_run(run_id, cfg, request.config_yaml, base_model_key=model_key)
+        await self.orc.publish(decision)
+        await self.orc.bus.kv_create(run_id, run.SerializeToString())
+        log.info(
+            "run %s started: %s, %d train problems, %d iterations",
+            run_id,
+            cfg.task.name,
+            len(splits["train"]),
+            cfg.em.iterations,
+        )
+        return pb.StartRunResponse(run_id=run_id, run=run)
+
+    async def _all_runs(self) -> list[pb.Run]:
+        runs = []
+        for key in await self.orc.bus.kv_keys():
+            got = await self.orc.bus.kv_get(key)
+            if got is not None:
+                runs.append(pb.Run.FromString(got[0]))
+        return sorted(runs, key=lambda r: r.created.ToNanoseconds())
+
+    async def _get(self, run_id: str, context: grpc.aio.ServicerContext) -> pb.Run:
+        try:
+            keys.check_run_id(run_id)
+            run, _ = await self.orc.load(run_id)
+        except ValueError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RunNotFound:
+            await _abort(
+                context, grpc.StatusCode.NOT_FOUND, f"no run '{run_id}'; `restem list` shows the runs"
+            )
+        return run
+
+    async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.GetRunResponse:
+        return pb.GetRunResponse(run=await self._get(request.run_id, context))
+
+    async def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRunsResponse:
+        runs = await self._all_runs()
+        for r in runs:
+            r.ClearField("config_yaml")  # listings stay small; GetRun has the config
+        return pb.ListRunsResponse(runs=runs)
+
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelRunResponse:
+        run = await self._get(request.run_id, context)
+        if run.status in core.FINISHED:
+            status = pb.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"run {run.run_id} already finished ({status}); nothing to cancel",
+            )
+
+        def cancel(r: pb.Run, cfg: RunConfig, ids: dict[str, list[str]]) -> core.Decision:
+            core.finish(r, pb.RUN_STATUS_CANCELLED, "cancelled by request")
+            return core.Decision()
+
+        run = await self.orc.mutate(run.run_id, cancel)
+        purged = await self.orc.bus.purge_jobs(run.run_id)
+        log.info("run %s cancelled; %d queued jobs purged", run.run_id, purged)
+        return pb.CancelRunResponse(run=run)
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        run = await self._get(request.run_id, context)
+        yield pb.WatchRunResponse(run=run)
+        if run.status in core.FINISHED and run.report_key:
+            return
+        async for value, _ in self.orc.bus.kv_watch(request.run_id):
+            run = pb.Run.FromString(value)
+            yield pb.WatchRunResponse(run=run)
+            if run.status in core.FINISHED and run.report_key:
+                return
+
+    async def GetReport(
+        self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetReportResponse:
+        run = await self._get(request.run_id, context)
+        if not run.report_key:
+            await _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"run {run.run_id} has not finished; its report is written at the end",
+            )
+        try:
+            data = await asyncio.to_thread(self.orc.store.get_bytes, run.report_key)
+        except ArtifactNotFound:
+            await _abort(
+                context, grpc.StatusCode.NOT_FOUND, f"report {run.report_key} is missing from the store"
+            )
+        json.loads(data)  # a corrupt report must not reach a client as if it were valid
+        return pb.GetReportResponse(report_json=data.decode(), report_key=run.report_key)

@@ -1,0 +1,105 @@
+"""The run report: a JSON document and its Markdown summary (pure).
+
+The JSON carries the config, the lineage of every artifact (store keys), per-iteration metrics,
+timings and tokens, so a reader can recompute anything from the artifacts it names. Plots,
+pass@k and maj@k come with the reports issue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from google.protobuf.json_format import MessageToDict
+from restem.coordinator.v1 import coordinator_pb2 as pb
+
+from .core import PHASE_NAMES
+
+
+def _eval(it: pb.Iteration, split: str) -> float | None:
+    for e in it.evals:
+        if e.split == split:
+            return e.pass_at_1
+    return None
+
+
+def iteration_row(it: pb.Iteration) -> dict[str, Any]:
+    return {
+        "iteration": it.iteration,
+        "policy_key": it.policy_key,
+        "checkpoint_key": it.checkpoint_key,
+        "samples": it.samples,
+        "correct_samples": it.correct_samples,
+        "train_pass_rate": it.train_pass_rate if it.iteration else None,
+        "problems_solved": it.problems_solved,
+        "problems_total": it.problems_total,
+        "kept": it.kept,
+        "kept_key": it.kept_key or None,
+        "training_skipped": it.train.skipped,
+        "train": MessageToDict(it.train, preserving_proto_field_name=True) if it.HasField("train") else None,
+        "validation_pass_at_1": _eval(it, "validation"),
+        "test_pass_at_1": _eval(it, "test"),
+        "evals": [
+            MessageToDict(e, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+            for e in it.evals
+        ],
+        "tokens_generated": it.tokens_generated,
+        "phase_seconds": {k: round(v, 2) for k, v in sorted(it.phase_seconds.items())},
+        "seconds": round(it.seconds, 2),
+    }
+
+
+def build_report(run: pb.Run) -> dict[str, Any]:
+    status = pb.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
+    return {
+        "run_id": run.run_id,
+        "name": run.name,
+        "status": status,
+        "error": run.error or None,
+        "task": run.task,
+        "base_model": {"source": run.model_source, "key": run.base_model_key},
+        "config": yaml.safe_load(run.config_yaml) or {},
+        "created": run.created.ToJsonString(),
+        "finished": run.finished.ToJsonString() if run.HasField("finished") else None,
+        "wall_seconds": round((run.finished.ToDatetime() - run.created.ToDatetime()).total_seconds(), 2)
+        if run.HasField("finished")
+        else None,
+        "best_iteration": run.best_iteration,
+        "best_iteration_rule": "highest validation pass@1, earliest on ties; test is never used to choose",
+        "iterations": [iteration_row(it) for it in run.iterations],
+        "tokens_generated": sum(it.tokens_generated for it in run.iterations),
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# restem run `{report['run_id']}`",
+        "",
+        f"- status: **{report['status']}**" + (f" — {report['error']}" if report["error"] else ""),
+        f"- task: {report['task']}; base model: {report['base_model']['source']}",
+        f"- wall time: {report['wall_seconds']} s; tokens generated: {report['tokens_generated']}",
+        f"- best iteration (on validation): {report['best_iteration']}",
+        "",
+        "| iteration | train pass rate | solved | kept | validation pass@1 | test pass@1 | tokens | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["iterations"]:
+        solved = f"{r['problems_solved']}/{r['problems_total']}" if r["iteration"] else "–"
+        kept = ("skipped (0 kept)" if r["training_skipped"] else str(r["kept"])) if r["iteration"] else "–"
+        name = "base" if r["iteration"] == 0 else str(r["iteration"])
+        lines.append(
+            f"| {name} | {_pct(r['train_pass_rate'])} | {solved} | {kept} | {_pct(r['validation_pass_at_1'])} "
+            f"| {_pct(r['test_pass_at_1'])} | {r['tokens_generated']} | {r['seconds']} |"
+        )
+    lines += ["", "Phase wall times (s):", ""]
+    for r in report["iterations"]:
+        phases = ", ".join(f"{k} {v}" for k, v in r["phase_seconds"].items()) or "–"
+        lines.append(f"- iteration {r['iteration']}: {phases}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["PHASE_NAMES", "build_report", "render_markdown"]

@@ -1,0 +1,35 @@
+"""Evaluator service settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
+
+
+class EvaluatorConfig(StrictModel):
+    """Greedy pass@1 of a checkpoint on a split; answers are scored by the verifier service."""
+
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    """gRPC server."""
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    """NATS JetStream connection."""
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    """Artifact store."""
+    verifier_address: str = "127.0.0.1:50053"
+    """host:port of the verifier's gRPC API, which scores every answer."""
+    verify_timeout_s: float = Field(default=60.0, gt=0)
+    """Deadline of each Verify call."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device for the model: `auto` picks CUDA when present."""
+    cache_dir: Path = Path(".restem/cache/evaluator")
+    """Local directory for downloaded checkpoints."""
+    max_deliver: int = Field(default=3, ge=1, le=100)
+    """Attempts per job before it is dead-lettered and the run fails."""
+    ack_wait_s: float = Field(default=60.0, gt=1)
+    """Seconds without a heartbeat before a job is handed to another replica."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level."""

@@ -1,0 +1,110 @@
+"""Eval jobs from the work queue: greedy answers on a split, scored by the verifier's gRPC API.
+
+Idempotent: an existing results object is only re-announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import grpc
+from restem.events.v1 import events_pb2 as ev
+from restem.verifier.v1 import verifier_pb2, verifier_pb2_grpc
+
+from shared.artifacts import CheckpointCache, DatasetCache
+from shared.bus import EventBus, PermanentError
+from shared.jobparams import generation_params
+from shared.store import ArtifactNotFound, ArtifactStore
+from shared.tasks import dumps_jsonl, loads_jsonl, user_message
+
+from .core import pass_at_1, result_rows
+
+VERIFY_BATCH = 512
+
+
+class EvalHandler:
+    def __init__(
+        self,
+        bus: EventBus,
+        store: ArtifactStore,
+        checkpoints: CheckpointCache,
+        verifier: verifier_pb2_grpc.VerifierServiceStub,
+        verify_timeout_s: float,
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.checkpoints = checkpoints
+        self.datasets = DatasetCache(store)
+        self.verifier = verifier
+        self.verify_timeout_s = verify_timeout_s
+
+    async def _verify(self, task: str, problems: list[dict], completions: list) -> list:
+        verdicts: list = []
+        for start in range(0, len(problems), VERIFY_BATCH):
+            items = [
+                verifier_pb2.VerifyItem(task=task, reference_json=json.dumps(p["answer"]), completion=c.text)
+                for p, c in zip(
+                    problems[start : start + VERIFY_BATCH],
+                    completions[start : start + VERIFY_BATCH],
+                    strict=True,
+                )
+            ]
+            try:
+                resp = await self.verifier.Verify(
+                    verifier_pb2.VerifyRequest(items=items), timeout=self.verify_timeout_s
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise PermanentError(f"verifier rejected the answers: {exc.details()}") from exc
+                raise  # unavailable / deadline: retried with backoff
+            verdicts += resp.verdicts
+        return verdicts
+
+    async def _evaluate(self, job: ev.EvalJob) -> list[dict]:
+        from shared.llm.checkpoint import CheckpointError
+        from shared.llm.generation import render_prompt
+
+        try:
+            problems = sorted((await self.datasets.get(job.dataset_key)).values(), key=lambda p: p["id"])
+            generator = await self.checkpoints.generator(job.checkpoint_key)
+        except (ArtifactNotFound, CheckpointError) as exc:
+            raise PermanentError(str(exc)) from exc
+        fmt = job.prompt_format
+        prompts = [
+            render_prompt(
+                generator.tokenizer,
+                user_message(job.task, p),
+                system=fmt.system_prompt or None,
+                chat=fmt.chat_template,
+            )
+            for p in problems
+        ]
+        outs = await asyncio.to_thread(generator.generate, prompts, generation_params(job.params))
+        completions = [o[0] for o in outs]
+        verdicts = await self._verify(job.task, problems, completions)
+        return result_rows(problems, completions, verdicts)
+
+    async def __call__(self, job: ev.EvalJob) -> None:
+        started = time.monotonic()
+        if await asyncio.to_thread(self.store.exists, job.output_key):
+            rows = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, job.output_key))
+        else:
+            rows = await self._evaluate(job)
+            await asyncio.to_thread(self.store.put_bytes, job.output_key, dumps_jsonl(rows))
+        done = ev.EvalDone(
+            run_id=job.run_id,
+            job_id=job.job_id,
+            iteration=job.iteration,
+            split=job.split,
+            results_key=job.output_key,
+            num_problems=len(rows),
+            num_correct=sum(1 for r in rows if r["correct"]),
+            pass_at_1=pass_at_1(rows),
+            seconds=time.monotonic() - started,
+            num_tokens=sum(r["num_tokens"] for r in rows),
+        )
+        await self.bus.publish_event(
+            job.run_id, "eval_done", done.SerializeToString(), msg_id=f"{job.job_id}.done"
+        )

@@ -1,0 +1,37 @@
+"""Sampler service settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
+
+
+class SamplerConfig(StrictModel):
+    """Generates K completions per problem with the current policy (transformers backend)."""
+
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    """gRPC server."""
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    """NATS JetStream connection."""
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    """Artifact store."""
+    backend: Literal["transformers"] = "transformers"
+    """Generation backend (vLLM comes with the cluster-scale sampler issue)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device for the model: `auto` picks CUDA when present."""
+    cache_dir: Path = Path(".restem/cache/sampler")
+    """Local directory for downloaded checkpoints."""
+    max_batch_sequences: int = Field(default=128, ge=1, le=65_536)
+    """Most sequences (prompts x K) decoded together."""
+    max_samples_per_job: int = Field(default=65_536, ge=1)
+    """Largest shard (problems x K) accepted; bigger jobs fail with a clear error."""
+    max_deliver: int = Field(default=3, ge=1, le=100)
+    """Attempts per job before it is dead-lettered and the run fails."""
+    ack_wait_s: float = Field(default=60.0, gt=1)
+    """Seconds without a heartbeat before a job is handed to another replica."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level."""

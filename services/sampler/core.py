@@ -1,0 +1,51 @@
+"""From problems and completions to sample records (pure).
+
+A sample record is one line of `iter-<n>/samples/shard-<k>.jsonl`:
+`{sample_id, problem_id, index, prompt, completion, num_tokens, finish_reason}`. `sample_id` is
+`i<iteration>/<problem_id>/<index>`: unique in a run and stable across redeliveries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from shared.tasks import user_message
+
+
+def select_problems(problems: Mapping[str, dict[str, Any]], ids: Sequence[str]) -> list[dict[str, Any]]:
+    missing = [pid for pid in ids if pid not in problems]
+    if missing:
+        raise ValueError(f"{len(missing)} problem ids are not in the dataset (first: {missing[0]})")
+    return [problems[pid] for pid in ids]
+
+
+def sample_rows(
+    iteration: int,
+    problems: Sequence[dict[str, Any]],
+    prompts: Sequence[str],
+    completions: Sequence[Sequence[Any]],
+) -> list[dict[str, Any]]:
+    rows = []
+    for problem, prompt, outs in zip(problems, prompts, completions, strict=True):
+        for index, c in enumerate(outs):
+            rows.append(
+                {
+                    "sample_id": f"i{iteration}/{problem['id']}/{index}",
+                    "problem_id": problem["id"],
+                    "index": index,
+                    "prompt": prompt,
+                    "completion": c.text,
+                    "num_tokens": c.num_tokens,
+                    "finish_reason": c.finish_reason,
+                }
+            )
+    return rows
+
+
+def render_prompts(
+    tokenizer: Any, task: str, problems: Sequence[dict[str, Any]], *, chat: bool, system: str | None
+) -> list[str]:
+    from shared.llm.generation import render_prompt
+
+    return [render_prompt(tokenizer, user_message(task, p), system=system, chat=chat) for p in problems]

@@ -1,0 +1,73 @@
+"""Sample jobs from the work queue: generate K completions per problem of a shard.
+
+Idempotent: a shard whose samples object already exists (a redelivery after the write) is only
+re-announced, never regenerated, so its samples are counted once. Generation runs in a thread so
+the event loop keeps the job's heartbeat (`in_progress`) going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from restem.events.v1 import events_pb2 as ev
+
+from shared.artifacts import CheckpointCache, DatasetCache
+from shared.bus import EventBus, PermanentError
+from shared.jobparams import generation_params
+from shared.store import ArtifactNotFound, ArtifactStore
+from shared.tasks import dumps_jsonl, loads_jsonl
+
+from .core import render_prompts, sample_rows, select_problems
+
+
+class SampleHandler:
+    def __init__(
+        self, bus: EventBus, store: ArtifactStore, checkpoints: CheckpointCache, max_samples: int
+    ) -> None:
+        self.bus = bus
+        self.store = store
+        self.checkpoints = checkpoints
+        self.datasets = DatasetCache(store)
+        self.max_samples = max_samples
+
+    async def _generate(self, job: ev.SampleJob) -> list[dict]:
+        from shared.llm.checkpoint import CheckpointError
+
+        try:
+            problems = select_problems(await self.datasets.get(job.dataset_key), job.problem_ids)
+            if len(problems) * job.params.n > self.max_samples:
+                raise ValueError(
+                    f"shard asks for {len(problems) * job.params.n} samples; this sampler accepts at most "
+                    f"{self.max_samples} (lower em.shard_size or raise max_samples_per_job)"
+                )
+            generator = await self.checkpoints.generator(job.policy_key)
+        except (ArtifactNotFound, CheckpointError, ValueError) as exc:
+            raise PermanentError(str(exc)) from exc
+        fmt = job.prompt_format
+        prompts = render_prompts(
+            generator.tokenizer, job.task, problems, chat=fmt.chat_template, system=fmt.system_prompt or None
+        )
+        completions = await asyncio.to_thread(generator.generate, prompts, generation_params(job.params))
+        return sample_rows(job.iteration, problems, prompts, completions)
+
+    async def __call__(self, job: ev.SampleJob) -> None:
+        started = time.monotonic()
+        if await asyncio.to_thread(self.store.exists, job.output_key):
+            rows = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, job.output_key))
+        else:
+            rows = await self._generate(job)
+            await asyncio.to_thread(self.store.put_bytes, job.output_key, dumps_jsonl(rows))
+        done = ev.SampleDone(
+            run_id=job.run_id,
+            job_id=job.job_id,
+            iteration=job.iteration,
+            shard=job.shard,
+            samples_key=job.output_key,
+            num_samples=len(rows),
+            num_tokens=sum(r["num_tokens"] for r in rows),
+            seconds=time.monotonic() - started,
+        )
+        await self.bus.publish_event(
+            job.run_id, "sample_done", done.SerializeToString(), msg_id=f"{job.job_id}.done"
+        )

@@ -1,0 +1,33 @@
+"""Trainer service settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
+
+
+class TrainerConfig(StrictModel):
+    """Imports base models into the store and runs M-steps (fine-tuning from the base)."""
+
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    """gRPC server."""
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    """NATS JetStream connection."""
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    """Artifact store."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device for training: `auto` picks CUDA when present."""
+    cache_dir: Path = Path(".restem/cache/trainer")
+    """Local directory for downloaded base checkpoints."""
+    work_dir: Path = Path(".restem/work/trainer")
+    """Scratch space for checkpoints being written before upload."""
+    max_deliver: int = Field(default=3, ge=1, le=100)
+    """Attempts per job before it is dead-lettered and the run fails."""
+    ack_wait_s: float = Field(default=120.0, gt=1)
+    """Seconds without a heartbeat before a job is handed to another replica."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level."""

@@ -1,0 +1,79 @@
+"""Caches workers keep of immutable artifacts: datasets by key, checkpoints by key.
+
+Keys of datasets and checkpoints are never rewritten with other content (a new iteration gets a
+new key), so caching by key is safe. The checkpoint cache holds one model in memory (the current
+policy) and keeps downloaded directories on local disk for reuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from shared.store import ArtifactNotFound, ArtifactStore
+from shared.tasks import loads_jsonl
+
+log = logging.getLogger("restem.artifacts")
+
+
+class DatasetCache:
+    def __init__(self, store: ArtifactStore, capacity: int = 16) -> None:
+        self.store = store
+        self.capacity = capacity
+        self._cache: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
+
+    async def get(self, key: str) -> dict[str, dict[str, Any]]:
+        """Problems of a dataset by id; ArtifactNotFound if the key does not exist."""
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        data = await asyncio.to_thread(self.store.get_bytes, key)
+        problems = {p["id"]: p for p in loads_jsonl(data)}
+        self._cache[key] = problems
+        if len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return problems
+
+
+class CheckpointCache:
+    """Downloads checkpoint directories once and keeps the last loaded model in memory."""
+
+    def __init__(self, store: ArtifactStore, cache_dir: Path, device: str) -> None:
+        self.store = store
+        self.cache_dir = cache_dir
+        self.device = device
+        self._loaded: tuple[str, Any] | None = None
+        self._lock = asyncio.Lock()
+
+    def local_dir(self, key: str) -> Path:
+        return self.cache_dir / key.replace("/", "__")
+
+    async def fetch(self, key: str) -> Path:
+        if not await asyncio.to_thread(self.store.dir_exists, key):
+            raise ArtifactNotFound(key, self.store.describe(), "the checkpoint's MANIFEST.json is missing")
+        dest = self.local_dir(key)
+        await asyncio.to_thread(self.store.get_dir, key, dest)
+        return dest
+
+    async def generator(self, key: str) -> Any:
+        """A TransformersGenerator for the checkpoint, loading it if it is not the one in memory."""
+        async with self._lock:
+            if self._loaded is not None and self._loaded[0] == key:
+                return self._loaded[1]
+            from shared.llm.checkpoint import load_for_inference
+            from shared.llm.generation import TransformersGenerator
+
+            path = await self.fetch(key)
+            self._loaded = None  # release the previous model before loading the next
+            model, tokenizer = await asyncio.to_thread(load_for_inference, path, self.device)
+            gen = TransformersGenerator(model, tokenizer, device=self.device)
+            self._loaded = (key, gen)
+            log.info("loaded checkpoint %s on %s", key, self.device)
+            return gen
+
+    @property
+    def loaded_keys(self) -> list[str]:
+        return [self._loaded[0]] if self._loaded else []

@@ -1,0 +1,498 @@
+"""Event bus of the restem services: NATS JetStream work queues, events, dead letters and run state.
+
+Covers: the topology (streams ``{prefix}_JOBS`` = work queue of ``restem.jobs.<type>.<run_id>``,
+``{prefix}_EVENTS`` = ``restem.events.<run_id>.<kind>`` kept 7 days, ``{prefix}_DLQ`` =
+``restem.dlq.<type|events>.<run_id>``, KV bucket ``{prefix}_runs``), created idempotently by every
+service; publishing with a caller-chosen ``Nats-Msg-Id``; workers sharing one durable pull consumer
+per job type, with bounded concurrency, progress heartbeats, retry with backoff and dead-lettering
+(a message that exhausts max_deliver would otherwise stay in the work queue for ever); ordered
+one-at-a-time consumption of events; run state with optimistic concurrency (`shared.kv`).
+
+NOT provided: exactly-once. Delivery is at-least-once (a crash, a lost ack or an ack_wait expiry
+redelivers), so handlers must be idempotent. ``Nats-Msg-Id`` dedupes *publishes* only, and only
+within the stream's duplicate_window (10 minutes). Jobs are not ordered, not even within a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors as jserr
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from shared.infra import NatsConfig
+from shared.kv import ConflictError, RunStateKV
+
+__all__ = ["JOB_TYPES", "ConflictError", "DeadLetter", "Delivery", "EventBus", "PermanentError"]
+
+log = logging.getLogger("restem.bus")
+
+JOB_TYPES = ("prepare", "sample", "verify", "train", "eval")
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
+_DUPLICATE_WINDOW_S = 10 * 60.0
+_EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
+_FETCH_TIMEOUT_S = 0.5  # also bounds how long `stop` takes to be noticed
+_ERR_STREAM_NAME_IN_USE = 10058
+_FILE = api.StorageType.FILE  # streams survive a NATS restart
+_H_REASON = "Restem-Dlq-Reason"
+_H_SUBJECT = "Restem-Original-Subject"
+_H_DELIVERED = "Restem-Num-Delivered"
+
+
+class PermanentError(Exception):
+    """Raised by a handler when retrying cannot help (bad input): the message is dead-lettered at once with this reason."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    subject: str
+    data: bytes
+    msg_id: str | None  # the Nats-Msg-Id header
+    num_delivered: int  # 1 on first delivery
+    run_id: str  # parsed from the subject
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    subject: str  # the original subject
+    data: bytes
+    reason: str
+    num_delivered: int
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+_Sub = JetStreamContext.PullSubscription
+
+
+@dataclass(frozen=True)
+class _Policy:  # how one consumer retries and where its dead letters go
+    durable: str
+    ack_wait_s: float
+    max_deliver: int
+    backoff_s: tuple[float, ...]
+    dlq_token: str  # job type, or "events"
+    run_id_index: int  # position of the run id among the subject's tokens
+
+    def backoff(self, n: int) -> float:
+        return float(self.backoff_s[min(n - 1, len(self.backoff_s) - 1)]) if self.backoff_s else 0.0
+
+
+def _check_token(what: str, value: str) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+        raise ValueError(f"{what} must be a single subject token [A-Za-z0-9_-]+, got {value!r}")
+    return value
+
+
+def _check_job_type(job_type: str) -> str:
+    if job_type not in JOB_TYPES:
+        raise ValueError(f"unknown job type {job_type!r}; expected one of {JOB_TYPES}")
+    return job_type
+
+
+def _redact(url: str) -> str:
+    """The URL(s) without any user:password@ part, so they can go in logs and error messages."""
+    return re.sub(r"//[^/@,]*@", "//", url)
+
+
+def _header_safe(text: str, limit: int = 2000) -> str:
+    # NATS headers are single-line; non-ASCII values come back from get_msg as email.Header objects.
+    flat = " ".join(text.split())
+    return flat.encode("ascii", "backslashreplace").decode("ascii")[:limit]
+
+
+class EventBus:
+    """Facade over one NATS connection: streams, publishers, workers, dead letters and run-state KV."""
+
+    # Set by `connect`, the only way to get a usable bus.
+    _nc: NATS
+    _js: JetStreamContext
+    _kv: RunStateKV
+
+    def __init__(self, config: NatsConfig, name: str) -> None:
+        self._config = config
+        self._name = name
+        self._connected_once = False
+        self._last_error: Exception | None = None
+        p = config.prefix
+        self.jobs_stream, self.events_stream, self.dlq_stream = f"{p}_JOBS", f"{p}_EVENTS", f"{p}_DLQ"
+        self.runs_bucket = f"{p}_runs"
+
+    @classmethod
+    async def connect(cls, config: NatsConfig, *, name: str) -> EventBus:
+        bus = cls(config, name)
+        bus._nc = await bus._connect_with_retry()
+        bus._js = bus._nc.jetstream()
+        bus._kv = RunStateKV(bus._js, bus.runs_bucket)
+        return bus
+
+    async def _connect_with_retry(self) -> NATS:
+        cfg, url = self._config, _redact(self._config.url)
+        total_s = cfg.connect_timeout_s * 6
+        loop = asyncio.get_running_loop()
+        deadline, delay, attempt = loop.time() + total_s, 0.25, 0
+        while True:
+            attempt += 1
+            try:
+                return await self._connect_once()
+            except (TimeoutError, OSError, nats.errors.Error) as err:
+                # nats-py raises a plain Error for a bad password here; retrying cannot fix credentials.
+                if isinstance(err, nats.errors.AuthorizationError) or "authorization" in str(err).lower():
+                    raise ConnectionError(
+                        f"NATS at {url} rejected the credentials of user {cfg.user!r} (authorization failed)"
+                    ) from None
+                remaining, cause = deadline - loop.time(), self._last_error or err
+                if remaining <= 0:
+                    raise ConnectionError(
+                        f"could not connect to NATS at {url} after {attempt} attempts in {total_s:.0f}s: {cause}"
+                    ) from err
+                log.info("NATS at %s not reachable yet (attempt %d): %s", url, attempt, cause)
+                await asyncio.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))  # jitter
+                delay = min(delay * 2, 5.0)
+
+    async def _connect_once(self) -> NATS:
+        cfg = self._config
+        nc = NATS()
+        try:
+            # allow_reconnect=False makes a failed first attempt raise instead of looping for ever
+            # inside nats-py; our caller owns the retry schedule for the initial connect.
+            await nc.connect(
+                servers=[s.strip() for s in cfg.url.split(",")],
+                name=self._name,
+                user=cfg.user,
+                password=cfg.password.get_secret_value() if cfg.password else None,
+                connect_timeout=cfg.connect_timeout_s,  # type: ignore[arg-type]  # nats-py says int, takes float
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.1,  # type: ignore[arg-type]
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise
+        # Once connected, reconnect for ever: a NATS restart must never kill a service.
+        nc.options.update(allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=2)
+        self._connected_once = True
+        log.info("connected to NATS at %s as %s", _redact(cfg.url), self._name)
+        return nc
+
+    async def _on_error(self, err: Exception) -> None:
+        # Kept as the cause for the connect error (nats-py only raises "no servers available").
+        self._last_error = err
+        log.log(logging.WARNING if self._connected_once else logging.DEBUG, "NATS error: %s", err)
+
+    async def _on_disconnected(self) -> None:
+        if hasattr(self, "_nc") and not self._nc.is_closed:
+            log.warning("disconnected from NATS at %s; reconnecting", _redact(self._config.url))
+
+    async def _on_reconnected(self) -> None:
+        log.info("reconnected to NATS at %s", _redact(self._config.url))
+
+    @property
+    def connected(self) -> bool:
+        return self._nc.is_connected
+
+    async def close(self) -> None:
+        await self._nc.close()  # flushes pending acks/publishes first; a no-op when already closed
+
+    async def ensure_topology(self) -> None:
+        """Create or update the streams and the KV bucket; safe to run concurrently from every service."""
+        work, limits = api.RetentionPolicy.WORK_QUEUE, api.RetentionPolicy.LIMITS
+        # (name, subject, retention, max_age); the DLQ dedupes too: dead letters carry an id.
+        for name, subject, retention, max_age in (
+            (self.jobs_stream, "restem.jobs.>", work, None),
+            (self.events_stream, "restem.events.>", limits, _EVENTS_MAX_AGE_S),
+            (self.dlq_stream, "restem.dlq.>", limits, None),
+        ):
+            config = api.StreamConfig(name=name, subjects=[subject], retention=retention, max_age=max_age)
+            await self._ensure_stream(config.evolve(duplicate_window=_DUPLICATE_WINDOW_S, storage=_FILE))
+        await self._kv.ensure()
+
+    async def _ensure_stream(self, config: api.StreamConfig) -> None:
+        # Creating a stream that exists with the same config succeeds, which makes concurrent
+        # startup of several services safe; a different config answers 10058 and is updated.
+        try:
+            await self._js.add_stream(config)
+            return
+        except jserr.BadRequestError as err:
+            if err.err_code != _ERR_STREAM_NAME_IN_USE:
+                raise
+        try:
+            await self._js.update_stream(config)
+        except jserr.APIError as err:
+            raise RuntimeError(f"stream {config.name} exists with an incompatible config: {err}") from err
+        log.warning("stream %s existed with another config; updated it", config.name)
+
+    async def publish_job(self, job_type: str, run_id: str, data: bytes, *, msg_id: str) -> bool:
+        _check_job_type(job_type)
+        _check_token("run_id", run_id)
+        return await self._publish(f"restem.jobs.{job_type}.{run_id}", data, msg_id, self.jobs_stream)
+
+    async def publish_event(self, run_id: str, kind: str, data: bytes, *, msg_id: str) -> bool:
+        _check_token("run_id", run_id)
+        _check_token("kind", kind)
+        return await self._publish(f"restem.events.{run_id}.{kind}", data, msg_id, self.events_stream)
+
+    async def _publish(
+        self, subject: str, data: bytes, msg_id: str, stream: str, headers: dict[str, str] | None = None
+    ) -> bool:
+        """Publish and wait for the stream's ack; True if stored, False if deduplicated."""
+        if not msg_id:
+            raise ValueError("msg_id must be a non-empty string")
+        hdrs = {**(headers or {}), api.Header.MSG_ID.value: msg_id}
+        # A retry is safe because the msg id dedupes it; it rides out a short NATS restart.
+        for delay in (0.5, 1.0, None):
+            try:
+                ack = await self._js.publish(subject, data, headers=hdrs, stream=stream)
+                break
+            except (nats.errors.TimeoutError, jserr.NoStreamResponseError) as err:
+                if delay is None:
+                    raise
+                log.warning("publish to %s failed (%s); retrying", subject, err)
+                await asyncio.sleep(delay)
+        return not ack.duplicate
+
+    async def run_worker(
+        self,
+        job_type: str,
+        handler: Handler,
+        *,
+        stop: asyncio.Event,
+        concurrency: int = 1,
+        ack_wait_s: float = 60.0,
+        max_deliver: int = 5,
+        backoff_s: Sequence[float] = (1, 5, 15, 30),
+    ) -> None:
+        """Handle `job_type` jobs until `stop` is set, then drain. Call ensure_topology first."""
+        _check_job_type(job_type)
+        if concurrency < 1 or max_deliver < 1 or ack_wait_s <= 0:
+            raise ValueError("concurrency and max_deliver must be >= 1 and ack_wait_s > 0")
+        policy = _Policy(f"{job_type}-workers", ack_wait_s, max_deliver, tuple(backoff_s), job_type, 3)
+        consumer = api.ConsumerConfig(filter_subject=f"restem.jobs.{job_type}.>")
+        await self._consume(self.jobs_stream, consumer, handler, stop, concurrency, policy)
+
+    async def consume_events(
+        self,
+        durable: str,
+        handler: Handler,
+        *,
+        stop: asyncio.Event,
+        filter_subject: str = "restem.events.>",
+        ack_wait_s: float = 30.0,
+        max_deliver: int = 10,
+        backoff_s: Sequence[float] = (1, 5, 15, 30),
+    ) -> None:
+        """Handle events one at a time, in stream order, until `stop` is set."""
+        _check_token("durable", durable)
+        if not filter_subject.startswith("restem.events."):
+            raise ValueError(f"filter_subject must be under restem.events., got {filter_subject!r}")
+        policy = _Policy(durable, ack_wait_s, max_deliver, tuple(backoff_s), "events", run_id_index=2)
+        # max_ack_pending=1: the server hands out the next event only after this one is acked,
+        # so order holds even while an event is being retried after a nak.
+        consumer = api.ConsumerConfig(filter_subject=filter_subject, max_ack_pending=1)
+        await self._consume(self.events_stream, consumer, handler, stop, 1, policy)
+
+    async def _subscribe(self, stream: str, consumer: api.ConsumerConfig, policy: _Policy) -> _Sub:
+        durable = policy.durable
+        config = consumer.evolve(
+            name=durable,
+            durable_name=durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=policy.ack_wait_s,
+            # One extra delivery so a message whose worker died on the last attempt comes back once
+            # more, only to be dead-lettered instead of staying in the work queue for ever.
+            max_deliver=policy.max_deliver + 1,
+        )
+        # Create-or-update: replicas racing here with the same config all succeed, and a new
+        # release's settings (ack_wait, max_deliver) replace the old ones.
+        for delay in (1.0, 2.0, 4.0, None):  # ride out a NATS blip while the service starts
+            try:
+                await self._js.add_consumer(stream, config)
+                break
+            except (nats.errors.TimeoutError, jserr.ServiceUnavailableError) as err:
+                if delay is None:
+                    raise
+                log.warning("creating consumer %s failed (%s); retrying", durable, err)
+                await asyncio.sleep(delay)
+        return await self._js.pull_subscribe_bind(durable=durable, stream=stream)
+
+    async def _consume(
+        self,
+        stream: str,
+        consumer: api.ConsumerConfig,
+        handler: Handler,
+        stop: asyncio.Event,
+        concurrency: int,
+        policy: _Policy,
+    ) -> None:
+        sub = await self._subscribe(stream, consumer, policy)
+        inflight: set[asyncio.Task[None]] = set()
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                free = concurrency - len(inflight)
+                if free == 0:
+                    await asyncio.wait({*inflight, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                msgs = await self._fetch(sub, policy.durable, free)
+                if msgs is None:
+                    break
+                for msg in msgs:
+                    task = asyncio.create_task(self._process(msg, handler, policy))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+            if inflight:  # drain: let running handlers finish and ack
+                await asyncio.gather(*inflight, return_exceptions=True)
+        finally:
+            stopper.cancel()
+            for task in inflight:  # only left when we are cancelled: the "process" dies
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _fetch(self, sub: _Sub, consumer: str, batch: int) -> list[Msg] | None:
+        """Up to `batch` messages; [] when none came in time; None when the connection is closed."""
+        try:
+            return await sub.fetch(batch, timeout=_FETCH_TIMEOUT_S)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []  # the normal idle case
+        except nats.errors.ConnectionClosedError:
+            log.warning("NATS connection closed; worker on %s stops", consumer)
+            return None
+        except Exception as err:
+            # e.g. mid-reconnect or the consumer briefly unavailable; keep going.
+            log.warning("fetch from %s failed: %s; retrying", consumer, err)
+            await asyncio.sleep(1.0)
+            return []
+
+    async def _process(self, msg: Msg, handler: Handler, policy: _Policy) -> None:
+        meta = msg.metadata
+        n = meta.num_delivered
+        tokens = msg.subject.split(".")
+        run_id = tokens[policy.run_id_index] if len(tokens) > policy.run_id_index else ""
+        delivery = Delivery(msg.subject, msg.data, (msg.headers or {}).get("Nats-Msg-Id"), n, run_id)
+        if n > policy.max_deliver:  # the last attempt's worker died or timed out without settling
+            why = "last error unknown (worker died or timed out)"
+            await self._dead_letter(
+                msg, delivery, policy, f"exceeded max_deliver={policy.max_deliver}; {why}"
+            )
+            return
+        heartbeat = asyncio.create_task(self._keep_alive(msg, policy.ack_wait_s / 3))
+        try:
+            await handler(delivery)
+        except PermanentError as err:
+            await self._dead_letter(msg, delivery, policy, f"permanent error: {err}")
+            return
+        except Exception as err:
+            await self._on_failure(msg, delivery, policy, err)
+            return
+        finally:
+            heartbeat.cancel()
+        await self._settle(msg, "ack")
+
+    async def _on_failure(self, msg: Msg, delivery: Delivery, policy: _Policy, err: Exception) -> None:
+        """Nak with backoff, or dead-letter when this was the last allowed delivery."""
+        n = delivery.num_delivered
+        log.error("handler failed on %s (try %d/%d)", delivery.subject, n, policy.max_deliver, exc_info=err)
+        if n >= policy.max_deliver:
+            # Dead-letter now, with the real error, instead of one more round trip and a vaguer reason.
+            reason = f"failed {n} deliveries (max_deliver={policy.max_deliver}); last error: {err!r}"
+            await self._dead_letter(msg, delivery, policy, reason)
+            return
+        await self._settle(msg, "nak", delay=policy.backoff(n))
+
+    async def _keep_alive(self, msg: Msg, interval_s: float) -> None:
+        # +WPI resets the server's ack_wait timer so a long handler (training) is not redelivered.
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await msg.in_progress()
+            except Exception as err:
+                log.warning("in_progress for %s failed: %s", msg.subject, err)
+
+    async def _dead_letter(self, msg: Msg, delivery: Delivery, policy: _Policy, reason: str) -> None:
+        meta = msg.metadata
+        n = delivery.num_delivered
+        headers = {_H_REASON: _header_safe(reason), _H_SUBJECT: delivery.subject, _H_DELIVERED: str(n)}
+        subject = f"restem.dlq.{policy.dlq_token}.{delivery.run_id or 'unknown'}"
+        # The id makes a second dead-lettering of the same message (term lost, crash) a no-op.
+        dedupe_id = f"dlq-{meta.stream}-{meta.sequence.stream}"
+        try:
+            await self._publish(subject, delivery.data, dedupe_id, self.dlq_stream, headers)
+        except Exception as err:
+            log.error("could not dead-letter %s (%s); will retry on redelivery", delivery.subject, err)
+            await self._settle(msg, "nak", delay=policy.backoff(delivery.num_delivered))
+            return
+        log.warning("dead-lettered %s: %s", delivery.subject, reason)
+        await self._settle(msg, "term")
+
+    async def _settle(self, msg: Msg, how: str, delay: float = 0.0) -> None:
+        """Ack, nak or term; a failure only means the message will be delivered again."""
+        try:
+            if how == "ack":
+                await msg.ack_sync(timeout=5.0)  # sync: a lost ack would mean a duplicate run
+            else:
+                await (msg.nak(delay=delay or None) if how == "nak" else msg.term())
+        except Exception as err:
+            log.warning("%s of %s failed (%s); it will be redelivered", how, msg.subject, err)
+
+    async def purge_jobs(self, run_id: str) -> int:
+        _check_token("run_id", run_id)
+        total = 0
+        for job_type in JOB_TYPES:
+            # nats-py's purge_stream returns only a bool; the raw API reply has the count.
+            request = json.dumps({"filter": f"restem.jobs.{job_type}.{run_id}"}).encode()
+            reply = await self._nc.request(f"$JS.API.STREAM.PURGE.{self.jobs_stream}", request, timeout=5.0)
+            body = json.loads(reply.data)
+            if "error" in body:
+                jserr.APIError.from_error(body["error"])  # raises
+            total += int(body.get("purged", 0))
+        return total
+
+    async def dead_letters(self, run_id: str | None = None) -> list[DeadLetter]:
+        subject = "restem.dlq.>" if run_id is None else f"restem.dlq.*.{_check_token('run_id', run_id)}"
+        letters: list[DeadLetter] = []
+        seq = 1
+        while True:  # walk the stream with "next message matching subject at or after seq"
+            try:
+                raw = await self._js.get_msg(self.dlq_stream, seq=seq, subject=subject, next=True)
+            except jserr.NotFoundError:
+                return letters
+            headers = {k: str(v) for k, v in (raw.headers or {}).items()}
+            subj, reason = headers.get(_H_SUBJECT, raw.subject or ""), headers.get(_H_REASON, "")
+            letters.append(DeadLetter(subj, raw.data or b"", reason, int(headers.get(_H_DELIVERED, "0"))))
+            seq = int(raw.seq or seq) + 1
+
+    async def kv_get(self, key: str) -> tuple[bytes, int] | None:
+        return await self._kv.get(key)
+
+    async def kv_create(self, key: str, value: bytes) -> int:
+        return await self._kv.create(key, value)
+
+    async def kv_update(self, key: str, value: bytes, *, revision: int) -> int:
+        return await self._kv.update(key, value, revision=revision)
+
+    async def kv_keys(self) -> list[str]:
+        return await self._kv.keys()
+
+    async def kv_watch(self, key: str) -> AsyncIterator[tuple[bytes, int]]:
+        """Current value first (if any), then every update; close it with ``contextlib.aclosing``."""
+        # aclosing: closing this generator must stop the inner watcher (and its server consumer) too.
+        async with contextlib.aclosing(self._kv.watch(key)) as updates:  # type: ignore[type-var]
+            async for item in updates:
+                yield item

@@ -1,0 +1,1 @@
+"""Client side of restem: the Python client, the local stack and the `restem` CLI."""

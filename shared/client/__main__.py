@@ -1,0 +1,5 @@
+"""`python -m shared.client` is the `restem` command."""
+
+from shared.client.cli import main
+
+main()

@@ -1,0 +1,275 @@
+"""The `restem` command line.
+
+    restem up | down | status             the local stack
+    restem run CONFIG [--watch]            start a run (validated here first)
+    restem watch | status | cancel RUN     follow, inspect or stop a run
+    restem list                            all runs
+    restem report RUN [--json]             the report of a finished run
+    restem demo                            the main job: up, run the arithmetic demo, report, down
+
+Exit codes: 0 ok, 1 unexpected error, 2 invalid input (config, arguments), 3 not found,
+4 wrong state (e.g. cancelling a finished run), 5 the coordinator is unreachable, 6 the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+EXIT_INVALID, EXIT_NOT_FOUND, EXIT_STATE, EXIT_UNAVAILABLE, EXIT_RUN_FAILED = 2, 3, 4, 5, 6
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "arithmetic-demo.yaml"
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _address(args: argparse.Namespace) -> str:
+    from shared.client.stack import load_stack
+
+    if args.address:
+        return str(args.address)
+    if os.environ.get("RESTEM_ADDRESS"):
+        return os.environ["RESTEM_ADDRESS"]
+    stack = load_stack(args.state_dir)
+    if stack is None:
+        raise CliError(
+            "no local stack is running: start one with `restem up`, or pass --address HOST:PORT",
+            EXIT_UNAVAILABLE,
+        )
+    return stack.coordinator
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from shared.client.client import RunClient
+
+    return RunClient(_address(args))
+
+
+def validate_locally(path: Path) -> str:
+    """Check a run config before anything starts: schema, base model, dataset files."""
+    from shared.configio import ConfigError
+    from shared.models import ModelNotFound, resolve_model_source
+    from shared.runconfig import load_run_config
+    from shared.tasks import DatasetError, build_splits
+
+    try:
+        cfg = load_run_config(path)
+        resolve_model_source(cfg.model.base)
+        build_splits(cfg.task)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_INVALID) from None
+    except (ModelNotFound, DatasetError) as exc:
+        raise CliError(str(exc), EXIT_NOT_FOUND if "does not exist" in str(exc) else EXIT_INVALID) from None
+    return path.read_text()
+
+
+def _finish(args: argparse.Namespace, run_id: str) -> int:
+    from shared.client.display import follow, iterations_table, status_name
+
+    console = _console()
+    with _client(args) as client:
+        run = follow(client.watch_run(run_id), console)
+        console.print()
+        if run.report_key:
+            console.print(iterations_table(client.report(run_id)))
+            console.print(f"report: {run.report_key} (restem report {run_id})")
+        if status_name(run) != "succeeded":
+            console.print(f"run {run_id} {status_name(run)}: {run.error}")
+            return EXIT_RUN_FAILED
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config_yaml = validate_locally(args.config)
+    with _client(args) as client:
+        run = client.start_run(config_yaml)
+    print(f"started run {run.run_id}")
+    return _finish(args, run.run_id) if args.watch else 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    return _finish(args, args.run)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    console = _console()
+    if args.run is None:
+        from shared.client.stack import status
+
+        rows = status(args.state_dir)
+        if not rows:
+            print("the local stack is not running (start it with `restem up`)")
+            return EXIT_UNAVAILABLE
+        table = Table()
+        for col in ("process", "pid", "address", "health"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["name"], r["pid"], r["address"], r["health"])
+        console.print(table)
+        return 0 if all(r["health"] in ("SERVING", "RUNNING") for r in rows) else 1
+    from google.protobuf.json_format import MessageToDict
+
+    with _client(args) as client:
+        run = client.get_run(args.run)
+    doc = MessageToDict(run, preserving_proto_field_name=True)
+    doc.pop("config_yaml", None)
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from shared.client.display import status_name
+
+    with _client(args) as client:
+        run = client.cancel_run(args.run)
+    print(f"run {run.run_id} {status_name(run)}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from shared.client.display import runs_table
+
+    with _client(args) as client:
+        runs = client.list_runs()
+    if not runs:
+        print("no runs yet (start one with `restem run CONFIG`)")
+        return 0
+    _console().print(runs_table(runs))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from shared.client.display import iterations_table
+
+    with _client(args) as client:
+        report = client.report(args.run)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _console().print(iterations_table(report))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from shared.client.stack import up
+
+    stack = up(args.state_dir)
+    print(f"local stack up (state in {stack.state_dir}); coordinator at {stack.coordinator}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from shared.client.stack import down
+
+    print("local stack stopped" if down(args.state_dir) else "no local stack was running")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shared.client.stack import down, load_stack, up
+
+    started = load_stack(args.state_dir) is None
+    print(
+        "starting the local stack (nats-server, local store, five services)..."
+        if started
+        else "using the running local stack"
+    )
+    up(args.state_dir)
+    try:
+        args.watch = True
+        return cmd_run(args)
+    finally:
+        if started and not args.keep_up:
+            down(args.state_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="restem", description="ReST-EM self-training: run and follow EM iterations."
+    )
+    parser.add_argument(
+        "--address", help="coordinator host:port (default: $RESTEM_ADDRESS or the local stack)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="local stack state directory (default: $RESTEM_HOME or ./.restem)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the local stack").set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
+    p = sub.add_parser("status", help="health of the local stack, or the state of RUN")
+    p.add_argument("run", nargs="?", help="a run id")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("run", help="start a run from a YAML config")
+    p.add_argument("config", type=Path, help="run config (see examples/)")
+    p.add_argument(
+        "--watch", action="store_true", help="follow progress until the run ends, then print its table"
+    )
+    p.set_defaults(func=cmd_run)
+    for name, func, text in (("watch", cmd_watch, "follow a run"), ("cancel", cmd_cancel, "cancel a run")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run", help="a run id")
+        p.set_defaults(func=func)
+    sub.add_parser("list", help="list runs").set_defaults(func=cmd_list)
+    p = sub.add_parser("report", help="the report of a finished run")
+    p.add_argument("run", help="a run id")
+    p.add_argument("--json", action="store_true", help="print the JSON document")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("demo", help="ReST-EM on arithmetic with SmolLM2-135M on CPU, through the local stack")
+    p.add_argument(
+        "--config", type=Path, default=DEMO_CONFIG, help="run config (default: examples/arithmetic-demo.yaml)"
+    )
+    p.add_argument("--keep-up", action="store_true", help="leave the local stack running afterwards")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    import grpc
+
+    import shared  # noqa: F401  (puts the generated stubs on the import path)
+    from shared.client.stack import StackError
+
+    codes = {
+        grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
+        grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS: EXIT_INVALID,
+        grpc.StatusCode.FAILED_PRECONDITION: EXIT_STATE,
+        grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
+    }
+    try:
+        code = args.func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = exc.code
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_UNAVAILABLE
+    except grpc.RpcError as exc:
+        print(f"error: {exc.details()} ({exc.code().name})", file=sys.stderr)
+        code = codes.get(exc.code(), 1)
+    except KeyboardInterrupt:
+        print("interrupted (the run goes on; `restem watch RUN` to follow it again)", file=sys.stderr)
+        code = 130
+    sys.exit(code)

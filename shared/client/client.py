@@ -1,0 +1,65 @@
+"""A small Python client for the coordinator's RunService, with a deadline on every call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from restem.coordinator.v1 import coordinator_pb2 as pb
+from restem.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class RunClient:
+    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.RunServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> RunClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start_run(self, config_yaml: str) -> pb.Run:
+        # StartRun writes the datasets to the store before answering: give it more time.
+        return self.stub.StartRun(pb.StartRunRequest(config_yaml=config_yaml), timeout=self.timeout_s * 4).run
+
+    def get_run(self, run_id: str) -> pb.Run:
+        return self.stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=self.timeout_s).run
+
+    def list_runs(self) -> list[pb.Run]:
+        return list(self.stub.ListRuns(pb.ListRunsRequest(), timeout=self.timeout_s).runs)
+
+    def cancel_run(self, run_id: str) -> pb.Run:
+        return self.stub.CancelRun(pb.CancelRunRequest(run_id=run_id), timeout=self.timeout_s).run
+
+    def watch_run(self, run_id: str, *, timeout_s: float | None = None) -> Iterator[pb.Run]:
+        """Snapshots of the run until it finishes (a long stream: its own deadline, none by default)."""
+        for resp in self.stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=timeout_s):
+            yield resp.run
+
+    def report(self, run_id: str) -> dict[str, Any]:
+        resp = self.stub.GetReport(pb.GetReportRequest(run_id=run_id), timeout=self.timeout_s)
+        return json.loads(resp.report_json)
+
+
+def check_health(address: str, service: str = "", timeout_s: float = 2.0) -> str:
+    """SERVING / NOT_SERVING / UNKNOWN / UNREACHABLE for one gRPC endpoint."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+            )
+        except grpc.RpcError:
+            return "UNREACHABLE"
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

@@ -1,0 +1,122 @@
+"""What the CLI shows: progress while a run goes, and the table of iterations at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from restem.coordinator.v1 import coordinator_pb2 as pb
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+PHASES = {
+    pb.PHASE_PREPARING: "preparing",
+    pb.PHASE_SAMPLING: "sampling",
+    pb.PHASE_VERIFYING: "verifying",
+    pb.PHASE_FILTERING: "filtering",
+    pb.PHASE_TRAINING: "training",
+    pb.PHASE_EVALUATING: "evaluating",
+    pb.PHASE_DONE: "done",
+}
+
+
+def status_name(run: pb.Run) -> str:
+    return pb.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
+
+
+def _label(run: pb.Run) -> str:
+    phase = PHASES.get(run.phase, "?")
+    where = "base" if run.iteration == 0 else f"iteration {run.iteration}/{run.iterations_total}"
+    return f"{where:>15} {phase:<10}" if run.phase != pb.PHASE_PREPARING else f"{'':>15} {phase:<10}"
+
+
+def follow(runs: Iterable[pb.Run], console: Console) -> pb.Run:
+    """Show progress bars per phase (plain lines when not on a terminal); return the last snapshot."""
+    last: pb.Run | None = None
+    if not console.is_terminal:
+        shown: tuple[Any, ...] = ()
+        for run in runs:
+            line_key = (
+                run.iteration,
+                run.phase,
+                run.status,
+                run.progress.done * 4 // max(run.progress.total, 1),
+            )
+            if line_key != shown:
+                p = run.progress
+                console.print(
+                    f"[{time.strftime('%H:%M:%S')}] {_label(run)} {p.done}/{p.total} {p.unit}".rstrip()
+                )
+                shown = line_key
+            last = run
+        assert last is not None
+        return last
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"), TimeElapsedColumn(),
+        console=console,
+    ) as progress:  # fmt: skip
+        tasks: dict[tuple[int, int], TaskID] = {}
+        for run in runs:
+            key = (run.iteration, run.phase)
+            if key not in tasks and run.phase != pb.PHASE_DONE:
+                for tid in tasks.values():
+                    t = progress.tasks[tid]
+                    progress.update(tid, completed=t.total or t.completed)
+                    progress.stop_task(tid)
+                tasks[key] = progress.add_task(
+                    _label(run), total=run.progress.total or None, unit=run.progress.unit
+                )
+            if run.phase != pb.PHASE_DONE:
+                progress.update(tasks[key], completed=run.progress.done, total=run.progress.total or None)
+            last = run
+    assert last is not None
+    return last
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def iterations_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"run {report['run_id']} — {report['status']}", title_justify="left")
+    for col in (
+        "iteration",
+        "train pass rate",
+        "solved",
+        "kept",
+        "val pass@1",
+        "test pass@1",
+        "tokens",
+        "time",
+    ):
+        table.add_column(col, justify="right")
+    for r in report["iterations"]:
+        first = r["iteration"] == 0
+        best = " *" if r["iteration"] == report["best_iteration"] else ""
+        kept = "skipped" if r["training_skipped"] else str(r["kept"])
+        table.add_row(
+            ("base" if first else str(r["iteration"])) + best,
+            "–" if first else _pct(r["train_pass_rate"]),
+            "–" if first else f"{r['problems_solved']}/{r['problems_total']}",
+            "–" if first else kept,
+            _pct(r["validation_pass_at_1"]),
+            _pct(r["test_pass_at_1"]),
+            str(r["tokens_generated"]),
+            f"{r['seconds']:.0f}s",
+        )
+    table.caption = "* best iteration on validation (test is never used to choose)"
+    return table
+
+
+def runs_table(runs: Iterable[pb.Run]) -> Table:
+    table = Table()
+    for col in ("run", "status", "phase", "iteration", "task", "created"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(
+            r.run_id, status_name(r), PHASES.get(r.phase, "?"), f"{r.iteration}/{r.iterations_total}", r.task,
+            r.created.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+        )  # fmt: skip
+    return table

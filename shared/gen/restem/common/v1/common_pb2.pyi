@@ -1,0 +1,77 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SamplingParams(_message.Message):
+    __slots__ = ("n", "temperature", "top_k", "top_p", "max_new_tokens", "stop", "stop_regex", "seed", "greedy")
+    N_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    STOP_REGEX_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    GREEDY_FIELD_NUMBER: _ClassVar[int]
+    n: int
+    temperature: float
+    top_k: int
+    top_p: float
+    max_new_tokens: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    stop_regex: _containers.RepeatedScalarFieldContainer[str]
+    seed: int
+    greedy: bool
+    def __init__(self, n: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_regex: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., greedy: _Optional[bool] = ...) -> None: ...
+
+class TrainParams(_message.Message):
+    __slots__ = ("learning_rate", "epochs", "batch_size", "weight_decay", "warmup_ratio", "max_seq_len", "max_grad_norm", "seed", "loss_normalisation")
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRAD_NORM_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    LOSS_NORMALISATION_FIELD_NUMBER: _ClassVar[int]
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    weight_decay: float
+    warmup_ratio: float
+    max_seq_len: int
+    max_grad_norm: float
+    seed: int
+    loss_normalisation: str
+    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., loss_normalisation: _Optional[str] = ...) -> None: ...
+
+class WorkerStats(_message.Message):
+    __slots__ = ("service", "version", "active_jobs", "jobs_done", "jobs_failed", "loaded_checkpoints", "device")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_JOBS_FIELD_NUMBER: _ClassVar[int]
+    JOBS_DONE_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    LOADED_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    version: str
+    active_jobs: _containers.RepeatedScalarFieldContainer[str]
+    jobs_done: int
+    jobs_failed: int
+    loaded_checkpoints: _containers.RepeatedScalarFieldContainer[str]
+    device: str
+    def __init__(self, service: _Optional[str] = ..., version: _Optional[str] = ..., active_jobs: _Optional[_Iterable[str]] = ..., jobs_done: _Optional[int] = ..., jobs_failed: _Optional[int] = ..., loaded_checkpoints: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ...) -> None: ...
+
+class PromptFormat(_message.Message):
+    __slots__ = ("chat_template", "system_prompt")
+    CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    chat_template: bool
+    system_prompt: str
+    def __init__(self, chat_template: _Optional[bool] = ..., system_prompt: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,256 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATUS_UNSPECIFIED: _ClassVar[RunStatus]
+    RUN_STATUS_PENDING: _ClassVar[RunStatus]
+    RUN_STATUS_RUNNING: _ClassVar[RunStatus]
+    RUN_STATUS_SUCCEEDED: _ClassVar[RunStatus]
+    RUN_STATUS_FAILED: _ClassVar[RunStatus]
+    RUN_STATUS_CANCELLED: _ClassVar[RunStatus]
+
+class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PHASE_UNSPECIFIED: _ClassVar[Phase]
+    PHASE_PREPARING: _ClassVar[Phase]
+    PHASE_SAMPLING: _ClassVar[Phase]
+    PHASE_VERIFYING: _ClassVar[Phase]
+    PHASE_FILTERING: _ClassVar[Phase]
+    PHASE_TRAINING: _ClassVar[Phase]
+    PHASE_EVALUATING: _ClassVar[Phase]
+    PHASE_DONE: _ClassVar[Phase]
+RUN_STATUS_UNSPECIFIED: RunStatus
+RUN_STATUS_PENDING: RunStatus
+RUN_STATUS_RUNNING: RunStatus
+RUN_STATUS_SUCCEEDED: RunStatus
+RUN_STATUS_FAILED: RunStatus
+RUN_STATUS_CANCELLED: RunStatus
+PHASE_UNSPECIFIED: Phase
+PHASE_PREPARING: Phase
+PHASE_SAMPLING: Phase
+PHASE_VERIFYING: Phase
+PHASE_FILTERING: Phase
+PHASE_TRAINING: Phase
+PHASE_EVALUATING: Phase
+PHASE_DONE: Phase
+
+class PhaseProgress(_message.Message):
+    __slots__ = ("phase", "done", "total", "unit")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    phase: Phase
+    done: int
+    total: int
+    unit: str
+    def __init__(self, phase: _Optional[_Union[Phase, str]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
+
+class EvalResult(_message.Message):
+    __slots__ = ("split", "num_problems", "num_correct", "pass_at_1", "results_key")
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    NUM_PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    PASS_AT_1_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_KEY_FIELD_NUMBER: _ClassVar[int]
+    split: str
+    num_problems: int
+    num_correct: int
+    pass_at_1: float
+    results_key: str
+    def __init__(self, split: _Optional[str] = ..., num_problems: _Optional[int] = ..., num_correct: _Optional[int] = ..., pass_at_1: _Optional[float] = ..., results_key: _Optional[str] = ...) -> None: ...
+
+class TrainSummary(_message.Message):
+    __slots__ = ("steps", "examples", "tokens", "loss_first", "loss_last", "seconds", "skipped")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIRST_FIELD_NUMBER: _ClassVar[int]
+    LOSS_LAST_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    examples: int
+    tokens: int
+    loss_first: float
+    loss_last: float
+    seconds: float
+    skipped: bool
+    def __init__(self, steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ..., skipped: _Optional[bool] = ...) -> None: ...
+
+class Iteration(_message.Message):
+    __slots__ = ("iteration", "policy_key", "checkpoint_key", "samples", "correct_samples", "train_pass_rate", "problems_solved", "problems_total", "kept", "kept_key", "train", "evals", "tokens_generated", "phase_seconds", "seconds", "shards_total", "shards_sampled", "shards_verified", "verdict_keys", "started")
+    class PhaseSecondsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_KEY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_KEY_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_PASS_RATE_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_SOLVED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    KEPT_KEY_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    EVALS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_KEYS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    iteration: int
+    policy_key: str
+    checkpoint_key: str
+    samples: int
+    correct_samples: int
+    train_pass_rate: float
+    problems_solved: int
+    problems_total: int
+    kept: int
+    kept_key: str
+    train: TrainSummary
+    evals: _containers.RepeatedCompositeFieldContainer[EvalResult]
+    tokens_generated: int
+    phase_seconds: _containers.ScalarMap[str, float]
+    seconds: float
+    shards_total: int
+    shards_sampled: _containers.RepeatedScalarFieldContainer[int]
+    shards_verified: _containers.RepeatedScalarFieldContainer[int]
+    verdict_keys: _containers.RepeatedScalarFieldContainer[str]
+    started: _timestamp_pb2.Timestamp
+    def __init__(self, iteration: _Optional[int] = ..., policy_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., train_pass_rate: _Optional[float] = ..., problems_solved: _Optional[int] = ..., problems_total: _Optional[int] = ..., kept: _Optional[int] = ..., kept_key: _Optional[str] = ..., train: _Optional[_Union[TrainSummary, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., tokens_generated: _Optional[int] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., seconds: _Optional[float] = ..., shards_total: _Optional[int] = ..., shards_sampled: _Optional[_Iterable[int]] = ..., shards_verified: _Optional[_Iterable[int]] = ..., verdict_keys: _Optional[_Iterable[str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Run(_message.Message):
+    __slots__ = ("run_id", "name", "status", "phase", "iteration", "iterations_total", "progress", "iterations", "error", "config_yaml", "base_model_key", "created", "updated", "finished", "best_iteration", "report_key", "task", "phase_started", "model_source")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_KEY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    BEST_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    REPORT_KEY_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    PHASE_STARTED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    name: str
+    status: RunStatus
+    phase: Phase
+    iteration: int
+    iterations_total: int
+    progress: PhaseProgress
+    iterations: _containers.RepeatedCompositeFieldContainer[Iteration]
+    error: str
+    config_yaml: str
+    base_model_key: str
+    created: _timestamp_pb2.Timestamp
+    updated: _timestamp_pb2.Timestamp
+    finished: _timestamp_pb2.Timestamp
+    best_iteration: int
+    report_key: str
+    task: str
+    phase_started: _timestamp_pb2.Timestamp
+    model_source: str
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., iteration: _Optional[int] = ..., iterations_total: _Optional[int] = ..., progress: _Optional[_Union[PhaseProgress, _Mapping]] = ..., iterations: _Optional[_Iterable[_Union[Iteration, _Mapping]]] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ..., base_model_key: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., best_iteration: _Optional[int] = ..., report_key: _Optional[str] = ..., task: _Optional[str] = ..., phase_started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_source: _Optional[str] = ...) -> None: ...
+
+class StartRunRequest(_message.Message):
+    __slots__ = ("config_yaml",)
+    CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    config_yaml: str
+    def __init__(self, config_yaml: _Optional[str] = ...) -> None: ...
+
+class StartRunResponse(_message.Message):
+    __slots__ = ("run_id", "run")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    run: Run
+    def __init__(self, run_id: _Optional[str] = ..., run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GetRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[Run]
+    def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...) -> None: ...
+
+class CancelRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class CancelRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+
+class WatchRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class WatchRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+
+class GetReportRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GetReportResponse(_message.Message):
+    __slots__ = ("report_json", "report_key")
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    REPORT_KEY_FIELD_NUMBER: _ClassVar[int]
+    report_json: str
+    report_key: str
+    def __init__(self, report_json: _Optional[str] = ..., report_key: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,91 @@
+"""gRPC bootstrap shared by the five services: aio server, health, reflection, graceful drain.
+
+Health is `grpc.health.v1`, reported for the overall server ("") and each service name, and
+recomputed every second from the service's own dependency check (NATS connected, store reachable):
+a service whose dependencies are down answers NOT_SERVING. Reflection is on so `grpcurl` and
+friends work without the protos. Not handled here: authentication (an interceptor comes with the
+access-control issue) and TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shared.infra import GrpcConfig
+
+log = logging.getLogger("restem.grpc")
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """One gRPC service to mount: its generated `add_*_to_server`, the servicer, its full name."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    full_name: str
+
+
+async def _track_health(
+    servicer: health.aio.HealthServicer, names: Sequence[str], check: Callable[[], bool], stop: asyncio.Event
+) -> None:
+    last = None
+    while not stop.is_set():
+        ok = check()
+        if ok != last:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", *names):
+                await servicer.set(name, status)
+            log.info("health: %s", "SERVING" if ok else "NOT_SERVING")
+            last = ok
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+async def serve(
+    bindings: Sequence[ServiceBinding],
+    config: GrpcConfig,
+    *,
+    healthy: Callable[[], bool],
+    stop: asyncio.Event,
+) -> None:
+    """Serve until `stop` is set, then drain in-flight RPCs for `config.grace_s` seconds."""
+    limit = config.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not start silently
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]
+    )
+    for b in bindings:
+        b.add_to_server(b.servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [b.full_name for b in bindings]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot bind gRPC server to {config.host}:{config.port}; choose another grpc.port")
+    await server.start()
+    log.info("gRPC listening on %s:%d (%s)", config.host, port, ", ".join(names))
+    if config.port_file is not None:
+        tmp = config.port_file.with_suffix(".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(config.port_file)
+    tracker = asyncio.create_task(_track_health(health_servicer, names, healthy, stop))
+    await stop.wait()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.grace_s)
+    await tracker
+    log.info("gRPC server stopped")

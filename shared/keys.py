@@ -1,0 +1,68 @@
+"""The object-store layout and the deterministic job ids, in one place.
+
+Every artifact of a run lives under `runs/<run_id>/`; per-iteration artifacts under
+`runs/<run_id>/iter-<n>/`. Keys and job ids are pure functions of (run, iteration, shard/split),
+so a redelivered job rewrites the same object and a re-published job is deduplicated by NATS.
+"""
+
+from __future__ import annotations
+
+import re
+
+_RUN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id):
+        raise ValueError(f"invalid run id '{run_id}': expected lower-case letters, digits and dashes")
+    return run_id
+
+
+def run_prefix(run_id: str) -> str:
+    return f"runs/{check_run_id(run_id)}"
+
+
+def iter_prefix(run_id: str, iteration: int) -> str:
+    return f"{run_prefix(run_id)}/iter-{iteration}"
+
+
+def config_key(run_id: str) -> str:
+    return f"{run_prefix(run_id)}/config.yaml"
+
+
+def dataset_key(run_id: str, split: str) -> str:
+    return f"{run_prefix(run_id)}/data/{split}.jsonl"
+
+
+def samples_key(run_id: str, iteration: int, shard: int) -> str:
+    return f"{iter_prefix(run_id, iteration)}/samples/shard-{shard:05d}.jsonl"
+
+
+def verdicts_key(run_id: str, iteration: int, shard: int) -> str:
+    return f"{iter_prefix(run_id, iteration)}/verdicts/shard-{shard:05d}.jsonl"
+
+
+def kept_key(run_id: str, iteration: int) -> str:
+    return f"{iter_prefix(run_id, iteration)}/kept.jsonl"
+
+
+def checkpoint_key(run_id: str, iteration: int) -> str:
+    return f"{iter_prefix(run_id, iteration)}/checkpoint"
+
+
+def eval_key(run_id: str, iteration: int, split: str) -> str:
+    return f"{iter_prefix(run_id, iteration)}/eval/{split}.jsonl"
+
+
+def report_key(run_id: str, name: str = "report.json") -> str:
+    return f"{run_prefix(run_id)}/report/{name}"
+
+
+def job_id(kind: str, run_id: str, iteration: int | None = None, part: str | int | None = None) -> str:
+    """Deterministic id of a job; also its Nats-Msg-Id."""
+    pieces = [kind, run_id]
+    if iteration is not None:
+        pieces.append(f"i{iteration}")
+    if part is not None:
+        pieces.append(str(part))
+    return ".".join(pieces)

@@ -1,0 +1,119 @@
+"""Run-state key-value store on JetStream KV, used through `shared.bus.EventBus`.
+
+Keys are run ids, values are opaque bytes (the coordinator's serialized run state). Writes are
+optimistic: `update` succeeds only if the caller read the latest revision, so two coordinators
+cannot silently overwrite each other; the loser gets `ConflictError`, re-reads and retries.
+
+Not covered: deletes and TTLs (runs are kept), and watching several keys at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncGenerator
+
+import nats.js.errors as jserr
+from nats.js import JetStreamContext, api
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+log = logging.getLogger("restem.bus")
+
+_HISTORY = 5
+_ERR_STREAM_NAME_IN_USE = 10058
+_KEY_RE = re.compile(r"[-/_=.a-zA-Z0-9]+")
+
+
+class ConflictError(Exception):
+    """KV update lost an optimistic-concurrency race."""
+
+
+class RunStateKV:
+    """Thin typed wrapper over one JetStream KV bucket (`{prefix}_runs`)."""
+
+    def __init__(self, js: JetStreamContext, bucket: str) -> None:
+        self._js = js
+        self._bucket = bucket
+        self._kv: KeyValue | None = None
+
+    async def ensure(self) -> None:
+        """Create the bucket, or fix its history if it exists with another one (idempotent)."""
+        try:
+            self._kv = await self._js.create_key_value(
+                bucket=self._bucket, history=_HISTORY, storage=api.StorageType.FILE
+            )
+            return
+        except jserr.BadRequestError as err:
+            if err.err_code != _ERR_STREAM_NAME_IN_USE:
+                raise
+        # Exists with a different config (e.g. created by an older release): update in place.
+        stream = f"KV_{self._bucket}"
+        info = await self._js.stream_info(stream)
+        log.warning("KV bucket %s exists with another config; updating history to %d", self._bucket, _HISTORY)
+        await self._js.update_stream(info.config.evolve(max_msgs_per_subject=_HISTORY))
+        self._kv = await self._js.key_value(self._bucket)
+
+    async def _bucket_handle(self) -> KeyValue:
+        # Services that only read state may never call ensure_topology; bind lazily then.
+        if self._kv is None:
+            self._kv = await self._js.key_value(self._bucket)
+        return self._kv
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        kv = await self._bucket_handle()
+        try:
+            entry = await kv.get(_valid_key(key))
+        except jserr.KeyNotFoundError:  # also raised for deleted keys
+            return None
+        return entry.value or b"", int(entry.revision or 0)
+
+    async def create(self, key: str, value: bytes) -> int:
+        kv = await self._bucket_handle()
+        try:
+            return await kv.create(_valid_key(key), value)
+        except jserr.KeyWrongLastSequenceError as err:
+            raise ConflictError(f"key {key!r} already exists") from err
+
+    async def update(self, key: str, value: bytes, *, revision: int) -> int:
+        if revision < 1:
+            # nats-py treats last=0 as "must not exist", which would turn an update into a create.
+            raise ValueError(f"revision must be >= 1, got {revision}")
+        kv = await self._bucket_handle()
+        try:
+            return await kv.update(_valid_key(key), value, last=revision)
+        except jserr.KeyWrongLastSequenceError as err:
+            raise ConflictError(f"key {key!r} is no longer at revision {revision}") from err
+
+    async def keys(self) -> list[str]:
+        kv = await self._bucket_handle()
+        try:
+            return sorted(await kv.keys())
+        except jserr.NoKeysError:  # nats-py signals an empty bucket with an exception
+            return []
+
+    async def watch(self, key: str) -> AsyncGenerator[tuple[bytes, int], None]:
+        """Current value first (if any), then every update; deletes are skipped.
+
+        Close the generator when done (``contextlib.aclosing``) so the server-side consumer is
+        removed at once instead of at garbage collection.
+        """
+        kv = await self._bucket_handle()
+        watcher = await kv.watch(_valid_key(key))
+        try:
+            async for entry in watcher:
+                # None marks "initial values delivered"; deletes carry no value to report.
+                if entry is None or entry.operation in (KV_DEL, KV_PURGE):
+                    continue
+                yield entry.value or b"", int(entry.revision or 0)
+        finally:
+            try:
+                await watcher.stop()
+            except Exception:  # closing connection: the ordered consumer dies with it anyway
+                log.debug("stopping KV watcher for %s failed", key, exc_info=True)
+
+
+def _valid_key(key: str) -> str:
+    # Same rule as nats-py, but as a ValueError that names the key instead of InvalidKeyError().
+    if not _KEY_RE.fullmatch(key) or key[0] == "." or key[-1] == ".":
+        raise ValueError(f"invalid KV key {key!r}")
+    return key

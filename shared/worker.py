@@ -1,0 +1,95 @@
+"""Turning a work-queue delivery into a typed job call, with failure reporting.
+
+A handler gets the decoded job message. It raises `PermanentError` (re-exported from the bus)
+when retrying cannot help; the run's coordinator is then told at once through a `JobFailed`
+event, and the bus dead-letters the message. Any other exception is retried with backoff; on the
+last allowed delivery the failure is reported the same way, so a run never waits forever on a job
+that will not succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from restem.common.v1 import common_pb2
+from restem.events.v1 import events_pb2
+
+from shared.bus import Delivery, EventBus, PermanentError
+
+log = logging.getLogger("restem.worker")
+J = TypeVar("J", bound=Message)
+
+
+@dataclass
+class WorkerState:
+    """What a worker service is doing, served by its GetStats RPC."""
+
+    service: str
+    device: str = ""
+    active_jobs: set[str] = field(default_factory=set)
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    loaded_checkpoints: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    def to_proto(self) -> common_pb2.WorkerStats:
+        return common_pb2.WorkerStats(
+            service=self.service,
+            version="0.1.0",
+            active_jobs=sorted(self.active_jobs),
+            jobs_done=self.jobs_done,
+            jobs_failed=self.jobs_failed,
+            loaded_checkpoints=self.loaded_checkpoints,
+            device=self.device,
+        )
+
+
+async def report_failure(bus: EventBus, job_type: str, job: Any, reason: str) -> None:
+    failed = events_pb2.JobFailed(run_id=job.run_id, job_id=job.job_id, job_type=job_type, reason=reason)
+    await bus.publish_event(
+        job.run_id, "job_failed", failed.SerializeToString(), msg_id=f"{job.job_id}.failed"
+    )
+
+
+def typed_handler(
+    bus: EventBus,
+    job_type: str,
+    message_cls: type[J],
+    handle: Callable[[J], Awaitable[None]],
+    state: WorkerState,
+    *,
+    max_deliver: int,
+) -> Callable[[Delivery], Awaitable[None]]:
+    async def on_delivery(delivery: Delivery) -> None:
+        try:
+            job = message_cls.FromString(delivery.data)
+        except DecodeError as exc:
+            raise PermanentError(
+                f"{job_type} job on {delivery.subject} is not a valid {message_cls.__name__}"
+            ) from exc
+        job_id = getattr(job, "job_id", "?")
+        state.active_jobs.add(job_id)
+        started = time.monotonic()
+        try:
+            await handle(job)
+        except PermanentError as exc:
+            state.jobs_failed += 1
+            log.error("%s job %s failed permanently: %s", job_type, job_id, exc)
+            await report_failure(bus, job_type, job, str(exc))
+            raise
+        except Exception as exc:
+            state.jobs_failed += 1
+            if delivery.num_delivered >= max_deliver:
+                await report_failure(bus, job_type, job, f"gave up after {max_deliver} attempts: {exc!r}")
+            raise
+        finally:
+            state.active_jobs.discard(job_id)
+        state.jobs_done += 1
+        log.info("%s job %s done in %.1fs", job_type, job_id, time.monotonic() - started)
+
+    return on_delivery

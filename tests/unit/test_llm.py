@@ -1,0 +1,385 @@
+"""Unit tests of shared.llm on a TINY random-init Llama (never the real model) with the SmolLM2 tokenizer.
+
+Greedy references come from ``model.generate`` on one prompt at a time: that checks left padding, batch
+order and KV-cache sharing of our own decode loop against transformers itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel, LlamaConfig, LlamaForCausalLM
+
+from shared.llm.checkpoint import (
+    BUILTIN_MODELS,
+    CheckpointError,
+    import_checkpoint,
+    load_for_inference,
+    load_for_training,
+    pick_device,
+    resolve_builtin,
+    save_checkpoint,
+)
+from shared.llm.generation import (
+    GenerationParams,
+    TransformersGenerator,
+    encode_prompt,
+    plan_batches,
+    render_prompt,
+)
+from shared.llm.training import (
+    IGNORE,
+    TrainExample,
+    TrainParams,
+    batch_loss,
+    collate,
+    tokenize_examples,
+    train_reward_weighted,
+    weighted_nll,
+)
+
+MESSAGES = [
+    "What is 12 + 3?",
+    "Hi",
+    "Tell me a long story about a dragon who learns arithmetic and counts every coin in the hoard.",
+    "What is 45 + 6? End with 'The answer is N.'",
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    # Loading only the tokenizer from the shipped GGUF takes ~3 s and needs no network.
+    path = resolve_builtin("smollm2-135m-instruct")
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok.padding_side = "left"
+    return tok
+
+
+def _tiny_model(tokenizer: Any, seed: int = 0) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        initializer_range=0.5,  # large: peaked logits, so greedy argmax never hinges on float noise
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer: Any) -> LlamaForCausalLM:
+    return _tiny_model(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer: Any) -> list[str]:
+    return [render_prompt(tokenizer, m) for m in MESSAGES]
+
+
+def _reference_ids(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy continuation of one prompt by transformers' own generate (no padding, no batching)."""
+    ids = torch.tensor([encode_prompt(tokenizer, prompt)])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return [int(t) for t in out[0, ids.shape[1] :]]
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+# --- checkpoint -------------------------------------------------------------------------------------------
+
+
+def test_resolve_builtin_finds_the_gguf_and_names_known_aliases() -> None:
+    assert resolve_builtin("smollm2-135m-instruct").is_file()
+    with pytest.raises(CheckpointError, match="smollm2-135m-instruct"):
+        resolve_builtin("no-such-model")
+
+
+def test_import_round_trips_an_hf_dir_exactly(tmp_path: Path, model: Any, tokenizer: Any) -> None:
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    info = import_checkpoint(src, tmp_path / "out")
+    assert info["architecture"] == "LlamaForCausalLM"
+    assert info["num_parameters"] == sum(p.numel() for p in model.parameters())
+    assert info["vocab_size"] == len(tokenizer) and info["max_position_embeddings"] == 256
+    loaded, tok = load_for_inference(tmp_path / "out", "cpu")
+    assert not loaded.training and loaded.dtype == torch.float32
+    reference = model.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+    assert tok.padding_side == "left" and tok.pad_token_id is not None
+    assert tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == (
+        tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    )
+    trainable, train_tok = load_for_training(tmp_path / "out", "cpu")
+    assert trainable.training and trainable.dtype == torch.float32 and train_tok.padding_side == "right"
+
+
+def test_import_rejects_what_is_not_a_causal_lm(tmp_path: Path, tokenizer: Any) -> None:
+    encoder = tmp_path / "distilbert"
+    DistilBertModel(
+        DistilBertConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    ).save_pretrained(encoder)
+    tokenizer.save_pretrained(encoder)
+    with pytest.raises(CheckpointError, match="not a causal LM checkpoint"):
+        import_checkpoint(encoder, tmp_path / "out1")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError):
+        import_checkpoint(tmp_path / "empty", tmp_path / "out2")
+    with pytest.raises(CheckpointError):
+        import_checkpoint(tmp_path / "missing.gguf", tmp_path / "out3")
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+
+
+def test_save_checkpoint_refuses_a_non_empty_dir(tmp_path: Path, model: Any, tokenizer: Any) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="not empty"):
+        save_checkpoint(model, tokenizer, tmp_path / "out")
+    save_checkpoint(model, tokenizer, tmp_path / "fresh")
+    assert (tmp_path / "fresh" / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left behind
+
+
+def test_pick_device() -> None:
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("auto") in ("cpu", "cuda")
+    with pytest.raises(ValueError):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            pick_device("cuda")
+
+
+def test_builtin_aliases_are_package_and_gguf() -> None:
+    assert all(name.endswith(".gguf") for _, name in BUILTIN_MODELS.values())
+
+
+# --- generation -------------------------------------------------------------------------------------------
+
+
+def test_render_prompt(tokenizer: Any) -> None:
+    assert render_prompt(tokenizer, "raw text", chat=False) == "raw text"
+    text = render_prompt(tokenizer, "What?", system="Be brief.")
+    assert "Be brief." in text and "What?" in text and text.endswith("<|im_start|>assistant\n")
+
+
+def test_params_validation() -> None:
+    with pytest.raises(ValueError, match="greedy"):
+        GenerationParams(n=2, greedy=True)
+    with pytest.raises(ValueError, match="empty string"):
+        GenerationParams(stop_regex=(r"\d*",))
+    with pytest.raises(ValueError):
+        GenerationParams(temperature=0.0)
+
+
+def test_plan_batches_respects_bounds_and_sorts_by_length() -> None:
+    lengths = [5, 50, 7, 30, 6]
+    plan = plan_batches(lengths, n=2, max_new_tokens=10, max_sequences=4, max_tokens=10_000)
+    assert sorted(i for batch in plan for i in batch) == list(range(5))
+    assert all(len(batch) * 2 <= 4 for batch in plan)
+    assert [lengths[i] for batch in plan for i in batch] == sorted(lengths)
+    # a prompt whose n samples alone exceed the bound still runs, alone
+    assert plan_batches([5, 6], n=8, max_new_tokens=10, max_sequences=4, max_tokens=10) == [[0], [1]]
+
+
+@pytest.mark.parametrize("max_batch_sequences", [1, 3, 64])
+def test_greedy_equals_unbatched_transformers_generate(
+    model: Any, tokenizer: Any, prompts: list[str], max_batch_sequences: int
+) -> None:
+    generator = TransformersGenerator(model, tokenizer, device="cpu", max_batch_sequences=max_batch_sequences)
+    results = generator.generate(prompts, GenerationParams(greedy=True, max_new_tokens=12))
+    assert [len(r) for r in results] == [1] * len(prompts)
+    for prompt, (completion,) in zip(prompts, results, strict=True):
+        reference = _reference_ids(model, tokenizer, prompt, 12)
+        assert completion.text == _decode(tokenizer, reference)
+        assert completion.num_tokens == len(reference) == 12
+        assert completion.finish_reason == "length"
+
+
+def test_sampling_shape_order_and_seed(model: Any, tokenizer: Any, prompts: list[str]) -> None:
+    generator = TransformersGenerator(model, tokenizer, device="cpu", max_batch_sequences=6)
+    params = GenerationParams(n=3, temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=8, seed=7)
+    progress: list[int] = []
+    first = generator.generate(prompts, params, on_progress=progress.append)
+    assert [len(r) for r in first] == [3] * len(prompts)
+    assert progress[-1] == 3 * len(prompts) and progress == sorted(progress)
+    assert generator.generate(prompts, params) == first
+    other = generator.generate(prompts, GenerationParams(**{**params.__dict__, "seed": 8}))
+    assert other != first
+    texts = {c.text for r in first for c in r}
+    assert len(texts) > len(prompts)  # the n samples of a prompt differ
+
+
+def _first_stop(tokenizer: Any, ids: list[int], found: Any) -> tuple[str, int]:
+    """Streaming semantics, computed naively: the shortest prefix whose text holds a match, cut there."""
+    for k in range(1, len(ids) + 1):
+        text = _decode(tokenizer, ids[:k])
+        if (end := found(text)) is not None:
+            return text[:end], k
+    raise AssertionError("no stop in the reference")
+
+
+def test_stop_string_and_regex_cut_exactly(model: Any, tokenizer: Any, prompts: list[str]) -> None:
+    reference = _reference_ids(model, tokenizer, prompts[2], 30)
+    words = [w for w in re.findall(r"[A-Za-z]{3,}", _decode(tokenizer, reference[5:]))]
+    assert words, "the tiny model's greedy output should contain a word"
+    stop = words[0]
+    generator = TransformersGenerator(model, tokenizer, device="cpu")
+    (completion,) = generator.generate(
+        [prompts[2]], GenerationParams(greedy=True, max_new_tokens=30, stop=(stop,))
+    )[0]
+    text, k = _first_stop(tokenizer, reference, lambda t: i + len(stop) if (i := t.find(stop)) >= 0 else None)
+    assert completion == type(completion)(text=text, num_tokens=k, finish_reason="stop")
+    assert completion.text.endswith(stop) and completion.text.count(stop) == 1
+
+    pattern = re.escape(stop[:2]) + r"[a-z]"
+    (by_regex,) = generator.generate(
+        [prompts[2]], GenerationParams(greedy=True, max_new_tokens=30, stop_regex=(pattern,))
+    )[0]
+    text, k = _first_stop(tokenizer, reference, lambda t: m.end() if (m := re.search(pattern, t)) else None)
+    assert (by_regex.text, by_regex.num_tokens, by_regex.finish_reason) == (text, k, "stop")
+    assert re.search(pattern + "$", by_regex.text)
+
+
+def test_eos_ends_a_completion(model: Any, tokenizer: Any, prompts: list[str]) -> None:
+    reference = _reference_ids(model, tokenizer, prompts[0], 12)
+    # Make EOS's logit twice that of the 4th greedy token: wherever greedy chose that token, it now ends.
+    target = reference[3]
+    eos_model = copy.deepcopy(model)
+    with torch.no_grad():
+        eos_model.lm_head.weight[tokenizer.eos_token_id] = 2 * eos_model.lm_head.weight[target]
+    first = reference.index(target)
+    generator = TransformersGenerator(eos_model, tokenizer, device="cpu")
+    (completion,) = generator.generate([prompts[0]], GenerationParams(greedy=True, max_new_tokens=12))[0]
+    assert completion.finish_reason == "eos"
+    assert completion.num_tokens == first + 1  # EOS counted
+    assert completion.text == _decode(tokenizer, reference[:first])
+
+
+def test_max_new_tokens_is_respected(model: Any, tokenizer: Any, prompts: list[str]) -> None:
+    generator = TransformersGenerator(model, tokenizer, device="cpu")
+    results = generator.generate(prompts, GenerationParams(n=4, max_new_tokens=5, temperature=1.0))
+    flat = [c for r in results for c in r]
+    assert all(c.num_tokens <= 5 for c in flat)
+    assert all(c.num_tokens == 5 for c in flat if c.finish_reason == "length")
+    assert any(c.finish_reason == "length" for c in flat)
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+def test_tokenize_examples_masks_the_prompt_and_appends_eos(tokenizer: Any, prompts: list[str]) -> None:
+    examples = [TrainExample(prompts[0], "The answer is 15."), TrainExample(prompts[1], "\nHello there", 0.5)]
+    features = tokenize_examples(tokenizer, examples, max_seq_len=512)
+    for ex, f in zip(examples, features, strict=True):
+        prompt_ids = encode_prompt(tokenizer, ex.prompt)
+        completion_ids = tokenizer(ex.completion, add_special_tokens=False)["input_ids"]
+        assert f["input_ids"] == prompt_ids + completion_ids + [tokenizer.eos_token_id]
+        assert f["labels"] == [IGNORE] * len(prompt_ids) + completion_ids + [tokenizer.eos_token_id]
+        assert f["weight"] == ex.weight
+    limit = len(features[0]["input_ids"])
+    long_example = TrainExample(prompts[2], "x")  # the longest prompt
+    with pytest.raises(
+        ValueError, match=rf"1 of 2 examples exceed max_seq_len={limit}.*TrainParams.max_seq_len"
+    ):
+        tokenize_examples(tokenizer, [examples[0], long_example], max_seq_len=limit)
+
+
+def test_loss_is_the_completion_nll(model: Any, tokenizer: Any, prompts: list[str]) -> None:
+    examples = [TrainExample(prompts[0], "The answer is 15."), TrainExample(prompts[2], "Once upon a time")]
+    features = tokenize_examples(tokenizer, examples, 512)
+    batch = collate(features, tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss = batch_loss(model, batch, "token", "cpu")
+        nlls: list[float] = []
+        for f in features:  # one at a time, no padding, full logits
+            logits = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+            logp = logits.log_softmax(-1)
+            nlls += [
+                -float(logp[t - 1, f["input_ids"][t]]) for t, lab in enumerate(f["labels"]) if lab != IGNORE
+            ]
+    assert float(loss) == pytest.approx(sum(nlls) / len(nlls), rel=1e-4)
+
+
+def test_weight_zero_contributes_nothing(model: Any, tokenizer: Any, prompts: list[str]) -> None:
+    kept = TrainExample(prompts[0], "The answer is 15.")
+    dropped = TrainExample(prompts[2], "Once upon a time there was", weight=0.0)
+    for mode in ("token", "sample"):
+        with torch.no_grad():
+            alone = batch_loss(model, collate(tokenize_examples(tokenizer, [kept], 512), 2), mode, "cpu")
+            both = batch_loss(
+                model, collate(tokenize_examples(tokenizer, [kept, dropped], 512), 2), mode, "cpu"
+            )
+        assert float(both) == pytest.approx(float(alone), rel=1e-5)
+    # all-zero weights: loss 0, and training on them leaves every weight untouched
+    trained = copy.deepcopy(model)
+    stats = train_reward_weighted(
+        trained, tokenizer, [dropped], TrainParams(learning_rate=1e-2), device="cpu"
+    )
+    assert stats.loss_first == 0.0
+    for (name, before), after in zip(model.state_dict().items(), trained.state_dict().values(), strict=True):
+        assert torch.equal(before, after), name
+
+
+def test_weighted_nll_normalisations() -> None:
+    logits = torch.zeros(2, 4, 3)  # uniform: every token nll = ln 3
+    labels = torch.tensor([[IGNORE, 1, 2, IGNORE], [IGNORE, 0, IGNORE, IGNORE]])
+    weights = torch.tensor([1.0, 3.0])
+    assert float(weighted_nll(logits, labels, weights, "token")) == pytest.approx(math.log(3))
+    assert float(weighted_nll(logits, labels, weights, "sample")) == pytest.approx(math.log(3))
+    logits[1, 0, 0] = 5.0  # the second sample's only token becomes likely: its weight shows
+    token = float(weighted_nll(logits, labels, weights, "token"))
+    sample = float(weighted_nll(logits, labels, weights, "sample"))
+    nll1 = -float(torch.log_softmax(logits[1, 0], -1)[0])
+    assert token == pytest.approx((2 * math.log(3) + 3 * nll1) / (2 + 3))
+    assert sample == pytest.approx((math.log(3) + 3 * nll1) / (1 + 3))
+
+
+def test_training_overfits_a_tiny_dataset(tokenizer: Any, prompts: list[str]) -> None:
+    model = _tiny_model(tokenizer, seed=1).train()
+    examples = [TrainExample(p, f"The answer is {i}.") for i, p in enumerate(prompts)]
+    steps: list[tuple[int, int, float]] = []
+    params = TrainParams(learning_rate=3e-3, epochs=15, batch_size=2, warmup_ratio=0.1)
+    stats = train_reward_weighted(
+        model, tokenizer, examples, params, device="cpu", on_step=lambda *a: steps.append(a)
+    )
+    assert stats.steps == len(steps) == 30 and steps[-1][:2] == (30, 30)
+    assert stats.examples == 4 and stats.epochs == 15 and stats.tokens > 0
+    assert stats.loss_last < stats.loss_first / 2
+
+
+def test_training_stops_when_asked_and_refuses_nothing(
+    model: Any, tokenizer: Any, prompts: list[str]
+) -> None:
+    trained = copy.deepcopy(model)
+    examples = [TrainExample(p, "ok") for p in prompts]
+    stats = train_reward_weighted(
+        trained, tokenizer, examples, TrainParams(batch_size=1), device="cpu", should_stop=lambda: True
+    )
+    assert stats.steps == 1
+    with pytest.raises(ValueError, match="no training examples"):
+        train_reward_weighted(trained, tokenizer, [], TrainParams(), device="cpu")

@@ -1,0 +1,97 @@
+import pytest
+
+from shared.runconfig import ArithmeticTask, TaskConfig
+from shared.tasks import (
+    ARITHMETIC_STOP,
+    DatasetError,
+    build_splits,
+    check_answer,
+    extract_answer,
+    generate_arithmetic,
+    load_jsonl_problems,
+    user_message,
+)
+
+
+def test_arithmetic_splits_are_disjoint_sized_and_correct():
+    splits = generate_arithmetic(ArithmeticTask(train=64, validation=32, test=64), seed=0)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 64, "validation": 32, "test": 64}
+    questions = [p["question"] for ps in splits.values() for p in ps]
+    assert len(set(questions)) == len(questions)
+    ids = [p["id"] for ps in splits.values() for p in ps]
+    assert len(set(ids)) == len(ids)
+    for p in splits["test"]:
+        a, b = p["question"].removeprefix("What is ").rstrip("?").split(" + ")
+        assert int(p["answer"]) == int(a) + int(b)
+        assert 10 <= int(a) <= 99 and 1 <= int(b) <= 9
+
+
+def test_arithmetic_is_deterministic_per_seed():
+    cfg = ArithmeticTask(train=8, validation=0, test=8)
+    assert generate_arithmetic(cfg, 3) == generate_arithmetic(cfg, 3)
+    assert generate_arithmetic(cfg, 3) != generate_arithmetic(cfg, 4)
+
+
+def test_prompt_asks_for_the_checked_format():
+    assert (
+        user_message("arithmetic", {"question": "What is 47 + 8?"})
+        == "What is 47 + 8? End with 'The answer is N.'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("completion", "correct", "rule"),
+    [
+        ("47 + 8 = 55. The answer is 55.", True, "answer-is"),
+        ("The answer is 54.", False, "answer-is"),
+        ("the answer is: **55**.", True, "answer-is"),
+        ("55", False, "no-answer"),  # a bare number is not the requested format
+        ("The answer is 54. Wait, the answer is 55.", True, "answer-is"),  # the last statement counts
+        ("The answer is fifty-five.", False, "no-answer"),
+        ("The answer is 55.0", True, "answer-is"),
+    ],
+)
+def test_arithmetic_checker(completion, correct, rule):
+    v = check_answer("arithmetic", "55", completion)
+    assert (v.correct, v.rule) == (correct, rule)
+
+
+def test_gsm8k_accepts_hash_and_answer_is_forms_with_commas():
+    assert check_answer("gsm8k", "1200", "so #### 1,200").correct
+    assert check_answer("gsm8k", "1200", "The answer is $1,200.").correct
+    assert not check_answer("gsm8k", "1200", "#### 120").correct
+    # hash-answer only exists for gsm8k: the arithmetic task is strict
+    assert extract_answer("arithmetic", "#### 5") == ("", "no-answer")
+
+
+def test_stop_pattern_matches_only_a_complete_answer():
+    import re
+
+    assert re.search(ARITHMETIC_STOP, "so The answer is 55. More")
+    assert not re.search(ARITHMETIC_STOP, "The answer is 55")
+
+
+def test_jsonl_loader_reports_file_and_line(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"question": "q1", "answer": "a #### 3"}\nnot json\n')
+    with pytest.raises(DatasetError, match=r"d.jsonl:2: not valid JSON"):
+        load_jsonl_problems(f, "gsm8k")
+    f.write_text('{"id": "x", "question": "q", "answer": "1"}\n{"id": "x", "question": "q", "answer": "2"}\n')
+    with pytest.raises(DatasetError, match="duplicate id 'x'"):
+        load_jsonl_problems(f, "gsm8k")
+    f.write_text('{"question": "q"}\n')
+    with pytest.raises(DatasetError, match="needs 'question' and 'answer'"):
+        load_jsonl_problems(f, "gsm8k")
+    f.write_text("\n")
+    with pytest.raises(DatasetError, match="has no problems"):
+        load_jsonl_problems(f, "gsm8k")
+
+
+def test_gsm8k_files_become_splits_with_reference_numbers(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"question": "2+2?", "answer": "2+2=4\\n#### 4"}\n')
+    cfg = TaskConfig(name="gsm8k", files={"train": train, "test": train})
+    splits = build_splits(cfg)
+    assert splits["train"][0]["answer"] == "4"
+    assert splits["train"][0]["solution"].endswith("#### 4")
+    assert splits["validation"] == []
