@@ -243,7 +243,7 @@ def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: S
     return Decision(jobs=_eval_jobs(run, cfg, 0, run.base_model_key, splits))
 
 
-def _sample_job(run: pb.Run, cfg: RunConfig, it: pb.Iteration, index: int, ids: Sequence[str]) -> Job:
+def sample_job(run: pb.Run, cfg: RunConfig, it: pb.Iteration, index: int, ids: Sequence[str]) -> Job:
     n = it.iteration
     params = common_pb2.SamplingParams(
         n=cfg.sampling.n,
@@ -295,7 +295,7 @@ def _start_iteration(run: pb.Run, cfg: RunConfig, train_ids: Sequence[str]) -> D
     it.started.FromDatetime(_now())
     run.iteration = it.iteration
     _set_phase(run, pb.PHASE_SAMPLING, total=len(shards), unit="shards")
-    return Decision(jobs=[_sample_job(run, cfg, it, i, ids) for i, ids in enumerate(shards)])
+    return Decision(jobs=[sample_job(run, cfg, it, i, ids) for i, ids in enumerate(shards)])
 
 
 def _current(run: pb.Run, iteration: int, phase: int) -> pb.Iteration | None:
@@ -339,6 +339,21 @@ def on_verify_done(run: pb.Run, done: ev.VerifyDone) -> Decision:
     return Decision(needs_filter=True)
 
 
+def train_params_for(cfg: RunConfig, iteration: int) -> common_pb2.TrainParams:
+    t = cfg.training
+    return common_pb2.TrainParams(
+        learning_rate=t.learning_rate,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        weight_decay=t.weight_decay,
+        warmup_ratio=t.warmup_ratio,
+        max_seq_len=t.max_seq_len,
+        max_grad_norm=t.max_grad_norm,
+        seed=derive_seed(t.seed, iteration),
+        loss_normalisation=t.loss_normalisation,
+    )
+
+
 def on_filtered(
     run: pb.Run, cfg: RunConfig, iteration: int, stats: FilterStats, splits: Sequence[str]
 ) -> Decision:
@@ -358,24 +373,13 @@ def on_filtered(
         it.checkpoint_key = it.policy_key
         _set_phase(run, pb.PHASE_EVALUATING, total=len(splits), unit="evaluations")
         return Decision(jobs=_eval_jobs(run, cfg, iteration, it.checkpoint_key, splits))
-    t = cfg.training
     job = ev.TrainJob(
         run_id=run.run_id,
         job_id=keys.job_id("train", run.run_id, iteration),
         iteration=iteration,
         base_key=run.base_model_key,
         kept_key=it.kept_key,
-        params=common_pb2.TrainParams(
-            learning_rate=t.learning_rate,
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            weight_decay=t.weight_decay,
-            warmup_ratio=t.warmup_ratio,
-            max_seq_len=t.max_seq_len,
-            max_grad_norm=t.max_grad_norm,
-            seed=derive_seed(t.seed, iteration),
-            loss_normalisation=t.loss_normalisation,
-        ),
+        params=train_params_for(cfg, iteration),
         output_key=keys.checkpoint_key(run.run_id, iteration),
     )
     _set_phase(run, pb.PHASE_TRAINING, unit="steps")

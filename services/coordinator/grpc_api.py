@@ -7,6 +7,7 @@ are written under the new `runs/<run_id>/` before the run record exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -160,11 +161,13 @@ class RunApi(pb_grpc.RunServiceServicer):
         yield pb.WatchRunResponse(run=run)
         if run.status in core.FINISHED and run.report_key:
             return
-        async for value, _ in self.orc.bus.kv_watch(request.run_id):
-            run = pb.Run.FromString(value)
-            yield pb.WatchRunResponse(run=run)
-            if run.status in core.FINISHED and run.report_key:
-                return
+        # aclosing: stop the server-side watcher as soon as the run ends or the client leaves.
+        async with contextlib.aclosing(self.orc.bus.kv_watch(request.run_id)) as updates:
+            async for value, _ in updates:
+                run = pb.Run.FromString(value)
+                yield pb.WatchRunResponse(run=run)
+                if run.status in core.FINISHED and run.report_key:
+                    return
 
     async def GetReport(
         self, request: pb.GetReportRequest, context: grpc.aio.ServicerContext

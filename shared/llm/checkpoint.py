@@ -16,7 +16,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -100,7 +100,9 @@ def _load_model(ckpt_dir: Path, dtype: torch.dtype | str, device: str) -> PreTra
         raise CheckpointError(f"{ckpt_dir} is not a causal LM checkpoint: {exc}") from exc
     if getattr(model.config, "is_encoder_decoder", False):
         raise CheckpointError(f"{ckpt_dir} is not a causal LM checkpoint: it is an encoder-decoder model")
-    return model.to(device)
+    # cast: transformers' decorated .to confuses mypy; nn.Module.to moves the weights in place
+    cast(Any, model).to(device)
+    return model
 
 
 def load_for_inference(ckpt_dir: Path, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel, LlamaConfig, LlamaForCausalLM
 
+from shared.llm import generation
 from shared.llm.checkpoint import (
     BUILTIN_MODELS,
     CheckpointError,
@@ -243,7 +244,11 @@ def _first_stop(tokenizer: Any, ids: list[int], found: Any) -> tuple[str, int]:
     raise AssertionError("no stop in the reference")
 
 
-def test_stop_string_and_regex_cut_exactly(model: Any, tokenizer: Any, prompts: list[str]) -> None:
+@pytest.mark.parametrize("tail_tokens", [32, 1])  # 1: the per-step check misses; the final cut must not
+def test_stop_string_and_regex_cut_exactly(
+    model: Any, tokenizer: Any, prompts: list[str], tail_tokens: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(generation, "_TAIL_TOKENS", tail_tokens)
     reference = _reference_ids(model, tokenizer, prompts[2], 30)
     words = [w for w in re.findall(r"[A-Za-z]{3,}", _decode(tokenizer, reference[5:]))]
     assert words, "the tiny model's greedy output should contain a word"
@@ -383,3 +388,16 @@ def test_training_stops_when_asked_and_refuses_nothing(
     assert stats.steps == 1
     with pytest.raises(ValueError, match="no training examples"):
         train_reward_weighted(trained, tokenizer, [], TrainParams(), device="cpu")
+
+
+def test_a_stop_seen_only_in_the_tail_is_confirmed_on_the_whole_text(
+    model: Any, tokenizer: Any, prompts: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = _reference_ids(model, tokenizer, prompts[2], 20)
+    full = _decode(tokenizer, reference)
+    later = [w for w in re.findall(r"[A-Za-z]{3,}", full) if not full.startswith(w)]
+    monkeypatch.setattr(generation, "_TAIL_TOKENS", 1)
+    # \A matches at the start of a one-token tail, never in the whole text: no stop may be reported
+    params = GenerationParams(greedy=True, max_new_tokens=20, stop_regex=(r"\A" + re.escape(later[-1]),))
+    (completion,) = TransformersGenerator(model, tokenizer, device="cpu").generate([prompts[2]], params)[0]
+    assert (completion.text, completion.num_tokens, completion.finish_reason) == (full, 20, "length")
