@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -30,6 +31,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(service: str, level: str = "info") -> None:
+    # Before transformers is imported: no progress bars in log files, and never reach for a hub.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()

@@ -38,6 +38,8 @@ from typing import Any
 import torch
 
 _TAIL_TOKENS = 32  # tokens decoded per live sequence per step to look for a stop (plus the stop's length)
+_MIN_SHARED_PREFIX = 16  # shorter common prompt prefixes are not worth a separate forward pass
+_PRUNE_FRACTION = 0.125  # drop finished rows from a batch once they are this fraction of it
 
 
 def render_prompt(tokenizer: Any, user_message: str, *, system: str | None = None, chat: bool = True) -> str:
@@ -138,28 +140,29 @@ def _cut(tokenizer: Any, ids: list[int], matcher: _StopMatcher) -> tuple[str, in
     return text[:end], hi
 
 
-def _filter_logits(logits: torch.Tensor, params: GenerationParams) -> torch.Tensor:
-    """Temperature, top-k, top-p in the order transformers applies them; filtered entries become -inf."""
-    logits = logits / params.temperature
-    if 0 < params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token once the tokens before it already hold top_p of the mass (the first always stays)
-        drop = (probs.cumsum(dim=-1) - probs) >= params.top_p
-        drop[:, 0] = False
-        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return logits
-
-
 def _next_tokens(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> torch.Tensor:
+    """Greedy argmax, or temperature -> top-k -> top-p -> multinomial draw (transformers' order)."""
     logits = logits.float()
     if params.greedy:
         return logits.argmax(dim=-1)
-    probs = _filter_logits(logits, params).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    logits = logits / params.temperature
+    if 0 < params.top_k < logits.shape[-1]:
+        # Draw among the k candidates only: the same distribution as masking the rest to -inf, but the
+        # draw and the top-p sort touch k columns instead of the vocabulary — a multinomial over 49k
+        # columns × 512 rows took more CPU time than the model's forward pass.
+        values, candidates = torch.topk(logits, params.top_k, dim=-1)  # sorted, descending
+    elif params.top_p < 1.0:
+        values, candidates = torch.sort(logits, dim=-1, descending=True)
+    else:
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+    if params.top_p < 1.0:
+        probs = values.softmax(dim=-1)
+        # drop a candidate once those before it already hold top_p of the mass (the first always stays)
+        drop = (probs.cumsum(dim=-1) - probs) >= params.top_p
+        drop[:, 0] = False
+        values = values.masked_fill(drop, float("-inf"))
+    choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)
+    return candidates.gather(1, choice).squeeze(1)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -192,6 +195,28 @@ def plan_batches(
     return batches
 
 
+def _shared_prefix_len(prompt_ids: list[list[int]]) -> int:
+    """Length of the token prefix all prompts share, worth a separate forward pass; 0 if not."""
+    if len(prompt_ids) < 2:
+        return 0
+    # every prompt keeps >= 1 token of its own: the last token's logits start the completion
+    limit = min(len(p) for p in prompt_ids) - 1
+    first = prompt_ids[0]
+    shared = 0
+    while shared < limit and all(p[shared] == first[shared] for p in prompt_ids):
+        shared += 1
+    return shared if shared >= _MIN_SHARED_PREFIX else 0
+
+
+def _output_cache(out: Any) -> Any:
+    cache = out.get("cache", None)
+    if cache is None:  # transformers < 5.24 names the output past_key_values
+        cache = out.get("past_key_values", None)
+    if cache is None:
+        raise RuntimeError("the model returned no KV cache; generation needs use_cache support")
+    return cache
+
+
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     """Token ids of a prompt, identical for sampling and training.
 
@@ -212,7 +237,7 @@ class TransformersGenerator:
         tokenizer: Any,
         *,
         device: str,
-        max_batch_sequences: int = 256,
+        max_batch_sequences: int = 512,
         max_batch_tokens: int = 65536,
     ) -> None:
         if max_batch_sequences < 1 or max_batch_tokens < 1:
@@ -283,20 +308,32 @@ class TransformersGenerator:
         )
 
     def _prefill(self, prompt_ids: list[list[int]], n: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        """Run the left-padded prompts once; return the cache, last logits and mask, each repeated n times."""
-        width = max(len(p) for p in prompt_ids)
-        ids = torch.full((len(prompt_ids), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-        for row, p in enumerate(prompt_ids):
+        """Run the prompts once; return the KV cache, last-token logits and attention mask, repeated n times.
+
+        Token ids every prompt of the batch starts with (a system prompt, few-shot examples) run once
+        and their cache is repeated per prompt; the rest of each prompt is left-padded after them, so
+        the mask may hold zeros between the shared prefix and a prompt's own tokens. Positions come
+        from the mask, so every real token sits where it would without padding.
+        """
+        shared = _shared_prefix_len(prompt_ids)
+        cache = None
+        if shared:
+            prefix = torch.tensor([prompt_ids[0][:shared]], device=self.device)
+            ones = torch.ones_like(prefix)
+            cache = _output_cache(self._forward(prefix, ones, (ones.cumsum(-1) - 1), None))
+            cache.batch_repeat_interleave(len(prompt_ids))
+        rest = [p[shared:] for p in prompt_ids]
+        width = max(len(p) for p in rest)
+        ids = torch.full((len(rest), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(rest), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for row, p in enumerate(rest):
             ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[row, width - len(p) :] = 1
+            mask[row, shared + width - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
-        out = self._forward(ids, mask, positions, None)
-        cache = out.get("cache", None)
-        if cache is None:  # transformers < 5.24 names the output past_key_values
-            cache = out.get("past_key_values", None)
-        logits = out.logits[:, -1]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        out = self._forward(ids, mask, positions, cache)
+        cache, logits = _output_cache(out), out.logits[:, -1]
         if n > 1:
             cache.batch_repeat_interleave(n)  # the K samples share one prompt forward pass
             logits, mask = logits.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
@@ -308,17 +345,21 @@ class TransformersGenerator:
         generator = torch.Generator(device=self.device).manual_seed(params.seed + batch_index)
         cache, logits, mask = self._prefill(prompt_ids, params.n)
         positions = mask.sum(-1, keepdim=True)  # position of each row's next token
-        rows = list(range(mask.shape[0]))  # live row -> output sequence
+        rows = list(range(mask.shape[0]))  # batch row -> output sequence; -1 once finished
         tokens: list[list[int]] = [[] for _ in rows]
         reasons = ["length"] * len(rows)
         for step in range(params.max_new_tokens):
             nxt = _next_tokens(logits, params, generator)
-            finished = self._record(rows, nxt.tolist(), tokens, reasons, matcher)
-            if step == params.max_new_tokens - 1 or len(finished) == len(rows):
+            for i in self._record(rows, nxt.tolist(), tokens, reasons, matcher):
+                rows[i] = -1
+            dead = rows.count(-1)
+            if step == params.max_new_tokens - 1 or dead == len(rows):
                 break
-            if finished:
-                # drop finished rows so later steps only compute live sequences
-                keep = [i for i in range(len(rows)) if i not in finished]
+            if dead >= len(rows) * _PRUNE_FRACTION:
+                # Drop finished rows so later steps compute live sequences only. Not on every finish:
+                # selecting rows copies the whole KV cache, which costs about as much as a few dozen
+                # row-steps of compute.
+                keep = [i for i, row in enumerate(rows) if row >= 0]
                 index = torch.tensor(keep, device=mask.device)
                 cache.batch_select_indices(index)
                 mask, positions, nxt = mask[index], positions[index], nxt[index]
@@ -337,10 +378,12 @@ class TransformersGenerator:
         reasons: list[str],
         matcher: _StopMatcher,
     ) -> set[int]:
-        """Append this step's tokens; return the live indices that finished (EOS or a stop in the text)."""
+        """Append this step's tokens to live rows; return the batch rows that finished (EOS or a stop)."""
         finished: set[int] = set()
         candidates: list[int] = []
         for i, (row, token) in enumerate(zip(rows, new, strict=True)):
+            if row < 0:  # finished earlier, not yet pruned: its token is padding
+                continue
             tokens[row].append(token)
             if token in self._eos:
                 reasons[row] = "eos"

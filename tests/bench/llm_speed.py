@@ -80,8 +80,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-batch-sequences", type=int, nargs="+", default=[256])
-    parser.add_argument("--max-batch-tokens", type=int, default=1 << 20)
+    parser.add_argument("--max-batch-sequences", type=int, nargs="+", default=[512])
+    parser.add_argument("--max-batch-tokens", type=int, default=65536)
     args = parser.parse_args()
     if args.ckpt is not None:
         _run(args.ckpt, args)

@@ -207,10 +207,14 @@ def test_plan_batches_respects_bounds_and_sorts_by_length() -> None:
     assert plan_batches([5, 6], n=8, max_new_tokens=10, max_sequences=4, max_tokens=10) == [[0], [1]]
 
 
+@pytest.mark.parametrize("chat", [True, False])  # chat prompts share a system-prompt prefix; raw ones don't
 @pytest.mark.parametrize("max_batch_sequences", [1, 3, 64])
 def test_greedy_equals_unbatched_transformers_generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_batch_sequences: int
+    model: Any, tokenizer: Any, max_batch_sequences: int, chat: bool
 ) -> None:
+    prompts = [render_prompt(tokenizer, m, chat=chat) for m in MESSAGES]
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    assert (generation._shared_prefix_len(ids) > 0) == chat
     generator = TransformersGenerator(model, tokenizer, device="cpu", max_batch_sequences=max_batch_sequences)
     results = generator.generate(prompts, GenerationParams(greedy=True, max_new_tokens=12))
     assert [len(r) for r in results] == [1] * len(prompts)
