@@ -41,10 +41,13 @@ class DatasetCache:
 class CheckpointCache:
     """Downloads checkpoint directories once and keeps the last loaded model in memory."""
 
-    def __init__(self, store: ArtifactStore, cache_dir: Path, device: str) -> None:
+    def __init__(
+        self, store: ArtifactStore, cache_dir: Path, device: str, *, max_batch_sequences: int = 512
+    ) -> None:
         self.store = store
         self.cache_dir = cache_dir
         self.device = device
+        self.max_batch_sequences = max_batch_sequences
         self._loaded: tuple[str, Any] | None = None
         self._lock = asyncio.Lock()
 
@@ -69,7 +72,9 @@ class CheckpointCache:
             path = await self.fetch(key)
             self._loaded = None  # release the previous model before loading the next
             model, tokenizer = await asyncio.to_thread(load_for_inference, path, self.device)
-            gen = TransformersGenerator(model, tokenizer, device=self.device)
+            gen = TransformersGenerator(
+                model, tokenizer, device=self.device, max_batch_sequences=self.max_batch_sequences
+            )
             self._loaded = (key, gen)
             log.info("loaded checkpoint %s on %s", key, self.device)
             return gen

@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -490,7 +490,7 @@ class EventBus:
     async def kv_keys(self) -> list[str]:
         return await self._kv.keys()
 
-    async def kv_watch(self, key: str) -> AsyncIterator[tuple[bytes, int]]:
+    async def kv_watch(self, key: str) -> AsyncGenerator[tuple[bytes, int], None]:
         """Current value first (if any), then every update; close it with ``contextlib.aclosing``."""
         # aclosing: closing this generator must stop the inner watcher (and its server consumer) too.
         async with contextlib.aclosing(self._kv.watch(key)) as updates:  # type: ignore[type-var]

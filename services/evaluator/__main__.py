@@ -33,7 +33,7 @@ async def main_async(config_path: Path | None) -> None:
     bus = await EventBus.connect(cfg.nats, name="evaluator")
     await bus.ensure_topology()
     store = open_store(cfg.store)
-    checkpoints = CheckpointCache(store, cfg.cache_dir, device)
+    checkpoints = CheckpointCache(store, cfg.cache_dir, device, max_batch_sequences=cfg.max_batch_sequences)
     state = WorkerState("evaluator", device=device)
     channel = grpc.aio.insecure_channel(cfg.verifier_address)
     verifier = verifier_pb2_grpc.VerifierServiceStub(channel)

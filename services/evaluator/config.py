@@ -27,6 +27,8 @@ class EvaluatorConfig(StrictModel):
     """Device for the model: `auto` picks CUDA when present."""
     cache_dir: Path = Path(".restem/cache/evaluator")
     """Local directory for downloaded checkpoints."""
+    max_batch_sequences: int = Field(default=512, ge=1, le=65_536)
+    """Most sequences decoded together."""
     max_deliver: int = Field(default=3, ge=1, le=100)
     """Attempts per job before it is dead-lettered and the run fails."""
     ack_wait_s: float = Field(default=60.0, gt=1)

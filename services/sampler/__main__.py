@@ -31,7 +31,7 @@ async def main_async(config_path: Path | None) -> None:
     bus = await EventBus.connect(cfg.nats, name="sampler")
     await bus.ensure_topology()
     store = open_store(cfg.store)
-    checkpoints = CheckpointCache(store, cfg.cache_dir, device)
+    checkpoints = CheckpointCache(store, cfg.cache_dir, device, max_batch_sequences=cfg.max_batch_sequences)
     state = WorkerState("sampler", device=device)
     handle = SampleHandler(bus, store, checkpoints, cfg.max_samples_per_job)
     handler = typed_handler(bus, "sample", ev.SampleJob, handle, state, max_deliver=cfg.max_deliver)

@@ -25,7 +25,7 @@ class SamplerConfig(StrictModel):
     """Device for the model: `auto` picks CUDA when present."""
     cache_dir: Path = Path(".restem/cache/sampler")
     """Local directory for downloaded checkpoints."""
-    max_batch_sequences: int = Field(default=128, ge=1, le=65_536)
+    max_batch_sequences: int = Field(default=512, ge=1, le=65_536)
     """Most sequences (prompts x K) decoded together."""
     max_samples_per_job: int = Field(default=65_536, ge=1)
     """Largest shard (problems x K) accepted; bigger jobs fail with a clear error."""

@@ -213,6 +213,22 @@ def up(state_dir: Path | None = None, *, timeout_s: float = 120.0) -> Stack:
     return Stack(state, info)
 
 
+def restart_service(stack: Stack, service: str, *, kill: bool = True, timeout_s: float = 120.0) -> Stack:
+    """Kill (SIGKILL by default, as a crash would) and start one service again with the same config."""
+    info = stack.info
+    pid = int(info["services"][service]["pid"])
+    _stop_pids([pid], 0.0 if kill else 15.0)
+    extra: dict[str, Any] = {}
+    if service == "evaluator":
+        extra["verifier_address"] = info["services"]["verifier"]["address"]
+    info["services"][service] = _start_service(
+        stack.state_dir, service, info["nats"]["url"], extra, timeout_s
+    )
+    (stack.state_dir / "stack.json").write_text(json.dumps(info, indent=2))
+    _wait_healthy({"services": {service: info["services"][service]}}, timeout_s)
+    return stack
+
+
 def _stop_pids(pids: list[int], grace_s: float) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

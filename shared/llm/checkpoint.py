@@ -198,14 +198,16 @@ def import_checkpoint(source: Path, out_dir: Path) -> dict[str, Any]:
     GGUF weights are de-quantised to fp32; an HF directory keeps its stored dtype. Returns a summary:
     architecture, num_parameters, vocab_size, max_position_embeddings, source.
     """
-    source = Path(source)
+    source, out_dir = Path(source), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):  # fail before minutes of conversion, not after
+        raise CheckpointError(f"{out_dir} exists and is not empty; refusing to overwrite it")
     if source.is_file() and source.suffix == ".gguf":
         model, tokenizer = _load_gguf(source)
     elif source.is_dir():
         model, tokenizer = _load_hf_dir(source)
     else:
         raise CheckpointError(f"{source} is neither a .gguf file nor a model directory")
-    save_checkpoint(model, tokenizer, Path(out_dir))
+    save_checkpoint(model, tokenizer, out_dir)
     config = model.config
     architectures = getattr(config, "architectures", None) or [type(model).__name__]
     return {

@@ -6,25 +6,29 @@ How it runs (``TransformersGenerator.generate``):
   ``max_batch_sequences`` (prompts × n) and ``max_batch_tokens`` (sequences × (longest prompt +
   max_new_tokens), i.e. the KV cache a batch can grow to). A single prompt whose n samples exceed a bound
   still runs, alone.
-* Each batch runs its own decode loop rather than ``model.generate``: the left-padded prompts are
-  prefilled ONCE and their KV cache is repeated n times (``batch_repeat_interleave``), so the K samples
-  share the prompt's forward pass; and a sequence that hits EOS or a stop is dropped from the batch
-  (``batch_select_indices``) instead of being padded along until the slowest sample ends — with short
-  answers and a few rambling samples that is most of the decode work.
+* Each batch runs its own decode loop rather than ``model.generate``, for three savings: token ids that
+  every prompt of the batch starts with (system prompt, few-shot examples) are prefilled once for the
+  batch; each prompt's remaining tokens are prefilled once and the KV cache is repeated n times
+  (``batch_repeat_interleave``), so the K samples share the prompt's forward pass; and sequences that hit
+  EOS or a stop are dropped from the batch (``batch_select_indices``, once they are 1/8 of it) instead of
+  being padded along until the slowest sample ends — with short answers and a few rambling samples
+  that is most of the decode work.
 * Stops are detected cheaply while decoding (the last few dozen tokens of each live sequence are decoded
-  and searched), then the kept text is found EXACTLY afterwards: the completion is the shortest token
-  prefix whose decoded text contains a stop string or a stop-regex match, cut right after the match that
-  ends first. ``num_tokens`` is the length of that token prefix (the token that completed the stop
-  included), or up to and including EOS.
-* Sampling matches ``transformers``: temperature, then top-k, then top-p, then a multinomial draw, with a
-  per-batch ``torch.Generator`` seeded ``seed + batch_index`` — the same prompts, params and batch
-  limits give the same completions (on CPU bit for bit; on CUDA up to kernel non-determinism).
+  and searched; a hit is confirmed on the whole completion), then the kept text is found EXACTLY
+  afterwards: the completion is the shortest token prefix whose decoded text contains a stop string or a
+  stop-regex match, cut right after the match that ends first. ``num_tokens`` is the length of that
+  token prefix (the token that completed the stop included), or up to and including EOS.
+* Sampling has transformers' distribution — temperature, then top-k, then top-p, then a multinomial
+  draw (among the top-k candidates only, which is much cheaper than over the vocabulary) — with a
+  per-batch ``torch.Generator`` seeded ``seed + batch_index``: the same prompts, params and batch limits
+  give the same completions (on CPU bit for bit; on CUDA up to kernel non-determinism). Changing the
+  batch limits changes the batch plan and so the draws.
 
 Stop semantics to know: a regex is searched on the growing text, so it should end in a terminator —
 ``r"The answer is \\d+"`` would stop after the first digit, ``r"The answer is -?\\d+\\."`` is right.
 
-NOT covered: continuous batching (refilling a batch as sequences finish), sharing a common prefix across
-DIFFERENT prompts (e.g. one system prompt), speculative decoding, beam search, vLLM, multi-GPU.
+NOT covered: continuous batching (refilling a batch as sequences finish), a pre-allocated (static) KV
+cache or CUDA graphs, speculative decoding, beam search, vLLM, multi-GPU.
 """
 
 from __future__ import annotations
@@ -265,15 +269,7 @@ class TransformersGenerator:
         on_progress: Callable[[int], None] | None = None,
     ) -> list[list[Completion]]:
         """``params.n`` completions for each prompt, in prompt order; ``on_progress(sequences_done)`` per batch."""
-        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
-        longest = max((len(ids) for ids in encoded), default=0)
-        if self._max_positions is not None and longest + params.max_new_tokens > self._max_positions:
-            raise ValueError(
-                f"longest prompt ({longest} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the "
-                f"model's max_position_embeddings ({self._max_positions})"
-            )
-        if any(not ids for ids in encoded):
-            raise ValueError("empty prompt: every prompt needs at least one token")
+        encoded = self._encode(prompts, params)
         lengths = [len(ids) for ids in encoded]
         plan = plan_batches(
             lengths, params.n, params.max_new_tokens, self.max_batch_sequences, self.max_batch_tokens
@@ -295,6 +291,18 @@ class TransformersGenerator:
         finally:
             self.model.train(was_training)
         return results
+
+    def _encode(self, prompts: Sequence[str], params: GenerationParams) -> list[list[int]]:
+        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
+        if any(not ids for ids in encoded):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        longest = max((len(ids) for ids in encoded), default=0)
+        if self._max_positions is not None and longest + params.max_new_tokens > self._max_positions:
+            raise ValueError(
+                f"longest prompt ({longest} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the "
+                f"model's max_position_embeddings ({self._max_positions})"
+            )
+        return encoded
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
         kwargs = {self._cache_kwarg: cache} if cache is not None else {}

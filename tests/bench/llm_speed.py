@@ -6,6 +6,7 @@ for this work on a 2-core CPU without stops.
 
     python tests/bench/llm_speed.py                          # imports the GGUF into a temp dir first
     python tests/bench/llm_speed.py --ckpt /tmp/smol --max-batch-sequences 64 128 512
+    python tests/bench/llm_speed.py --ckpt /tmp/smol --no-stop   # without the stop regex
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def _run(ckpt: Path, args: argparse.Namespace) -> None:
     prompts = [
         render_prompt(tokenizer, f"What is {a} + {b}? End with 'The answer is N.'") for a, b in problems
     ]
+    stops = () if args.no_stop else (ANSWER.pattern,)
     params = GenerationParams(
-        n=args.n, temperature=0.7, top_k=40, max_new_tokens=40, stop_regex=(ANSWER.pattern,), seed=args.seed
+        n=args.n, temperature=0.7, top_k=40, max_new_tokens=40, stop_regex=stops, seed=args.seed
     )
     print(f"device {device}, torch threads {torch.get_num_threads()}, {len(prompts)} prompts x {args.n}")
     for max_seqs in args.max_batch_sequences:
@@ -82,6 +84,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-batch-sequences", type=int, nargs="+", default=[512])
     parser.add_argument("--max-batch-tokens", type=int, default=65536)
+    parser.add_argument(
+        "--no-stop", action="store_true", help="no stop regex: the reference's work (EOS still stops)"
+    )
     args = parser.parse_args()
     if args.ckpt is not None:
         _run(args.ckpt, args)

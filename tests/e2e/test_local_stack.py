@@ -20,7 +20,7 @@ from restem.coordinator.v1 import coordinator_pb2 as pb
 
 from shared import keys
 from shared.client.client import RunClient, check_health
-from shared.client.stack import GRPC_NAMES, down, up
+from shared.client.stack import GRPC_NAMES, down, restart_service, up
 from shared.store import LocalStore
 from shared.tasks import loads_jsonl
 
@@ -152,3 +152,19 @@ def test_start_run_rejects_bad_input_without_touching_the_store(stack, finished_
                 client.start_run(text)
             assert err.value.code() == code and words in err.value.details()
     assert sorted(p for p in store_root.rglob("*") if p.is_file()) == before
+
+
+def test_a_killed_coordinator_is_restarted_and_the_run_completes(stack, finished_run):
+    """Run state lives in JetStream KV and events wait in their stream: a crash loses nothing."""
+    config = SMALL.replace("e2e-small", "e2e-crash").replace("train: 16", "train: 8")
+    with RunClient(stack.coordinator) as client:
+        run_id = client.start_run(config).run_id
+        for snapshot in client.watch_run(run_id, timeout_s=600):
+            if snapshot.phase == pb.PHASE_SAMPLING:
+                break
+    restart_service(stack, "coordinator")  # SIGKILL mid-iteration, then start again
+    with RunClient(stack.coordinator) as client:
+        last = list(client.watch_run(run_id, timeout_s=900))[-1]
+    assert last.status == pb.RUN_STATUS_SUCCEEDED, last.error
+    it = last.iterations[1]
+    assert it.samples == 8 * 8 and sorted(it.shards_verified) == [0]
