@@ -36,7 +36,11 @@ class CliError(Exception):
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False)
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Piped output (grep, logs) must not wrap run ids across lines.
+        console = Console(highlight=False, width=200)
+    return console
 
 
 def _address(args: argparse.Namespace) -> str:

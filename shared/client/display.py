@@ -112,7 +112,8 @@ def iterations_table(report: dict[str, Any]) -> Table:
 
 def runs_table(runs: Iterable[pb.Run]) -> Table:
     table = Table()
-    for col in ("run", "status", "phase", "iteration", "task", "created"):
+    table.add_column("run", no_wrap=True)
+    for col in ("status", "phase", "iteration", "task", "created"):
         table.add_column(col)
     for r in runs:
         table.add_row(
