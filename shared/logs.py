@@ -30,12 +30,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False)
 
 
-def setup_logging(service: str, level: str = "info") -> None:
-    # Before transformers is imported: no progress bars in log files, and never reach for a hub.
+def quiet_model_libraries() -> None:
+    """Call before transformers is imported: no progress bars in logs, and never reach for a hub."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def setup_logging(service: str, level: str = "info") -> None:
+    quiet_model_libraries()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()

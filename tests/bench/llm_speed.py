@@ -23,8 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from shared.llm.checkpoint import import_checkpoint, load_for_inference, pick_device, resolve_builtin
+from shared.llm.checkpoint import import_checkpoint, load_for_inference, pick_device
 from shared.llm.generation import GenerationParams, TransformersGenerator, render_prompt
+from shared.models import resolve_model_source
 
 ANSWER = re.compile(r"The answer is (-?\d+)\.")
 
@@ -93,7 +94,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        info = import_checkpoint(resolve_builtin("smollm2-135m-instruct"), Path(tmp) / "ckpt")
+        info = import_checkpoint(resolve_model_source("builtin:smollm2-135m-instruct"), Path(tmp) / "ckpt")
         print(
             f"imported {info['architecture']} ({info['num_parameters']:,} params) in {time.perf_counter() - start:.1f} s"
         )

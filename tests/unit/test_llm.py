@@ -18,13 +18,11 @@ from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel, Llama
 
 from shared.llm import generation
 from shared.llm.checkpoint import (
-    BUILTIN_MODELS,
     CheckpointError,
     import_checkpoint,
     load_for_inference,
     load_for_training,
     pick_device,
-    resolve_builtin,
     save_checkpoint,
 )
 from shared.llm.generation import (
@@ -44,6 +42,7 @@ from shared.llm.training import (
     train_reward_weighted,
     weighted_nll,
 )
+from shared.models import BUILTIN_MODELS, ModelNotFound, resolve_model_source
 
 MESSAGES = [
     "What is 12 + 3?",
@@ -56,7 +55,7 @@ MESSAGES = [
 @pytest.fixture(scope="session")
 def tokenizer() -> Any:
     # Loading only the tokenizer from the shipped GGUF takes ~3 s and needs no network.
-    path = resolve_builtin("smollm2-135m-instruct")
+    path = resolve_model_source("builtin:smollm2-135m-instruct")
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     tok.padding_side = "left"
     return tok
@@ -113,9 +112,9 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
 
 
 def test_resolve_builtin_finds_the_gguf_and_names_known_aliases() -> None:
-    assert resolve_builtin("smollm2-135m-instruct").is_file()
-    with pytest.raises(CheckpointError, match="smollm2-135m-instruct"):
-        resolve_builtin("no-such-model")
+    assert resolve_model_source("builtin:smollm2-135m-instruct").is_file()
+    with pytest.raises(ModelNotFound, match="smollm2-135m-instruct"):
+        resolve_model_source("builtin:no-such-model")
 
 
 def test_import_round_trips_an_hf_dir_exactly(tmp_path: Path, model: Any, tokenizer: Any) -> None:
