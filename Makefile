@@ -1,5 +1,6 @@
 # restem — `make help` lists the targets.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,8 +17,8 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q torch==2.13.0 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install restem with its dev tools (idempotent)

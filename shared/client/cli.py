@@ -172,10 +172,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _s3_from_args(args: argparse.Namespace) -> object:
+    if not getattr(args, "s3_endpoint", None):
+        return None
+    from pydantic import ValidationError
+
+    from shared.infra import StoreConfig
+
+    try:
+        return StoreConfig(kind="s3", endpoint=args.s3_endpoint, bucket=args.s3_bucket, secure=args.s3_secure)
+    except ValidationError as exc:
+        raise CliError(exc.errors()[0]["msg"].removeprefix("Value error, "), EXIT_INVALID) from None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.client.stack import up
 
-    stack = up(args.state_dir)
+    stack = up(args.state_dir, s3=_s3_from_args(args))  # type: ignore[arg-type]
     print(f"local stack up (state in {stack.state_dir}); coordinator at {stack.coordinator}")
     return 0
 
@@ -219,7 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="local stack state directory (default: $RESTEM_HOME or ./.restem)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the local stack").set_defaults(func=cmd_up)
+    p = sub.add_parser("up", help="start the local stack")
+    p.add_argument(
+        "--s3-endpoint", help="use this S3 endpoint (host:port) instead of a local directory store"
+    )
+    p.add_argument("--s3-bucket", default="restem", help="S3 bucket (default: restem; created if missing)")
+    p.add_argument("--s3-secure", action="store_true", help="talk TLS to the S3 endpoint")
+    p.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
     p = sub.add_parser("status", help="health of the local stack, or the state of RUN")
     p.add_argument("run", nargs="?", help="a run id")

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from shared.client.client import check_health
+from shared.infra import StoreConfig
 
 SERVICES = ("verifier", "sampler", "trainer", "evaluator", "coordinator")
 GRPC_NAMES = {
@@ -126,11 +127,12 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _service_config(state: Path, service: str, nats_url: str, extra: dict[str, Any]) -> Path:
+def _service_config(state: Path, service: str, info: dict[str, Any], extra: dict[str, Any]) -> Path:
     cfg: dict[str, Any] = {
         "grpc": {"host": "127.0.0.1", "port": 0, "port_file": str(state / "ports" / f"{service}.port")},
-        "nats": {"url": nats_url},
-        "store": {"kind": "local", "root": str(state / "store")},
+        "nats": {"url": info["nats"]["url"]},
+        # S3 credentials are not written here: services read them from the environment they inherit.
+        "store": info["store"],
     }
     if service in ("sampler", "evaluator", "trainer"):
         cfg["cache_dir"] = str(state / "cache" / service)
@@ -144,9 +146,9 @@ def _service_config(state: Path, service: str, nats_url: str, extra: dict[str, A
 
 
 def _start_service(
-    state: Path, service: str, nats_url: str, extra: dict[str, Any], timeout_s: float
+    state: Path, service: str, info: dict[str, Any], extra: dict[str, Any], timeout_s: float
 ) -> dict[str, Any]:
-    config = _service_config(state, service, nats_url, extra)
+    config = _service_config(state, service, info, extra)
     port_file = state / "ports" / f"{service}.port"
     port_file.parent.mkdir(parents=True, exist_ok=True)
     port_file.unlink(missing_ok=True)
@@ -177,8 +179,25 @@ def _wait_healthy(stack_info: dict[str, Any], timeout_s: float) -> None:
             time.sleep(0.2)
 
 
-def up(state_dir: Path | None = None, *, timeout_s: float = 120.0) -> Stack:
-    """Start the stack, or return the one already running in this state directory."""
+def store_spec(state: Path, s3: StoreConfig | None) -> dict[str, Any]:
+    """The store section every service gets: a local directory, or an S3 endpoint (no secrets)."""
+    if s3 is None:
+        return {"kind": "local", "root": str(state / "store")}
+    return {
+        "kind": "s3",
+        "endpoint": s3.endpoint,
+        "bucket": s3.bucket,
+        "secure": s3.secure,
+        "region": s3.region,
+    }
+
+
+def up(state_dir: Path | None = None, *, s3: StoreConfig | None = None, timeout_s: float = 120.0) -> Stack:
+    """Start the stack, or return the one already running in this state directory.
+
+    With `s3`, the services use that S3 endpoint; its credentials must be in the environment
+    (RESTEM_S3_ACCESS_KEY / RESTEM_S3_SECRET_KEY), which the service processes inherit.
+    """
     state = state_dir or default_state_dir()
     running = load_stack(state)
     if running is not None:
@@ -196,7 +215,7 @@ def up(state_dir: Path | None = None, *, timeout_s: float = 120.0) -> Stack:
     info: dict[str, Any] = {
         "nats": {"pid": nats.pid, "url": url, "log": str(nats_log)},
         "services": {},
-        "store": str(state / "store"),
+        "store": store_spec(state, s3),
     }
     (state / "stack.json").write_text(json.dumps(info, indent=2))
     try:
@@ -204,7 +223,7 @@ def up(state_dir: Path | None = None, *, timeout_s: float = 120.0) -> Stack:
             extra: dict[str, Any] = {}
             if service == "evaluator":
                 extra["verifier_address"] = info["services"]["verifier"]["address"]
-            info["services"][service] = _start_service(state, service, url, extra, timeout_s)
+            info["services"][service] = _start_service(state, service, info, extra, timeout_s)
             (state / "stack.json").write_text(json.dumps(info, indent=2))
         _wait_healthy(info, timeout_s)
     except BaseException:
@@ -221,9 +240,7 @@ def restart_service(stack: Stack, service: str, *, kill: bool = True, timeout_s:
     extra: dict[str, Any] = {}
     if service == "evaluator":
         extra["verifier_address"] = info["services"]["verifier"]["address"]
-    info["services"][service] = _start_service(
-        stack.state_dir, service, info["nats"]["url"], extra, timeout_s
-    )
+    info["services"][service] = _start_service(stack.state_dir, service, info, extra, timeout_s)
     (stack.state_dir / "stack.json").write_text(json.dumps(info, indent=2))
     _wait_healthy({"services": {service: info["services"][service]}}, timeout_s)
     return stack

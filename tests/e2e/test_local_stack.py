@@ -67,7 +67,7 @@ def test_the_run_succeeds_with_every_artifact(stack, finished_run):
     run = finished_run
     assert run.status == pb.RUN_STATUS_SUCCEEDED, run.error
     assert [it.iteration for it in run.iterations] == [0, 1]
-    store = LocalStore(Path(stack.info["store"]))
+    store = LocalStore(Path(stack.info["store"]["root"]))
     it = run.iterations[1]
     assert (
         it.shards_total == 2 and sorted(it.shards_sampled) == [0, 1] and sorted(it.shards_verified) == [0, 1]
@@ -137,7 +137,7 @@ def test_cli_list_report_and_errors_against_the_stack(stack, finished_run):
 
 
 def test_start_run_rejects_bad_input_without_touching_the_store(stack, finished_run):
-    store_root = Path(stack.info["store"])
+    store_root = Path(stack.info["store"]["root"])
     before = sorted(p for p in store_root.rglob("*") if p.is_file())
     with RunClient(stack.coordinator) as client:
         for text, code, words in [

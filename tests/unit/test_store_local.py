@@ -15,7 +15,6 @@ import pytest
 import urllib3
 from minio.error import S3Error, ServerError
 
-from shared import store as store_mod
 from shared.infra import StoreConfig
 from shared.store import (
     LOCAL_MANIFEST_NAME,
@@ -28,6 +27,7 @@ from shared.store import (
     open_store,
     validate_key,
 )
+from shared.store import local as store_mod
 
 
 @pytest.fixture
