@@ -70,6 +70,9 @@ def follow(runs: Iterable[pb.Run], console: Console) -> pb.Run:
                 )
             if run.phase != pb.PHASE_DONE:
                 progress.update(tasks[key], completed=run.progress.done, total=run.progress.total or None)
+            elif run.status == pb.RUN_STATUS_SUCCEEDED:
+                for tid in tasks.values():  # the final snapshot closes the last phase's bar
+                    progress.update(tid, completed=progress.tasks[tid].total or 1)
             last = run
     assert last is not None
     return last
