@@ -9,7 +9,8 @@ GEN := shared/gen
 PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto check-proto lint test test-unit test-integration test-e2e test-slow bench demo up down status clean
+.PHONY: help setup proto check-proto lint test test-unit test-integration test-e2e test-slow bench demo up down status clean \
+	images images-cpu kind-test kind-test-local chart-schema
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -42,6 +43,7 @@ lint: $(STAMP) ## ruff (check + format) and mypy
 
 test: $(STAMP) check-proto lint ## The whole CI suite: stubs, lint, unit, integration and e2e tests
 	$(BIN)/pytest -m "not slow and not gpu" -q
+	@docker info >/dev/null 2>&1 || echo "note: the kind integration test (make kind-test) was not run: no Docker engine here"
 
 test-unit: $(STAMP) ## Unit tests only (seconds)
 	$(BIN)/pytest tests/unit -q
@@ -72,3 +74,25 @@ status: ## Health of the local stack
 
 clean: ## Remove the local stack's state (.restem)
 	rm -rf .restem
+
+# --- Kubernetes (charts/restem; docs/kubernetes.md) ---------------------------------------------
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REGISTRY ?=
+IMAGE_TARGETS ?= coordinator verifier evaluator sampler-cpu trainer-cpu trainer sampler
+
+images: ## Build the service images from services/Dockerfile (Docker + BuildKit; REGISTRY=, IMAGE_TAG=)
+	@command -v docker >/dev/null || { echo "make images needs Docker with BuildKit"; exit 2; }
+	@for t in $(IMAGE_TARGETS); do img=$(if $(REGISTRY),$(REGISTRY)/)restem-$$t:$(IMAGE_TAG); echo "==> $$img"; \
+	  DOCKER_BUILDKIT=1 docker build -f services/Dockerfile --target $$t -t $$img . || exit 1; done
+
+images-cpu: ## Only the CPU images (kind, CPU-only clusters)
+	$(MAKE) images IMAGE_TARGETS="coordinator verifier evaluator sampler-cpu trainer-cpu"
+
+kind-test: $(STAMP) ## kind cluster + chart + a small run via the CLI (needs Docker, kind, kubectl, helm; exit 2 = not run)
+	bash tests/kind/kind_test.sh
+
+kind-test-local: $(STAMP) ## The kind test's run and assertions without Docker (services with the chart's configs)
+	bash tests/kind/kind_test.sh --local
+
+chart-schema: $(STAMP) ## Regenerate the <svc>.config parts of values.schema.json from the service configs
+	$(BIN)/python -m tests.chart_helpers sync-schema
