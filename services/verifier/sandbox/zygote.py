@@ -1,0 +1,414 @@
+"""The warm worker that runs inside the envelope and forks one limited child per program.
+
+Started once per pool worker (by `envelope.bootstrap_command`), it answers frames from the pool
+on its protocol fds. For each `run` it forks the processes of one program (see `runners`), each in
+a new session with rlimits, a non-root uid, seccomp and a private working directory; it reads
+their output *while they run* and kills them at the output cap or the wall-clock deadline; then
+it kills every process left in the sandbox (as pid 1 of its pid namespace with `kill(-1)`, else as
+a child subreaper by walking its children) and removes what the program wrote.
+
+Secrets: a HumanEval test (which holds the expected values) or a checker's expected output arrive
+as a separate frame read into a bytearray that is zeroed right after the trusted child is forked
+and before any untrusted child is, so model code never finds them in the zygote's memory.
+Not hidden from model code: other programs' code and test *inputs* this zygote handled before
+(they are not secret; expected outputs never enter the sandbox for stdin and call problems).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import gc
+import json
+import os
+import resource
+import shutil
+import signal
+import stat
+import sys
+import time
+from typing import Any
+
+from services.verifier.sandbox import codec, runners, seccomp
+
+FRAME_LIMIT = 256 * 1024 * 1024
+STDERR_KEEP = 4096
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 1, 4, 36
+
+
+class Zygote:
+    def __init__(self, config: dict[str, Any], proto_in: int, proto_out: int) -> None:
+        self.cfg = config
+        self.proto_in, self.proto_out = proto_in, proto_out
+        self.pid1 = os.getpid() == 1
+        self.secret = bytearray(0)
+        self.jobs = 0
+        self.root = config["work_root"]
+
+    # -- protocol -------------------------------------------------------------------------
+    def serve(self) -> None:
+        self._send({"ready": True, "pid1": self.pid1, "uid": os.getuid(), "seccomp": self._seccomp_on()})
+        while True:
+            try:
+                header = json.loads(codec.read_frame(self.proto_in, FRAME_LIMIT))
+            except EOFError:
+                return
+            secret_len = self._read_secret(header.get("secret_len", 0))
+            op = header.get("op")
+            if op == "ping":
+                self._send({"pong": True, "jobs": self.jobs})
+            elif op == "run":
+                self._send(self.run(header["spec"], secret_len))
+            else:
+                self._send({"error": f"unknown op {op!r}"})
+
+    def _send(self, obj: dict[str, Any]) -> None:
+        codec.write_frame(self.proto_out, json.dumps(obj).encode())
+
+    def _read_secret(self, size: int) -> int:
+        if size <= 0:
+            return 0
+        if len(self.secret) < size:
+            self._wipe_secret(len(self.secret))  # the old buffer is freed, not zeroed, otherwise
+            self.secret = bytearray(size)
+        head = bytearray(4)
+        codec.read_exact_into(self.proto_in, head, 4)
+        codec.read_exact_into(self.proto_in, self.secret, size)
+        return size
+
+    def _wipe_secret(self, size: int) -> None:
+        if size <= 0:
+            return
+        ctypes.memset((ctypes.c_char * len(self.secret)).from_buffer(self.secret), 0, size)
+
+    def _seccomp_on(self) -> bool:
+        return bool(self.cfg.get("seccomp")) and seccomp.supported()
+
+    # -- one program ----------------------------------------------------------------------
+    def run(self, spec: dict[str, Any], secret_len: int) -> dict[str, Any]:
+        self.jobs += 1
+        jobdir = os.path.join(self.root, f"job-{self.jobs}")
+        os.mkdir(jobdir, 0o700)
+        if self.cfg.get("drop_uid") is not None:
+            os.chown(jobdir, self.cfg["drop_uid"], self.cfg["drop_uid"])
+        started = time.monotonic()
+        procs: list[Proc] = []
+        timed_out = over = False
+        try:
+            procs = self._spawn_all(spec, jobdir, secret_len)
+            timed_out, over = supervise(procs, started + float(spec["limits"]["wall_s"]), spec["limits"])
+        finally:
+            self._wipe_secret(secret_len)
+            sweep(self.pid1, procs)
+            self._clean(jobdir)
+        return {
+            "wall_s": time.monotonic() - started,
+            "timed_out": timed_out,
+            "output_limit": over,
+            "procs": {p.role: p.result() for p in procs},
+        }
+
+    def _spawn_all(self, spec: dict[str, Any], jobdir: str, secret_len: int) -> list[Proc]:
+        mode = spec["mode"]
+        if mode == "humaneval":
+            req_r, req_w = os.pipe()
+            resp_r, resp_w = os.pipe()
+            tester = self._spawn(spec, "tester", jobdir, secret_len, {4: req_w, 5: resp_r}, primary=True)
+            self._wipe_secret(secret_len)  # before the untrusted child exists
+            _precompile(spec["prompt"] + spec["code"], "<candidate>")
+            cand = self._spawn(spec, "candidate", jobdir, 0, {4: req_r, 5: resp_w}, primary=False)
+            for fd in (req_r, req_w, resp_r, resp_w):
+                os.close(fd)
+            return [tester, cand]
+        role = {"stdin": "program", "call": "call", "checker": "checker", "math": "math"}[mode]
+        if role in ("program", "call"):
+            _precompile(spec["code"], "<solution>")
+        return [self._spawn(spec, role, jobdir, secret_len, {}, primary=True)]
+
+    def _spawn(
+        self,
+        spec: dict[str, Any],
+        role: str,
+        jobdir: str,
+        secret_len: int,
+        extra: dict[int, int],
+        primary: bool,
+    ) -> Proc:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        stdin_fd = _stdin_fd(spec.get("stdin") if role in ("program", "call") else None)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                # Copied only here, in the trusted child: the zygote never holds it outside the buffer.
+                secret = bytes(self.secret[:secret_len])
+                fds = {0: stdin_fd, 1: out_w, 2: err_w, 3: rep_w, **extra}
+                prepare_child(fds, jobdir, spec["limits"], self.cfg, self._seccomp_on())
+                runners.child_main(spec, role, secret)
+            except BaseException as exc:
+                os.write(2, f"sandbox setup failed: {exc!r}\n".encode())
+            finally:
+                os._exit(70)
+        for fd in (out_w, err_w, rep_w, stdin_fd):
+            os.close(fd)
+        return Proc(pid, role, primary, out_r, err_r, rep_r)
+
+    def _clean(self, jobdir: str) -> None:
+        def unlock(func: Any, path: str, _exc: Any) -> None:
+            # A program may chmod its files to 000; the owner (or root) can undo that.
+            os.chmod(os.path.dirname(path), stat.S_IRWXU)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, stat.S_IRWXU)
+            func(path)
+
+        shutil.rmtree(jobdir, onerror=unlock)
+        for root in self.cfg.get("sweep_roots", []):
+            for entry in os.scandir(root):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, onerror=unlock)
+                else:
+                    os.unlink(entry.path)
+
+
+def _precompile(code: str, filename: str) -> None:
+    """Compile untrusted code here, once, for the children that run it (they inherit the object).
+
+    Compiling runs none of the code. Only the program's own source, never a secret, so nothing
+    here is worth hiding from later programs; a compile error is left for the child to raise and
+    report. Bounded: the parent caps code at 256 KiB and the compiler guards its recursion.
+    """
+    key = filename + code
+    if key in runners.PRECOMPILED:
+        return
+    runners.PRECOMPILED.clear()
+    with contextlib.suppress(SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        runners.PRECOMPILED[key] = runners.compile_source(code, filename)
+
+
+def _stdin_fd(data: str | None) -> int:
+    if data is None:
+        return os.open(os.devnull, os.O_RDONLY)
+    fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
+    os.write(fd, data.encode("utf-8", "surrogateescape"))
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def prepare_child(
+    fds: dict[int, int], jobdir: str, limits: dict[str, Any], cfg: dict[str, Any], use_seccomp: bool
+) -> None:
+    """Runs in the fresh child: session, fds, directory, uid, rlimits, seccomp (in this order)."""
+    os.setsid()
+    if not cfg.get("pid1"):
+        # As pid 1 the kernel kills the namespace with the zygote; otherwise die with it ourselves.
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    high = {target: fcntl.fcntl(src, fcntl.F_DUPFD, 64) for target, src in fds.items()}
+    for target, fd in high.items():
+        os.dup2(fd, target)
+    os.closerange(max(fds) + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.chdir(jobdir)
+    os.umask(0o077)
+    uid = cfg.get("drop_uid")
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    # A second over the limit: the wall-clock kill decides single-threaded loops (one rule, not a
+    # race between two), RLIMIT_CPU backs it up and catches threads burning several cores.
+    cpu = max(1, int(float(limits["cpu_s"]) + 0.999)) + 1
+    mem = int(limits["memory_mb"]) * 1024 * 1024
+    for res, value in (
+        (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+        (resource.RLIMIT_AS, (mem, mem)),
+        (resource.RLIMIT_STACK, (min(mem // 4, 256 << 20), min(mem // 4, 256 << 20))),
+        (resource.RLIMIT_FSIZE, (int(limits["file_bytes"]),) * 2),
+        (resource.RLIMIT_NOFILE, (int(limits["max_files"]),) * 2),
+        (resource.RLIMIT_NPROC, (int(limits["max_processes"]) + int(cfg.get("nproc_base", 0)),) * 2),
+    ):
+        resource.setrlimit(res, value)
+    if use_seccomp and cfg.get("kill_filter"):
+        seccomp.install(os.getpid())  # stacked on the zygote's inherited filter
+
+
+class Proc:
+    """One forked child as the zygote sees it: its pipes, what it wrote, how it ended."""
+
+    def __init__(self, pid: int, role: str, primary: bool, out: int, err: int, rep: int) -> None:
+        self.pid, self.role, self.primary = pid, role, primary
+        self.pidfd = os.pidfd_open(pid)
+        self.fds = {out: "stdout", err: "stderr", rep: "report"}
+        self.data: dict[str, bytearray] = {
+            "stdout": bytearray(),
+            "stderr": bytearray(),
+            "report": bytearray(),
+        }
+        self.seen = {"stdout": 0, "stderr": 0, "report": 0}
+        self.status: int | None = None
+        self.rusage: Any = None
+
+    def reap(self, block: bool) -> bool:
+        if self.status is not None:
+            return True
+        try:
+            pid, status, usage = os.wait4(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            self.status = -1
+            return True
+        if pid == 0:
+            return False
+        self.status, self.rusage = status, usage
+        return True
+
+    def result(self) -> dict[str, Any]:
+        st = self.status if self.status is not None and self.status >= 0 else None
+        return {
+            "exit_code": os.WEXITSTATUS(st) if st is not None and os.WIFEXITED(st) else None,
+            "signal": os.WTERMSIG(st) if st is not None and os.WIFSIGNALED(st) else None,
+            "cpu_s": (self.rusage.ru_utime + self.rusage.ru_stime) if self.rusage else None,
+            "maxrss_kb": self.rusage.ru_maxrss if self.rusage else None,
+            "stdout": self.data["stdout"].decode("utf-8", "replace"),
+            "stdout_bytes": self.seen["stdout"],
+            "stderr": self.data["stderr"][-STDERR_KEEP:].decode("utf-8", "replace"),
+            "report": _report_text(bytes(self.data["report"])),
+        }
+
+
+def _report_text(raw: bytes) -> str:
+    """The report frame's body; more or less than exactly one frame is reported as malformed."""
+    size = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
+    return raw[4:].decode("utf-8", "replace") if size == len(raw) - 4 else ("!" if raw else "")
+
+
+def supervise(procs: list[Proc], deadline: float, limits: dict[str, Any]) -> tuple[bool, bool]:
+    """Read every pipe while the children run; stop at the primary's exit, the cap or the deadline."""
+    import select
+
+    cap = {"stdout": int(limits["output_bytes"]), "stderr": int(limits["output_bytes"]), "report": 1 << 26}
+    poller = select.poll()
+    owners: dict[int, tuple[Proc, str]] = {}
+    for p in procs:
+        poller.register(p.pidfd, select.POLLIN)
+        for fd, name in p.fds.items():
+            poller.register(fd, select.POLLIN)
+            owners[fd] = (p, name)
+    primary = next(p for p in procs if p.primary)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True, False
+        for fd, _ev in poller.poll(max(1, int(left * 1000))):
+            if fd in owners:
+                proc, name = owners[fd]
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    poller.unregister(fd)
+                    del owners[fd]
+                    continue
+                proc.seen[name] += len(chunk)
+                if proc.seen[name] > cap[name]:
+                    return False, True
+                if name != "stderr" or len(proc.data[name]) < 4 * STDERR_KEEP:
+                    proc.data[name] += chunk
+            else:
+                poller.unregister(fd)
+        if primary.reap(block=False):
+            _drain(owners, cap)
+            return False, False
+
+
+def _drain(owners: dict[int, tuple[Proc, str]], cap: dict[str, int]) -> None:
+    """What the exited primary left in its pipes (non-blocking: a live grandchild may hold them)."""
+    for fd, (proc, name) in owners.items():
+        os.set_blocking(fd, False)
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk or proc.seen[name] > cap[name]:
+                break
+            proc.seen[name] += len(chunk)
+            proc.data[name] += chunk
+
+
+def sweep(pid1: bool, procs: list[Proc], budget_s: float = 5.0) -> None:
+    """Kill and reap every process the job left behind, escaped sessions included."""
+    deadline = time.monotonic() + budget_s
+    for p in procs:
+        for target in (-p.pid, p.pid):  # its process group first, then itself
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(target, signal.SIGKILL)
+    for p in procs:
+        p.reap(block=True)
+    while time.monotonic() < deadline:
+        victims = [-1] if pid1 else _children()
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                if pid > 0:
+                    os.kill(-pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not _reap_all():  # no child left: as pid 1 or subreaper, no descendant is left either
+            break
+        time.sleep(0.0005)
+    else:
+        raise RuntimeError("could not sweep the job's processes")
+    for p in procs:
+        os.close(p.pidfd)
+        for fd in p.fds:
+            os.close(fd)
+
+
+def _reap_all() -> bool:
+    """Reap exited children; True while any child remains."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids += [int(x) for x in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def main(config: dict[str, Any]) -> None:
+    """Entry point called by the bootstrap loader inside the envelope."""
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)  # a stray print in the zygote must not corrupt the protocol
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as pid 1, ignore SIGINT from the sandbox
+    _libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)  # no same-uid ptrace or /proc/<pid>/mem of us
+    if os.getpid() != 1:
+        _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    for path in config.get("sys_path", []):
+        sys.path.append(path)
+    for module in config.get("preload", []):
+        __import__(module)
+    if config.get("warmup"):  # from the pool's config: trusted
+        exec(compile(config["warmup"], "<warmup>", "exec"), {"__name__": "__warmup__"})
+    for res in (resource.RLIMIT_CORE, resource.RLIMIT_MEMLOCK, resource.RLIMIT_MSGQUEUE):
+        resource.setrlimit(res, (0, 0))  # the same for every job: set once, inherited
+    runners.install_stdio()
+    config["pid1"] = os.getpid() == 1
+    # Children must not let the collector walk (and so copy-on-write) the preloaded heap.
+    gc.collect()
+    gc.freeze()
+    os.makedirs(config["work_root"], mode=0o711, exist_ok=True)
+    if config.get("seccomp") and seccomp.supported():
+        seccomp.install(None)  # on the zygote itself: every child inherits it without a per-fork cost
+    Zygote(config, proto_in, proto_out).serve()
