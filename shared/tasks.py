@@ -150,6 +150,49 @@ def build_splits(cfg: TaskConfig) -> dict[str, list[Problem]]:
     return splits
 
 
+_ARITH_Q = re.compile(r"What is (-?\d+) \+ (-?\d+)\?")
+_CALC = re.compile(r"<<[^>]*>>")
+
+
+def reference_completion(task: str, problem: Problem) -> str | None:
+    """A human-style reference solution in the format the checker accepts, or None if there is none.
+
+    Arithmetic: "a + b = s. The answer is s." GSM8K: the dataset's solution with its calculator
+    annotations (<<48/2=24>>) removed and the final "#### N" line written as "The answer is N.".
+    """
+    if task == "arithmetic":
+        m = _ARITH_Q.fullmatch(problem["question"])
+        if m is None:
+            return None
+        a, b = int(m.group(1)), int(m.group(2))
+        return f"{a} + {b} = {a + b}. The answer is {a + b}."
+    solution = problem.get("solution")
+    if not solution:
+        return None
+    body = _HASHES.split(_CALC.sub("", solution))[0].rstrip()
+    return f"{body}\nThe answer is {problem['answer']}."
+
+
+def sft_rows(task: str, problems: list[Problem]) -> list[dict[str, Any]]:
+    """The SFT baseline's training set: one reference completion per problem that has one.
+
+    Rows carry the user message rather than a rendered prompt: the trainer renders it with the
+    model's own chat template, exactly as the sampler does for ReST-EM samples.
+    """
+    rows = []
+    for p in problems:
+        completion = reference_completion(task, p)
+        if completion is None:
+            continue
+        if not check_answer(task, p["answer"], completion).correct:
+            raise DatasetError(f"the reference solution of problem {p['id']} does not pass its own checker")
+        rows.append({"sample_id": f"sft/{p['id']}", "problem_id": p["id"], "user_message": user_message(task, p),
+                     "completion": completion, "weight": 1.0})  # fmt: skip
+    if not rows:
+        raise DatasetError(f"baseline.sft needs reference solutions, but no {task} train problem has one")
+    return rows
+
+
 def dumps_jsonl(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 

@@ -25,7 +25,7 @@ from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.events.v1 import events_pb2 as ev
 
 from shared import keys
-from shared.runconfig import RunConfig
+from shared.runconfig import LoraConfig, RunConfig
 from shared.tasks import stop_patterns
 
 FINISHED = (pb.RUN_STATUS_SUCCEEDED, pb.RUN_STATUS_FAILED, pb.RUN_STATUS_CANCELLED)
@@ -183,6 +183,7 @@ def new_run(run_id: str, cfg: RunConfig, config_yaml: str, *, base_model_key: st
         base_model_key=base_model_key,
         task=cfg.task.name,
         model_source=cfg.model.base,
+        sft_enabled=cfg.baseline.sft,
     )
     run.created.FromDatetime(_now())
     _set_phase(run, pb.PHASE_PREPARING, total=1, unit="models")
@@ -196,7 +197,7 @@ def new_run(run_id: str, cfg: RunConfig, config_yaml: str, *, base_model_key: st
 
 
 def _eval_jobs(
-    run: pb.Run, cfg: RunConfig, iteration: int, checkpoint: str, splits: Sequence[str]
+    run: pb.Run, cfg: RunConfig, iteration: int, checkpoint: str, splits: Sequence[str], variant: str = ""
 ) -> list[Job]:
     params = common_pb2.SamplingParams(
         n=1,
@@ -209,16 +210,34 @@ def _eval_jobs(
     for split in splits:
         job = ev.EvalJob(
             run_id=run.run_id,
-            job_id=keys.job_id("eval", run.run_id, iteration, split),
+            job_id=keys.job_id(
+                "eval", run.run_id, None if variant else iteration, f"{variant}.{split}" if variant else split
+            ),
             iteration=iteration,
             split=split,
             task=cfg.task.name,
             dataset_key=keys.dataset_key(run.run_id, split),
             checkpoint_key=checkpoint,
             params=params,
-            output_key=keys.eval_key(run.run_id, iteration, split),
+            output_key=f"{keys.sft_prefix(run.run_id)}/eval/{split}.jsonl"
+            if variant
+            else keys.eval_key(run.run_id, iteration, split),
             prompt_format=prompt_format(cfg),
+            variant=variant,
         )
+        if cfg.evaluation.samples > 0 and split in cfg.evaluation.sample_splits:
+            e = cfg.evaluation
+            job.sample_params.CopyFrom(
+                common_pb2.SamplingParams(
+                    n=e.samples,
+                    temperature=e.temperature,
+                    top_p=e.top_p,
+                    max_new_tokens=params.max_new_tokens,
+                    stop=params.stop,
+                    stop_regex=params.stop_regex,
+                    seed=e.seed,
+                )
+            )
         jobs.append(Job("eval", job, job.job_id))
     return jobs
 
@@ -240,7 +259,24 @@ def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: S
     it.started.FromDatetime(_now())
     run.iteration = 0
     _set_phase(run, pb.PHASE_EVALUATING, total=len(splits), unit="evaluations")
-    return Decision(jobs=_eval_jobs(run, cfg, 0, run.base_model_key, splits))
+    jobs = _eval_jobs(run, cfg, 0, run.base_model_key, splits)
+    if run.sft_enabled:
+        # The SFT baseline runs beside the EM loop: the same trainer settings on reference solutions.
+        run.sft.CopyFrom(pb.Iteration(iteration=0, policy_key=run.base_model_key))
+        run.sft.started.FromDatetime(_now())
+        job = ev.TrainJob(
+            run_id=run.run_id,
+            job_id=keys.job_id("train", run.run_id, None, "sft"),
+            iteration=0,
+            base_key=run.base_model_key,
+            kept_key=f"{keys.sft_prefix(run.run_id)}/train.jsonl",
+            params=train_params_for(cfg, 0),
+            output_key=f"{keys.sft_prefix(run.run_id)}/checkpoint",
+            variant="sft",
+            prompt_format=prompt_format(cfg),
+        )
+        jobs.append(Job("train", job, job.job_id))
+    return Decision(jobs=jobs)
 
 
 def sample_job(run: pb.Run, cfg: RunConfig, it: pb.Iteration, index: int, ids: Sequence[str]) -> Job:
@@ -341,6 +377,7 @@ def on_verify_done(run: pb.Run, done: ev.VerifyDone) -> Decision:
 
 def train_params_for(cfg: RunConfig, iteration: int) -> common_pb2.TrainParams:
     t = cfg.training
+    lora = t.lora if t.lora is not None else LoraConfig()
     return common_pb2.TrainParams(
         learning_rate=t.learning_rate,
         epochs=t.epochs,
@@ -351,6 +388,19 @@ def train_params_for(cfg: RunConfig, iteration: int) -> common_pb2.TrainParams:
         max_grad_norm=t.max_grad_norm,
         seed=derive_seed(t.seed, iteration),
         loss_normalisation=t.loss_normalisation,
+        method=t.method,
+        lora_r=lora.r if t.method == "lora" else 0,
+        lora_alpha=lora.alpha if t.method == "lora" else 0.0,
+        lora_dropout=lora.dropout if t.method == "lora" else 0.0,
+        lora_target_modules=lora.target_modules if t.method == "lora" else [],
+        lr_schedule=t.lr_schedule,
+        min_lr_ratio=t.min_lr_ratio,
+        max_steps=t.max_steps or 0,
+        micro_batch_size=t.micro_batch_size or 0,
+        packing=t.packing,
+        length_bucketing=t.length_bucketing,
+        gradient_checkpointing=t.gradient_checkpointing,
+        checkpoint_every_steps=t.checkpoint_every_steps,
     )
 
 
@@ -428,16 +478,58 @@ def on_eval_done(
         num_correct=done.num_correct,
         pass_at_1=done.pass_at_1,
         results_key=done.results_key,
+        metrics=dict(done.metrics),
     )
     run.progress.done = len(it.evals)
     run.updated.FromDatetime(_now())
     if len(it.evals) < len(splits):
         return Decision()
     it.seconds = (_now() - it.started.ToDatetime(tzinfo=UTC)).total_seconds()
-    if done.iteration >= run.iterations_total:
-        finish(run, pb.RUN_STATUS_SUCCEEDED)
-        return Decision(finished=True)
-    return _start_iteration(run, cfg, train_ids)
+    if done.iteration < run.iterations_total:
+        return _start_iteration(run, cfg, train_ids)
+    if _sft_pending(run, splits):
+        _set_phase(
+            run, pb.PHASE_EVALUATING, done=len(run.sft.evals), total=len(splits), unit="baseline evaluations"
+        )
+        return Decision()
+    finish(run, pb.RUN_STATUS_SUCCEEDED)
+    return Decision(finished=True)
+
+
+def _sft_pending(run: pb.Run, splits: Sequence[str]) -> bool:
+    return run.sft_enabled and len(run.sft.evals) < len(splits)
+
+
+def _em_complete(run: pb.Run, splits: Sequence[str]) -> bool:
+    last = run.iterations[-1] if run.iterations else None
+    return last is not None and last.iteration >= run.iterations_total and len(last.evals) >= len(splits)
+
+
+def on_sft_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: Sequence[str]) -> Decision:
+    if run.status in FINISHED or not run.sft_enabled or run.sft.checkpoint_key:
+        return Decision()
+    run.sft.checkpoint_key = done.checkpoint_key
+    run.sft.train.CopyFrom(
+        pb.TrainSummary(steps=done.steps, examples=done.examples, tokens=done.tokens, loss_first=done.loss_first,
+                        loss_last=done.loss_last, seconds=done.seconds)
+    )  # fmt: skip
+    run.updated.FromDatetime(_now())
+    return Decision(jobs=_eval_jobs(run, cfg, 0, done.checkpoint_key, splits, variant="sft"))
+
+
+def on_sft_eval_done(run: pb.Run, done: ev.EvalDone, splits: Sequence[str]) -> Decision:
+    if run.status in FINISHED or not run.sft_enabled or any(e.split == done.split for e in run.sft.evals):
+        return Decision()
+    run.sft.evals.add(split=done.split, num_problems=done.num_problems, num_correct=done.num_correct,
+                      pass_at_1=done.pass_at_1, results_key=done.results_key, metrics=dict(done.metrics))  # fmt: skip
+    run.updated.FromDatetime(_now())
+    if _sft_pending(run, splits):
+        return Decision()
+    run.sft.seconds = (_now() - run.sft.started.ToDatetime(tzinfo=UTC)).total_seconds()
+    if not _em_complete(run, splits):
+        return Decision()
+    finish(run, pb.RUN_STATUS_SUCCEEDED)
+    return Decision(finished=True)
 
 
 def finish(run: pb.Run, status: int, error: str = "") -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ from shared.store import ArtifactStore
 from shared.tasks import dumps_jsonl, loads_jsonl
 
 from . import core
+from .plots import render_plots
 from .report import build_report, render_markdown
 
 log = logging.getLogger("restem.coordinator")
@@ -143,12 +145,13 @@ class Orchestrator:
         return core.on_filtered(run, cfg, it.iteration, stats, self._splits(cfg, ids))
 
     async def _write_report(self, run: pb.Run) -> None:
+        """report.md and the plots first, report.json last: the JSON's key is the report's commit point."""
         report = build_report(run)
-        import json
-
-        await asyncio.to_thread(
-            self.store.put_bytes, keys.report_key(run.run_id, "report.md"), render_markdown(report).encode()
-        )
+        files = await asyncio.to_thread(render_plots, report)
+        files["report.md"] = render_markdown(report, plots=sorted(files)).encode()
+        for name, data in files.items():
+            await asyncio.to_thread(self.store.put_bytes, keys.report_key(run.run_id, name), data)
+        report["files"] = sorted(files)
         key = keys.report_key(run.run_id, "report.json")
         await asyncio.to_thread(self.store.put_bytes, key, json.dumps(report, indent=2).encode())
         run.report_key = key
@@ -184,8 +187,12 @@ class Orchestrator:
         if kind == "train_progress":
             return core.on_train_progress(run, msg)
         if kind == "train_done":
+            if msg.variant == "sft":
+                return core.on_sft_train_done(run, cfg, msg, splits)
             return core.on_train_done(run, cfg, msg, splits)
         if kind == "eval_done":
+            if msg.variant == "sft":
+                return core.on_sft_eval_done(run, msg, splits)
             return core.on_eval_done(run, cfg, msg, splits, ids["train"])
         return core.on_job_failed(run, msg)
 

@@ -23,7 +23,7 @@ from shared.configio import ConfigError
 from shared.models import ModelNotFound, model_store_key, resolve_model_source
 from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactNotFound
-from shared.tasks import DatasetError, build_splits, dumps_jsonl
+from shared.tasks import DatasetError, build_splits, dumps_jsonl, sft_rows
 
 from . import core
 from .config import CoordinatorConfig
@@ -77,6 +77,12 @@ class RunApi(pb_grpc.RunServiceServicer):
         self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartRunResponse:
         cfg, splits, model_key = await self._validated(request, context)
+        sft_train = None
+        if cfg.baseline.sft:
+            try:
+                sft_train = sft_rows(cfg.task.name, splits["train"])
+            except DatasetError as exc:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if cfg.name is not None:
             for other in await self._all_runs():
                 if other.name == cfg.name:
@@ -90,6 +96,10 @@ class RunApi(pb_grpc.RunServiceServicer):
         await asyncio.to_thread(store.put_bytes, keys.config_key(run_id), request.config_yaml.encode())
         for split, problems in splits.items():
             await asyncio.to_thread(store.put_bytes, keys.dataset_key(run_id, split), dumps_jsonl(problems))
+        if sft_train is not None:
+            await asyncio.to_thread(
+                store.put_bytes, f"{keys.sft_prefix(run_id)}/train.jsonl", dumps_jsonl(sft_train)
+            )
         run, decision = core.new_run(run_id, cfg, request.config_yaml, base_model_key=model_key)
         await self.orc.publish(decision)
         await self.orc.bus.kv_create(run_id, run.SerializeToString())
@@ -185,5 +195,8 @@ class RunApi(pb_grpc.RunServiceServicer):
             await _abort(
                 context, grpc.StatusCode.NOT_FOUND, f"report {run.report_key} is missing from the store"
             )
-        json.loads(data)  # a corrupt report must not reach a client as if it were valid
-        return pb.GetReportResponse(report_json=data.decode(), report_key=run.report_key)
+        report = json.loads(data)  # a corrupt report must not reach a client as if it were valid
+        files = {}
+        for name in report.get("files", []):
+            files[name] = await asyncio.to_thread(self.orc.store.get_bytes, keys.report_key(run.run_id, name))
+        return pb.GetReportResponse(report_json=data.decode(), report_key=run.report_key, files=files)

@@ -49,6 +49,15 @@ def iteration_row(it: pb.Iteration) -> dict[str, Any]:
     }
 
 
+def _sft_row(run: pb.Run) -> dict[str, Any]:
+    """The SFT baseline: the base fine-tuned on reference solutions with the M-step's settings."""
+    row = iteration_row(run.sft)
+    return {
+        k: row[k]
+        for k in ("checkpoint_key", "train", "validation_pass_at_1", "test_pass_at_1", "evals", "seconds")
+    }
+
+
 def build_report(run: pb.Run) -> dict[str, Any]:
     status = pb.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
     return {
@@ -67,6 +76,7 @@ def build_report(run: pb.Run) -> dict[str, Any]:
         "best_iteration": run.best_iteration,
         "best_iteration_rule": "highest validation pass@1, earliest on ties; test is never used to choose",
         "iterations": [iteration_row(it) for it in run.iterations],
+        "sft_baseline": _sft_row(run) if run.sft_enabled else None,
         "tokens_generated": sum(it.tokens_generated for it in run.iterations),
     }
 
@@ -75,7 +85,33 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def _sampled_table(report: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for r in report["iterations"]:
+        for e in r["evals"]:
+            names += [k for k in e.get("metrics", {}) if k not in names]
+    if not names:
+        return []
+    names.sort(key=lambda k: (k.split("@")[0] != "pass", int(k.split("@")[1])))
+    lines = [
+        "",
+        "Sampled evaluation (T and top-p from `evaluation`):",
+        "",
+        "| iteration | split | " + " | ".join(names) + " |",
+    ]
+    lines.append("|---|---|" + "---|" * len(names))
+    for r in report["iterations"]:
+        for e in r["evals"]:
+            m = e.get("metrics", {})
+            if m:
+                cells = " | ".join(_pct(m.get(k)) for k in names)
+                lines.append(
+                    f"| {'base' if r['iteration'] == 0 else r['iteration']} | {e['split']} | {cells} |"
+                )
+    return lines
+
+
+def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
     lines = [
         f"# restem run `{report['run_id']}`",
         "",
@@ -95,10 +131,20 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {name} | {_pct(r['train_pass_rate'])} | {solved} | {kept} | {_pct(r['validation_pass_at_1'])} "
             f"| {_pct(r['test_pass_at_1'])} | {r['tokens_generated']} | {r['seconds']} |"
         )
+    sft = report.get("sft_baseline")
+    if sft:
+        examples = (sft["train"] or {}).get("examples", 0)
+        lines.append(
+            f"| SFT on reference solutions | – | – | {examples} | {_pct(sft['validation_pass_at_1'])} "
+            f"| {_pct(sft['test_pass_at_1'])} | 0 | {sft['seconds']} |"
+        )
+    lines += _sampled_table(report)
     lines += ["", "Phase wall times (s):", ""]
     for r in report["iterations"]:
         phases = ", ".join(f"{k} {v}" for k, v in r["phase_seconds"].items()) or "–"
         lines.append(f"- iteration {r['iteration']}: {phases}")
+    for name in plots or []:
+        lines += ["", f"![{name}]({name})"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,14 +1,17 @@
-"""Per-problem evaluation records and pass@1 (pure).
+"""Per-problem evaluation records and their metrics (pure).
 
 A result record is one line of `iter-<n>/eval/<split>.jsonl`:
-`{problem_id, completion, extracted, correct, rule, num_tokens}` — kept per problem so any metric
-can be recomputed later. pass@k / maj@k over several samples come with the reports issue.
+`{problem_id, completion, extracted, correct, rule, num_tokens}` for the greedy answer, plus, when
+the job asks for a sampled evaluation, `samples: [{extracted, correct, num_tokens}]` — kept per
+problem so any metric can be recomputed later. Metric definitions live in `shared.metrics`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from shared.metrics import maj_at_k, mean_pass_at_k
 
 
 def result_rows(
@@ -27,5 +30,35 @@ def result_rows(
     ]
 
 
+def attach_samples(rows: list[dict], completions: Sequence[Sequence[Any]], verdicts: Sequence[Any]) -> None:
+    """Add each problem's sampled completions' verdicts (verdicts are flat, problem-major)."""
+    flat = iter(verdicts)
+    for row, outs in zip(rows, completions, strict=True):
+        row["samples"] = [
+            {"extracted": v.extracted, "correct": v.correct, "num_tokens": c.num_tokens}
+            for c, v in zip(outs, [next(flat) for _ in outs], strict=True)
+        ]
+
+
+def ks_for(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    ks = [k for k in (2**i for i in range(11)) if k <= n]
+    return ks if n in ks else [*ks, n]
+
+
 def pass_at_1(rows: Sequence[dict[str, Any]]) -> float:
     return sum(1 for r in rows if r["correct"]) / len(rows) if rows else 0.0
+
+
+def sampled_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """pass@k and maj@k over the rows' samples; {} when there are none."""
+    if not rows or not rows[0].get("samples"):
+        return {}
+    n = min(len(r["samples"]) for r in rows)
+    counts = [(n, sum(s["correct"] for s in r["samples"][:n])) for r in rows]
+    out: dict[str, float] = {}
+    for k in ks_for(n):
+        out[f"pass@{k}"] = mean_pass_at_k(counts, k)
+        votes = [maj_at_k([(s["extracted"], s["correct"]) for s in r["samples"]], k) for r in rows]
+        out[f"maj@{k}"] = sum(votes) / len(votes)
+    return out

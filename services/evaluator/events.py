@@ -19,7 +19,7 @@ from shared.jobparams import generation_params
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import dumps_jsonl, loads_jsonl, user_message
 
-from .core import pass_at_1, result_rows
+from .core import attach_samples, pass_at_1, result_rows, sampled_metrics
 
 VERIFY_BATCH = 512
 
@@ -83,8 +83,15 @@ class EvalHandler:
         ]
         outs = await asyncio.to_thread(generator.generate, prompts, generation_params(job.params))
         completions = [o[0] for o in outs]
-        verdicts = await self._verify(job.task, problems, completions)
-        return result_rows(problems, completions, verdicts)
+        rows = result_rows(problems, completions, await self._verify(job.task, problems, completions))
+        if job.sample_params.n > 0:
+            sampled = await asyncio.to_thread(
+                generator.generate, prompts, generation_params(job.sample_params)
+            )
+            repeated = [p for p, o in zip(problems, sampled, strict=True) for _ in o]
+            verdicts = await self._verify(job.task, repeated, [c for o in sampled for c in o])
+            attach_samples(rows, sampled, verdicts)
+        return rows
 
     async def __call__(self, job: ev.EvalJob) -> None:
         started = time.monotonic()
@@ -104,6 +111,8 @@ class EvalHandler:
             pass_at_1=pass_at_1(rows),
             seconds=time.monotonic() - started,
             num_tokens=sum(r["num_tokens"] for r in rows),
+            metrics=sampled_metrics(rows),
+            variant=job.variant,
         )
         await self.bus.publish_event(
             job.run_id, "eval_done", done.SerializeToString(), msg_id=f"{job.job_id}.done"

@@ -2,7 +2,9 @@
 
 Prepare: convert the run's base model into a normal checkpoint in the store (once per source;
 the key is content-addressed). Train: fine-tune the BASE checkpoint on the kept set with
-reward-weighted NLL and upload the result. Both are idempotent: a checkpoint whose manifest exists
+reward-weighted NLL (full or LoRA, merged before saving) and upload the result, saving a resumable
+step state every `checkpoint_every_steps` steps (see `state.py`), so a redelivered job continues from
+its last state. Both are idempotent: a checkpoint whose manifest exists
 is only re-announced. The directory is committed by its manifest, written last, so a trainer
 killed mid-upload leaves nothing that looks complete.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -27,6 +30,9 @@ from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import loads_jsonl
 
 from .core import MODEL_INFO, TRAIN_SUMMARY, examples_from_kept, summary_dict
+from .state import StepStates
+
+log = logging.getLogger("services.trainer")
 
 
 class PrepareHandler:
@@ -102,29 +108,47 @@ class TrainHandler:
 
         return on_step
 
+    @staticmethod
+    def _renderer(job: ev.TrainJob, tokenizer: Any) -> Any:
+        from shared.llm.generation import render_prompt
+
+        fmt = job.prompt_format
+        return lambda message: render_prompt(
+            tokenizer, message, system=fmt.system_prompt or None, chat=fmt.chat_template
+        )
+
     def _train(self, job: ev.TrainJob, base_dir: Path, rows: list[dict], on_step: Any) -> dict[str, Any]:
         from shared.llm.checkpoint import load_for_training, save_checkpoint
         from shared.llm.training import train_reward_weighted
 
+        states = StepStates(self.store, job.output_key)
         model, tokenizer = load_for_training(base_dir, self.device)
-        stats = train_reward_weighted(
-            model,
-            tokenizer,
-            examples_from_kept(rows),
-            train_params(job.params),
-            device=self.device,
-            on_step=on_step,
-        )
-        summary = summary_dict(stats, base_key=job.base_key, kept_key=job.kept_key)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+            # A trainer killed mid-M-step left its last step state in the store: continue from it.
+            resume = states.fetch_latest(Path(tmp))
+            stats = train_reward_weighted(
+                model,
+                tokenizer,
+                examples_from_kept(rows, render=self._renderer(job, tokenizer)),
+                train_params(job.params),
+                device=self.device,
+                on_step=on_step,
+                resume_from=resume,
+                on_state=states.commit,
+            )
+        if stats.resumed_from_step:
+            log.info("M-step %s resumed from step %d", job.job_id, stats.resumed_from_step)
+        summary = summary_dict(stats, base_key=job.base_key, kept_key=job.kept_key)
+        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
             out = Path(tmp) / "checkpoint"
-            save_checkpoint(model, tokenizer, out)
+            save_checkpoint(model, tokenizer, out)  # LoRA: already merged, so a plain checkpoint
             for extra in ("generation_config.json",):
                 if (base_dir / extra).is_file() and not (out / extra).exists():
                     shutil.copy(base_dir / extra, out / extra)
             (out / TRAIN_SUMMARY).write_text(json.dumps(summary))
             self.store.put_dir(job.output_key, out)
+        states.clear()
         return summary
 
     async def __call__(self, job: ev.TrainJob) -> None:
@@ -134,6 +158,8 @@ class TrainHandler:
             summary = json.loads(
                 await asyncio.to_thread(self.store.get_bytes, f"{job.output_key}/{TRAIN_SUMMARY}")
             )
+            # killed between committing the checkpoint and deleting its step states: finish the cleanup
+            await asyncio.to_thread(StepStates(self.store, job.output_key).clear)
         else:
             try:
                 base_dir = await self.checkpoints.fetch(job.base_key)
@@ -157,6 +183,7 @@ class TrainHandler:
             loss_first=summary["loss_first"],
             loss_last=summary["loss_last"],
             seconds=summary["seconds"],
+            variant=job.variant,
         )
         await self.bus.publish_event(
             job.run_id, "train_done", done.SerializeToString(), msg_id=f"{job.job_id}.done"

@@ -4,7 +4,8 @@
     restem run CONFIG [--watch]            start a run (validated here first)
     restem watch | status | cancel RUN     follow, inspect or stop a run
     restem list                            all runs
-    restem report RUN [--json]             the report of a finished run
+    restem report RUN [--json] [--out DIR] the report of a finished run (DIR gets its .md and plots)
+    restem compare RUN RUN...              finished runs side by side
     restem demo                            the main job: up, run the arithmetic demo, report, down
 
 Exit codes: 0 ok, 1 unexpected error, 2 invalid input (config, arguments), 3 not found,
@@ -161,14 +162,33 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from shared.client.display import iterations_table
+    from shared.client.display import iterations_table, sampled_table
 
     with _client(args) as client:
-        report = client.report(args.run)
+        report, files = client.report_files(args.run)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        _console().print(iterations_table(report))
+        console = _console()
+        console.print(iterations_table(report))
+        sampled = sampled_table(report)
+        if sampled is not None:
+            console.print(sampled)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(report, indent=2))
+        for name, data in files.items():
+            (args.out / name).write_bytes(data)
+        print(f"wrote report.json and {', '.join(sorted(files))} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from shared.client.display import compare_table
+
+    with _client(args) as client:
+        reports = [client.report(run) for run in args.runs]
+    _console().print(compare_table(reports))
     return 0
 
 
@@ -257,7 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the report of a finished run")
     p.add_argument("run", help="a run id")
     p.add_argument("--json", action="store_true", help="print the JSON document")
+    p.add_argument(
+        "--out", type=Path, help="also write report.json, report.md and the PNG plots into this directory"
+    )
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("compare", help="finished runs side by side")
+    p.add_argument("runs", nargs="+", help="run ids")
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("demo", help="ReST-EM on arithmetic with SmolLM2-135M on CPU, through the local stack")
     p.add_argument(
         "--config", type=Path, default=DEMO_CONFIG, help="run config (default: examples/arithmetic-demo.yaml)"

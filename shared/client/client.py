@@ -49,8 +49,12 @@ class RunClient:
             yield resp.run
 
     def report(self, run_id: str) -> dict[str, Any]:
+        return self.report_files(run_id)[0]
+
+    def report_files(self, run_id: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The report document and its rendered files (report.md, PNG plots) by name."""
         resp = self.stub.GetReport(pb.GetReportRequest(run_id=run_id), timeout=self.timeout_s)
-        return json.loads(resp.report_json)
+        return json.loads(resp.report_json), dict(resp.files)
 
 
 def check_health(address: str, service: str = "", timeout_s: float = 2.0) -> str:

@@ -109,7 +109,12 @@ def iterations_table(report: dict[str, Any]) -> Table:
             str(r["tokens_generated"]),
             f"{r['seconds']:.0f}s",
         )
-    table.caption = "* best iteration on validation (test is never used to choose)"
+    sft = report.get("sft_baseline")
+    if sft:
+        examples = (sft.get("train") or {}).get("examples", 0)
+        table.add_row("SFT", "–", "–", f"{examples} ref.", _pct(sft["validation_pass_at_1"]), _pct(sft["test_pass_at_1"]),
+                      "0", f"{sft['seconds']:.0f}s", end_section=False)  # fmt: skip
+    table.caption = "* best iteration on validation (test is never used to choose); SFT = base fine-tuned on reference solutions"
     return table
 
 
@@ -123,4 +128,46 @@ def runs_table(runs: Iterable[pb.Run]) -> Table:
             r.run_id, status_name(r), PHASES.get(r.phase, "?"), f"{r.iteration}/{r.iterations_total}", r.task,
             r.created.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
         )  # fmt: skip
+    return table
+
+
+def sampled_table(report: dict[str, Any]) -> Table | None:
+    """pass@k / maj@k of the sampled evaluations, if the run had any."""
+    rows = [
+        (r["iteration"], e["split"], e.get("metrics", {})) for r in report["iterations"] for e in r["evals"]
+    ]
+    names = sorted(
+        {k for _, _, m in rows for k in m}, key=lambda k: (k.split("@")[0] != "pass", int(k.split("@")[1]))
+    )
+    if not names:
+        return None
+    table = Table(title="sampled evaluation", title_justify="left")
+    for col in ("iteration", "split", *names):
+        table.add_column(col, justify="right")
+    for iteration, split, m in rows:
+        if m:
+            table.add_row(
+                "base" if iteration == 0 else str(iteration), split, *(_pct(m.get(k)) for k in names)
+            )
+    return table
+
+
+def compare_table(reports: list[dict[str, Any]]) -> Table:
+    """Test pass@1 by iteration, one row per run, with each run's best-on-validation iteration."""
+    depth = max(len(r["iterations"]) for r in reports)
+    table = Table(title="runs compared (test pass@1, greedy)", title_justify="left")
+    table.add_column("run", no_wrap=True)
+    table.add_column("status")
+    for i in range(depth):
+        table.add_column("base" if i == 0 else f"iter {i}", justify="right")
+    table.add_column("best (val)", justify="right")
+    for rep in reports:
+        cells = [_pct(r["test_pass_at_1"]) for r in rep["iterations"]] + [""] * (
+            depth - len(rep["iterations"])
+        )
+        best = rep["best_iteration"]
+        best_test = next((r["test_pass_at_1"] for r in rep["iterations"] if r["iteration"] == best), None)
+        table.add_row(
+            rep["run_id"], rep["status"], *cells, f"{'base' if best == 0 else best}: {_pct(best_test)}"
+        )
     return table

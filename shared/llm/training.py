@@ -1,39 +1,73 @@
 """Reward-weighted fine-tuning (the ReST-EM M-step): weighted NLL on completion tokens only.
 
-With a binary reward every kept sample has weight 1.0 and this is plain SFT on the correct samples;
-weights other than 1 scale each sample's contribution (weight 0 removes it).
+Loss. With a binary reward every kept sample has weight 1.0 and this is plain SFT on the correct
+samples; other weights (non-binary rewards) scale each sample's contribution, weight 0 removes it.
+Normalisation (``loss_normalisation``), over all the completion tokens of one OPTIMISER step:
 
-What it does: full fine-tuning with AdamW (no weight decay on 1-D parameters: norms and biases), linear
-warmup then a CONSTANT learning rate, gradient-norm clipping, reshuffling each epoch with a
-``torch.Generator`` seeded ``seed + epoch``, right-padded batches. Weights stay fp32 on every device; on
-CUDA the forward pass runs under bf16 autocast (see ``checkpoint.load_for_training`` for why not pure bf16).
+- ``token``:  sum_i w_i * sum_t nll_it / sum_i w_i * n_i   (long completions weigh more; the SFT default)
+- ``sample``: sum_i w_i * mean_t nll_it / sum_i w_i        (every sample weighs the same, whatever its length)
+
+Both divide by the weights, so weight 1 everywhere is plain SFT. The denominator is taken over the
+whole step before any micro-batch runs, so gradient accumulation (``micro_batch_size``) gives the
+same gradient as one big batch, and packing gives the same loss as padding (to float rounding).
+The ``loss`` module computes it, applying the output head only where a completion token is predicted.
+
+Optimisation: full fine-tuning or LoRA (``method``; see ``lora``), AdamW (no weight decay on 1-D
+parameters), linear warmup then a constant, cosine or linear schedule down to ``min_lr_ratio``,
+gradient-norm clipping, optional gradient checkpointing, ``epochs`` passes or exactly ``max_steps``
+steps. Weights stay fp32 on every device; on CUDA the forward pass runs under bf16 autocast (see
+``checkpoint.load_for_training`` for why not pure bf16); CPU runs plain fp32.
+
+Batches (``packing``): see the ``packing`` module for the data order, length bucketing and how packed
+samples are kept from attending to each other. Resume: every ``checkpoint_every_steps`` steps the full
+training state is written to a fresh directory and handed to ``on_state``; ``resume_from`` restores
+one (see ``train_state``) and the run continues to the same weights as an uninterrupted one.
 
 Tokenisation: the prompt (exactly as the sampler encodes it, ``generation.encode_prompt``) and the
 completion are tokenised SEPARATELY and the ids concatenated, plus EOS. Tokenising ``prompt + completion``
-as one string lets BPE merge characters across the boundary (``"\\n"`` + ``"\\n"`` -> ``"\\n\\n"``): a token
-would straddle prompt and completion, the mask would be ambiguous, and the model would be trained on a
-prompt tokenisation it never sees when sampling.
+as one string lets BPE merge characters across the boundary (``"\\n"`` + ``"\\n"`` -> ``"\\n\\n"``).
 
-NOT covered yet: cosine/decay schedules, gradient accumulation, sequence packing, gradient
-checkpointing, LoRA/PEFT, multi-GPU (DDP/FSDP), mixed-precision on CPU, evaluation during training.
+NOT covered: multi-GPU (DDP/FSDP), mixed precision on CPU, evaluation during training (validation-driven
+stopping), LoRA adapters served unmerged, kept sets larger than memory (examples are tokenised up front).
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
+import hashlib
+import json
+import logging
 import math
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from shared.llm.generation import encode_prompt
+from shared.llm.lora import apply_lora, merged
+from shared.llm.loss import batch_loss, token_loss_weights, weighted_nll
+from shared.llm.optim import lr_factor, make_optimizer
+from shared.llm.packing import IGNORE, check_packing, collate, epoch_steps, micro_batches, pack
+from shared.llm.train_state import Progress, StateMismatch, load_state, save_state
 
-IGNORE = -100  # label value cross_entropy skips: prompt tokens and padding
+__all__ = [
+    "IGNORE",
+    "Hooks",
+    "TrainExample",
+    "TrainParams",
+    "TrainStats",
+    "batch_loss",
+    "collate",
+    "lr_factor",
+    "train_features",
+    "train_reward_weighted",
+    "weighted_nll",
+]
+
+log = logging.getLogger("shared.llm.training")
 
 
 @dataclass(frozen=True)
@@ -46,39 +80,66 @@ class TrainExample:
 @dataclass(frozen=True)
 class TrainParams:
     learning_rate: float = 2e-5
-    epochs: int = 2
-    batch_size: int = 8
+    epochs: int = 2  # passes over the examples; ignored when max_steps is set
+    batch_size: int = 8  # examples per optimiser step (the effective batch)
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.0  # linear warmup over this fraction of the steps, then constant
-    max_seq_len: int = 512
+    warmup_ratio: float = 0.0  # linear warmup over this fraction of the steps
+    max_seq_len: int = 512  # longest example (also the row length of packed batches)
     max_grad_norm: float = 1.0  # 0 disables clipping
     seed: int = 0
-    # "token":  sum_i w_i * sum_t nll_it / sum_i w_i * n_i  (long completions weigh more; the SFT default)
-    # "sample": sum_i w_i * mean_t nll_it / sum_i w_i        (every sample weighs the same, whatever its length)
-    # Both divide by the weights, so a weight-0 sample changes nothing and weight 1 everywhere is plain SFT.
-    loss_normalisation: Literal["token", "sample"] = "token"
+    loss_normalisation: Literal["token", "sample"] = "token"  # see the module docstring
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # after warmup
+    min_lr_ratio: float = 0.0  # cosine/linear decay to learning_rate * min_lr_ratio
+    max_steps: int | None = None  # exactly this many optimiser steps (cycling epochs) instead of epochs
+    micro_batch_size: int | None = None  # examples per forward/backward; None = batch_size (no accumulation)
+    packing: bool = False  # pack examples into rows instead of padding them
+    length_bucketing: bool = False  # group similar lengths into steps (padded batches only)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
+    method: Literal["full", "lora"] = "full"
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("all-linear",)
+    checkpoint_every_steps: int = 0  # resumable state every N steps (needs on_state); 0 disables
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 2:
             raise ValueError("epochs and batch_size must be >= 1 and max_seq_len >= 2")
-        if not 0 <= self.warmup_ratio <= 1 or self.learning_rate <= 0:
-            raise ValueError("need 0 <= warmup_ratio <= 1 and learning_rate > 0")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0 (got {self.learning_rate})")
+        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("need 0 <= warmup_ratio < 1 and 0 <= min_lr_ratio <= 1")
         if self.loss_normalisation not in ("token", "sample"):
             raise ValueError(
                 f"loss_normalisation must be 'token' or 'sample', not {self.loss_normalisation!r}"
             )
+        if self.lr_schedule not in ("constant", "cosine", "linear") or self.method not in ("full", "lora"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r} or method {self.method!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None (got {self.max_steps})")
+        mbs = self.micro_batch_size
+        if mbs is not None and not (1 <= mbs <= self.batch_size and self.batch_size % mbs == 0):
+            raise ValueError(f"micro_batch_size {mbs} must divide batch_size {self.batch_size}")
+        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("need lora_r >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1")
+        if self.checkpoint_every_steps < 0:
+            raise ValueError("checkpoint_every_steps must be >= 0")
 
 
 @dataclass
 class TrainStats:
     steps: int
-    epochs: int  # epochs started (the last one may be partial when should_stop fired)
+    epochs: int  # epochs started (the last one may be partial when should_stop fired or max_steps hit)
     examples: int
     tokens: int  # completion tokens (EOS included) seen, summed over steps
     loss_first: float
     loss_last: float
-    seconds: float
-    tokens_per_s: float  # completion tokens per second
+    seconds: float  # this process's training time (a resumed run does not count the earlier part)
+    tokens_per_s: float  # completion tokens per second (of this process)
+    input_tokens: int = 0  # prompt + completion tokens (no padding) processed by this process
+    input_tokens_per_s: float = 0.0  # the throughput figure: non-padding tokens per second
+    resumed_from_step: int = 0  # 0: started from the base; n: continued from a step-n state
+    method: str = "full"
 
 
 def tokenize_examples(
@@ -116,83 +177,97 @@ def tokenize_examples(
     return features
 
 
-def collate(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: input_ids, attention_mask, labels (padding -100) and weights."""
-    width = max(len(f["input_ids"]) for f in features)
-    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    for row, f in enumerate(features):
-        n = len(f["input_ids"])
-        ids[row, :n] = torch.tensor(f["input_ids"])
-        labels[row, :n] = torch.tensor(f["labels"])
-        mask[row, :n] = 1
-    weights = torch.tensor([f["weight"] for f in features], dtype=torch.float32)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
+def _fingerprint(params: TrainParams, features: Sequence[dict[str, Any]]) -> str:
+    # Everything that changes the result; checkpoint_every_steps does not, so a changed cadence still resumes.
+    meta = {k: v for k, v in asdict(params).items() if k != "checkpoint_every_steps"}
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=list).encode())
+    for f in features:
+        digest.update(json.dumps([f["input_ids"], f["labels"], f["weight"]]).encode())
+    return digest.hexdigest()
 
 
-def weighted_nll(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, normalisation: str = "token"
-) -> torch.Tensor:
-    """Weighted next-token NLL; ``logits[:, t]`` predicts ``labels[:, t + 1]``, -100 labels are skipped."""
-    targets = labels[:, 1:]
-    nll = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
-    )  # (batch, time); 0 where ignored
-    counts = (targets != IGNORE).sum(dim=1).to(nll.dtype)
-    per_sample = nll.sum(dim=1)
-    if normalisation == "token":
-        # clamp: all-zero weights give loss 0 (and zero gradient) instead of 0/0
-        return (weights * per_sample).sum() / (weights * counts).sum().clamp(min=1e-8)
-    if normalisation == "sample":
-        means = per_sample / counts.clamp(min=1)
-        return (weights * means).sum() / weights.sum().clamp(min=1e-8)
-    raise ValueError(f"unknown loss normalisation {normalisation!r}")
-
-
-def _autocast(device: str) -> contextlib.AbstractContextManager[Any]:
-    if device.startswith("cuda"):
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def batch_loss(model: Any, batch: dict[str, torch.Tensor], normalisation: str, device: str) -> torch.Tensor:
-    """Weighted completion NLL of one collated batch (with gradients unless called under no_grad)."""
-    batch = {k: v.to(device) for k, v in batch.items()}
-    labels = batch["labels"]
-    # Logits are only needed from the position before the earliest completion token on: skipping the
-    # LM head on prompt positions saves its (vocab-sized) matmul and memory (logits_to_keep=k: the last k).
-    first = int((labels != IGNORE).int().argmax(dim=1).min().item())
-    keep = labels.shape[1] - max(first - 1, 0)
-    extra = (
-        {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    )
-    with _autocast(device):
-        out = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **extra
+def _prepare_model(model: Any, params: TrainParams, device: str) -> Any:
+    """The module to train: the model itself, or its LoRA wrapper; checks packing on it."""
+    train_model = model
+    if params.method == "lora":
+        train_model = apply_lora(
+            model,
+            r=params.lora_r,
+            alpha=params.lora_alpha,
+            dropout=params.lora_dropout,
+            target_modules=params.lora_target_modules,
         )
-    if not extra:
-        keep = labels.shape[1]
-    return weighted_nll(out.logits, labels[:, -keep:], batch["weights"], normalisation)
+    if params.gradient_checkpointing:
+        # non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if params.packing:
+        check_packing(train_model, device, int(model.config.vocab_size))
+    train_model.train()
+    return train_model
 
 
-def _optimizer(model: Any, params: TrainParams) -> torch.optim.Optimizer:
-    # Norm gains and biases are not decayed (standard practice: decaying them only hurts).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": params.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=params.learning_rate)
+def _finish_model(model: Any, train_model: Any, params: TrainParams) -> None:
+    """Leave ``model`` a plain trained model: LoRA merged in (in place), checkpointing off."""
+    if params.method == "lora":
+        merged(train_model)  # merge_and_unload swaps the LoRA layers of ``model`` for merged Linear ones
+        for p in model.parameters():
+            p.requires_grad_(True)
+    if params.gradient_checkpointing:
+        model.activation_checkpointing_disable()
 
 
-def _batches(
-    features: list[dict[str, Any]], params: TrainParams, epoch: int
-) -> Iterator[list[dict[str, Any]]]:
-    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(params.seed + epoch))
-    for start in range(0, len(features), params.batch_size):
-        yield [features[i] for i in order[start : start + params.batch_size].tolist()]
+@dataclass
+class _Loop:
+    """What one optimiser step needs."""
+
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    features: list[dict[str, Any]]
+    lengths: list[int]
+    params: TrainParams
+    device: str
+    pad_id: int
+
+    def step(self, indices: Sequence[int]) -> tuple[float, int, int]:
+        """One optimiser step over the examples ``indices``: (loss, completion tokens, input tokens)."""
+        p = self.params
+        chunks = micro_batches(indices, self.lengths, p.micro_batch_size or p.batch_size)
+        batches = [
+            pack(feats, self.pad_id, p.max_seq_len) if p.packing else collate(feats, self.pad_id)
+            for feats in ([self.features[i] for i in chunk] for chunk in chunks)
+        ]
+        denom = sum(float(token_loss_weights(b, p.loss_normalisation)[:, 1:].sum()) for b in batches)
+        loss_sum = torch.zeros((), device=self.device)
+        for batch in batches:
+            loss = batch_loss(self.model, batch, p.loss_normalisation, self.device, denominator=denom)
+            loss.backward()
+            loss_sum += loss.detach()
+        if p.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        completion = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
+        return float(loss_sum), completion, sum(self.lengths[i] for i in indices)
+
+
+def _resume(loop: _Loop, resume_from: Path | None, fingerprint: str) -> Progress:
+    if resume_from is None:
+        return Progress()
+    try:
+        progress = load_state(resume_from, loop.model, loop.optimizer, loop.scheduler, fingerprint)
+    except StateMismatch as exc:
+        log.warning("not resuming: %s; training from step 0", exc)
+        return Progress()
+    log.info("resuming the M-step from step %d", progress.step)
+    return progress
+
+
+def _save(loop: _Loop, progress: Progress, fingerprint: str, on_state: Callable[[int, Path], None]) -> None:
+    with tempfile.TemporaryDirectory(prefix="restem-state-") as tmp:
+        save_state(Path(tmp), loop.model, loop.optimizer, loop.scheduler, progress, fingerprint)
+        on_state(progress.step, Path(tmp))
 
 
 def train_reward_weighted(
@@ -204,51 +279,115 @@ def train_reward_weighted(
     device: str,
     on_step: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume_from: Path | None = None,
+    on_state: Callable[[int, Path], None] | None = None,
 ) -> TrainStats:
-    """Fine-tune ``model`` in place on the examples; ``on_step(step, total_steps, loss)`` after each step."""
+    """Fine-tune ``model`` in place (LoRA: merged into it at the end); ``on_step(step, total, loss)``.
+
+    ``on_state(step, dir)`` receives a resumable state every ``checkpoint_every_steps`` steps (the dir
+    is deleted when it returns); ``resume_from`` is such a dir to continue from.
+    """
     if not examples:
         raise ValueError("no training examples (no sample was kept): skip this M-step instead of training")
     features = tokenize_examples(tokenizer, examples, params.max_seq_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    total = params.epochs * math.ceil(len(features) / params.batch_size)
-    warmup = int(total * params.warmup_ratio)
-    optimizer = _optimizer(model, params)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+    hooks = Hooks(on_step, should_stop, on_state)
+    return train_features(
+        model, features, params, pad_id=int(pad_id), device=device, hooks=hooks, resume_from=resume_from
     )
-    model.train()
-    torch.manual_seed(params.seed)  # dropout, for models that have it
-    losses: list[float] = []
-    tokens, epochs, start = 0, 0, time.perf_counter()
-    for epoch in range(params.epochs):
-        epochs += 1
-        for chunk in _batches(features, params, epoch):
-            batch = collate(chunk, int(pad_id))
-            loss = batch_loss(model, batch, params.loss_normalisation, device)
-            loss.backward()
-            if params.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.item()))
-            tokens += int((batch["labels"] != IGNORE).sum().item())
-            if on_step is not None:
-                on_step(len(losses), total, losses[-1])
-            if should_stop is not None and should_stop():
-                return _stats(losses, epochs, len(features), tokens, start)
-    return _stats(losses, epochs, len(features), tokens, start)
 
 
-def _stats(losses: list[float], epochs: int, examples: int, tokens: int, start: float) -> TrainStats:
-    seconds = time.perf_counter() - start
+@dataclass
+class Hooks:
+    """Callbacks of the training loop (all optional)."""
+
+    on_step: Callable[[int, int, float], None] | None = None  # (step, total steps, loss) after each step
+    should_stop: Callable[[], bool] | None = None  # polled after each step
+    on_state: Callable[[int, Path], None] | None = None  # (step, state dir) every checkpoint_every_steps
+
+
+def train_features(
+    model: Any,
+    features: list[dict[str, Any]],
+    params: TrainParams,
+    *,
+    pad_id: int,
+    device: str,
+    hooks: Hooks | None = None,
+    resume_from: Path | None = None,
+) -> TrainStats:
+    """``train_reward_weighted`` on examples already tokenised (``tokenize_examples``' format)."""
+    if not features:
+        raise ValueError("no training examples")
+    lengths = [len(f["input_ids"]) for f in features]
+    # Seeded before LoRA creates its adapters (their init draws from the global RNG), and dropout after.
+    torch.manual_seed(params.seed)
+    train_model = _prepare_model(model, params, device)
+    try:
+        optimizer = make_optimizer(train_model, params, device)
+        total = params.max_steps or params.epochs * math.ceil(len(features) / params.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, params))
+        loop = _Loop(train_model, optimizer, scheduler, features, lengths, params, device, pad_id)
+        fingerprint = _fingerprint(params, features)
+        progress = _resume(loop, resume_from, fingerprint)
+        resumed, tokens_before = progress.step, progress.tokens
+        start = time.perf_counter()
+        input_tokens = _run(loop, progress, total, fingerprint, hooks or Hooks())
+        seconds = max(time.perf_counter() - start, 1e-9)
+    finally:
+        _finish_model(model, train_model, params)
+    rates = (progress.tokens - tokens_before) / seconds, input_tokens / seconds
+    return _stats(progress, len(features), input_tokens, seconds, rates, resumed, params)
+
+
+def _run(loop: _Loop, progress: Progress, total: int, fingerprint: str, hooks: Hooks) -> int:
+    """Steps from ``progress.step`` to ``total`` (or until asked to stop); the input tokens processed."""
+    params, input_tokens = loop.params, 0
+    per_epoch = math.ceil(len(loop.features) / params.batch_size)
+    steps: list[list[int]] = []
+    while progress.step < total:
+        epoch, index = divmod(progress.step, per_epoch)
+        if index == 0 or not steps:
+            steps = epoch_steps(loop.lengths, params.batch_size, params.seed, epoch, _bucketing(params))
+        loss, tokens, inputs = loop.step(steps[index])
+        progress.step, progress.epochs = progress.step + 1, max(progress.epochs, epoch + 1)
+        progress.tokens, input_tokens = progress.tokens + tokens, input_tokens + inputs
+        progress.losses.append(loss)
+        if hooks.on_step is not None:
+            hooks.on_step(progress.step, total, loss)
+        every = params.checkpoint_every_steps
+        if hooks.on_state is not None and every and progress.step % every == 0 and progress.step < total:
+            _save(loop, progress, fingerprint, hooks.on_state)
+        if hooks.should_stop is not None and hooks.should_stop():
+            break
+    return input_tokens
+
+
+def _bucketing(params: TrainParams) -> bool:
+    return params.length_bucketing and not params.packing  # packing already removes the padding
+
+
+def _stats(
+    progress: Progress,
+    examples: int,
+    input_tokens: int,
+    seconds: float,
+    rates: tuple[float, float],
+    resumed: int,
+    params: TrainParams,
+) -> TrainStats:
+    losses = progress.losses
     return TrainStats(
-        steps=len(losses),
-        epochs=epochs,
+        steps=progress.step,
+        epochs=progress.epochs,
         examples=examples,
-        tokens=tokens,
+        tokens=progress.tokens,
         loss_first=losses[0] if losses else math.nan,
         loss_last=losses[-1] if losses else math.nan,
         seconds=seconds,
-        tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
+        tokens_per_s=rates[0],
+        input_tokens=input_tokens,
+        input_tokens_per_s=rates[1],
+        resumed_from_step=resumed,
+        method=params.method,
     )

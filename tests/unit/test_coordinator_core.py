@@ -165,3 +165,38 @@ def test_job_ids_are_deterministic():
     assert keys.job_id("sample", "r-1", 2, 3) == keys.job_id("sample", "r-1", 2, 3) == "sample.r-1.i2.3"
     with pytest.raises(ValueError):
         keys.samples_key("../etc", 1, 0)
+
+
+def test_the_sft_baseline_runs_beside_the_em_loop_and_the_run_waits_for_it():
+    text = CFG_YAML + "baseline: {sft: true}\n"
+    cfg = parse_run_config(text)
+    run, _ = core.new_run("demo-abc123", cfg, text, base_model_key="models/base")
+    splits, train_ids = ["test"], ["t1"]
+    d = core.on_prepare_done(run, cfg, ev.PrepareDone(), splits)
+    sft_job = next(j.message for j in d.jobs if j.job_type == "train")
+    assert sft_job.variant == "sft" and sft_job.base_key == "models/base"
+    assert sft_job.kept_key == keys.sft_prefix(run.run_id) + "/train.jsonl"
+    d = core.on_sft_train_done(
+        run, cfg, ev.TrainDone(variant="sft", checkpoint_key="sft-ck", examples=20), splits
+    )
+    assert [(j.message.variant, j.message.checkpoint_key) for j in d.jobs] == [("sft", "sft-ck")]
+    assert (
+        d.jobs[0].job_id != core._eval_jobs(run, cfg, 0, "x", splits)[0].job_id
+    )  # never deduplicated against EM evals
+    # The EM loop finishes first: the run waits for the baseline's evaluation.
+    core.on_eval_done(run, cfg, ev.EvalDone(iteration=0, split="test"), splits, train_ids)
+    core.on_sample_done(run, cfg, ev.SampleDone(iteration=1, shard=0, num_samples=8))
+    core.on_verify_done(run, ev.VerifyDone(iteration=1, shard=0, num_samples=8))
+    stats = core.FilterStats(
+        samples=8, correct=0, problems_total=1, problems_solved=0, kept=0, duplicates_dropped=0
+    )
+    core.on_filtered(run, cfg, 1, stats, splits)
+    d = core.on_eval_done(run, cfg, ev.EvalDone(iteration=1, split="test", pass_at_1=0.1), splits, train_ids)
+    assert (
+        not d.finished and run.status == pb.RUN_STATUS_RUNNING and run.progress.unit == "baseline evaluations"
+    )
+    d = core.on_sft_eval_done(run, ev.EvalDone(variant="sft", split="test", pass_at_1=0.3), splits)
+    assert d.finished and run.status == pb.RUN_STATUS_SUCCEEDED
+    report = build_report(run)
+    assert report["sft_baseline"]["test_pass_at_1"] == 0.3
+    assert "| SFT on reference solutions |" in render_markdown(report)

@@ -95,3 +95,23 @@ def test_gsm8k_files_become_splits_with_reference_numbers(tmp_path):
     assert splits["train"][0]["answer"] == "4"
     assert splits["train"][0]["solution"].endswith("#### 4")
     assert splits["validation"] == []
+
+
+def test_reference_solutions_pass_the_checker():
+    from shared.tasks import reference_completion, sft_rows
+
+    problems = generate_arithmetic(ArithmeticTask(train=5, validation=0, test=1), seed=1)["train"]
+    rows = sft_rows("arithmetic", problems)
+    assert len(rows) == 5
+    for row, p in zip(rows, problems, strict=True):
+        assert check_answer("arithmetic", p["answer"], row["completion"]).correct
+        assert row["user_message"] == user_message("arithmetic", p) and "prompt" not in row
+    gsm = {
+        "id": "g",
+        "question": "q",
+        "answer": "72",
+        "solution": "48/2 = <<48/2=24>>24\n24+48 = <<24+48=72>>72\n#### 72",
+    }
+    assert reference_completion("gsm8k", gsm) == "48/2 = 24\n24+48 = 72\nThe answer is 72."
+    with pytest.raises(DatasetError, match="no gsm8k train problem has one"):
+        sft_rows("gsm8k", [{"id": "x", "question": "q", "answer": "1"}])

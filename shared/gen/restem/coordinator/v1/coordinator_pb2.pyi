@@ -57,18 +57,27 @@ class PhaseProgress(_message.Message):
     def __init__(self, phase: _Optional[_Union[Phase, str]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class EvalResult(_message.Message):
-    __slots__ = ("split", "num_problems", "num_correct", "pass_at_1", "results_key")
+    __slots__ = ("split", "num_problems", "num_correct", "pass_at_1", "results_key", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     NUM_PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     NUM_CORRECT_FIELD_NUMBER: _ClassVar[int]
     PASS_AT_1_FIELD_NUMBER: _ClassVar[int]
     RESULTS_KEY_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     split: str
     num_problems: int
     num_correct: int
     pass_at_1: float
     results_key: str
-    def __init__(self, split: _Optional[str] = ..., num_problems: _Optional[int] = ..., num_correct: _Optional[int] = ..., pass_at_1: _Optional[float] = ..., results_key: _Optional[str] = ...) -> None: ...
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, split: _Optional[str] = ..., num_problems: _Optional[int] = ..., num_correct: _Optional[int] = ..., pass_at_1: _Optional[float] = ..., results_key: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class TrainSummary(_message.Message):
     __slots__ = ("steps", "examples", "tokens", "loss_first", "loss_last", "seconds", "skipped")
@@ -140,7 +149,7 @@ class Iteration(_message.Message):
     def __init__(self, iteration: _Optional[int] = ..., policy_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., train_pass_rate: _Optional[float] = ..., problems_solved: _Optional[int] = ..., problems_total: _Optional[int] = ..., kept: _Optional[int] = ..., kept_key: _Optional[str] = ..., train: _Optional[_Union[TrainSummary, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., tokens_generated: _Optional[int] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., seconds: _Optional[float] = ..., shards_total: _Optional[int] = ..., shards_sampled: _Optional[_Iterable[int]] = ..., shards_verified: _Optional[_Iterable[int]] = ..., verdict_keys: _Optional[_Iterable[str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "name", "status", "phase", "iteration", "iterations_total", "progress", "iterations", "error", "config_yaml", "base_model_key", "created", "updated", "finished", "best_iteration", "report_key", "task", "phase_started", "model_source")
+    __slots__ = ("run_id", "name", "status", "phase", "iteration", "iterations_total", "progress", "iterations", "error", "config_yaml", "base_model_key", "created", "updated", "finished", "best_iteration", "report_key", "task", "phase_started", "model_source", "sft_enabled", "sft")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +169,8 @@ class Run(_message.Message):
     TASK_FIELD_NUMBER: _ClassVar[int]
     PHASE_STARTED_FIELD_NUMBER: _ClassVar[int]
     MODEL_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SFT_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    SFT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     name: str
     status: RunStatus
@@ -179,7 +190,9 @@ class Run(_message.Message):
     task: str
     phase_started: _timestamp_pb2.Timestamp
     model_source: str
-    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., iteration: _Optional[int] = ..., iterations_total: _Optional[int] = ..., progress: _Optional[_Union[PhaseProgress, _Mapping]] = ..., iterations: _Optional[_Iterable[_Union[Iteration, _Mapping]]] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ..., base_model_key: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., best_iteration: _Optional[int] = ..., report_key: _Optional[str] = ..., task: _Optional[str] = ..., phase_started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_source: _Optional[str] = ...) -> None: ...
+    sft_enabled: bool
+    sft: Iteration
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., iteration: _Optional[int] = ..., iterations_total: _Optional[int] = ..., progress: _Optional[_Union[PhaseProgress, _Mapping]] = ..., iterations: _Optional[_Iterable[_Union[Iteration, _Mapping]]] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ..., base_model_key: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., best_iteration: _Optional[int] = ..., report_key: _Optional[str] = ..., task: _Optional[str] = ..., phase_started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_source: _Optional[str] = ..., sft_enabled: _Optional[bool] = ..., sft: _Optional[_Union[Iteration, _Mapping]] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
     __slots__ = ("config_yaml",)
@@ -248,9 +261,18 @@ class GetReportRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class GetReportResponse(_message.Message):
-    __slots__ = ("report_json", "report_key")
+    __slots__ = ("report_json", "report_key", "files")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     REPORT_KEY_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
     report_json: str
     report_key: str
-    def __init__(self, report_json: _Optional[str] = ..., report_key: _Optional[str] = ...) -> None: ...
+    files: _containers.ScalarMap[str, bytes]
+    def __init__(self, report_json: _Optional[str] = ..., report_key: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ...) -> None: ...

@@ -124,7 +124,7 @@ class VerifyDone(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., verdicts_key: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_correct: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class TrainJob(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "base_key", "kept_key", "params", "output_key")
+    __slots__ = ("run_id", "job_id", "iteration", "base_key", "kept_key", "params", "output_key", "variant", "prompt_format")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +132,8 @@ class TrainJob(_message.Message):
     KEPT_KEY_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -139,7 +141,9 @@ class TrainJob(_message.Message):
     kept_key: str
     params: _common_pb2.TrainParams
     output_key: str
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., base_key: _Optional[str] = ..., kept_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.TrainParams, _Mapping]] = ..., output_key: _Optional[str] = ...) -> None: ...
+    variant: str
+    prompt_format: _common_pb2.PromptFormat
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., base_key: _Optional[str] = ..., kept_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.TrainParams, _Mapping]] = ..., output_key: _Optional[str] = ..., variant: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ...) -> None: ...
 
 class TrainProgress(_message.Message):
     __slots__ = ("run_id", "job_id", "iteration", "step", "total_steps", "loss")
@@ -158,7 +162,7 @@ class TrainProgress(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class TrainDone(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "checkpoint_key", "steps", "examples", "tokens", "loss_first", "loss_last", "seconds")
+    __slots__ = ("run_id", "job_id", "iteration", "checkpoint_key", "steps", "examples", "tokens", "loss_first", "loss_last", "seconds", "variant")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +173,7 @@ class TrainDone(_message.Message):
     LOSS_FIRST_FIELD_NUMBER: _ClassVar[int]
     LOSS_LAST_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -179,10 +184,11 @@ class TrainDone(_message.Message):
     loss_first: float
     loss_last: float
     seconds: float
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., checkpoint_key: _Optional[str] = ..., steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ...) -> None: ...
+    variant: str
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., checkpoint_key: _Optional[str] = ..., steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class EvalJob(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "split", "task", "dataset_key", "checkpoint_key", "params", "output_key", "prompt_format")
+    __slots__ = ("run_id", "job_id", "iteration", "split", "task", "dataset_key", "checkpoint_key", "params", "output_key", "prompt_format", "sample_params", "variant")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +199,8 @@ class EvalJob(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -203,10 +211,19 @@ class EvalJob(_message.Message):
     params: _common_pb2.SamplingParams
     output_key: str
     prompt_format: _common_pb2.PromptFormat
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., split: _Optional[str] = ..., task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., output_key: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ...) -> None: ...
+    sample_params: _common_pb2.SamplingParams
+    variant: str
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., split: _Optional[str] = ..., task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., output_key: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ..., sample_params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class EvalDone(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "split", "results_key", "num_problems", "num_correct", "pass_at_1", "seconds", "num_tokens")
+    __slots__ = ("run_id", "job_id", "iteration", "split", "results_key", "num_problems", "num_correct", "pass_at_1", "seconds", "num_tokens", "metrics", "variant")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +234,8 @@ class EvalDone(_message.Message):
     PASS_AT_1_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -227,7 +246,9 @@ class EvalDone(_message.Message):
     pass_at_1: float
     seconds: float
     num_tokens: int
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., split: _Optional[str] = ..., results_key: _Optional[str] = ..., num_problems: _Optional[int] = ..., num_correct: _Optional[int] = ..., pass_at_1: _Optional[float] = ..., seconds: _Optional[float] = ..., num_tokens: _Optional[int] = ...) -> None: ...
+    metrics: _containers.ScalarMap[str, float]
+    variant: str
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., split: _Optional[str] = ..., results_key: _Optional[str] = ..., num_problems: _Optional[int] = ..., num_correct: _Optional[int] = ..., pass_at_1: _Optional[float] = ..., seconds: _Optional[float] = ..., num_tokens: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class JobFailed(_message.Message):
     __slots__ = ("run_id", "job_id", "job_type", "reason")

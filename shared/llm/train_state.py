@@ -1,0 +1,92 @@
+"""Resumable M-step state in a local directory: what a killed trainer needs to continue bit-for-bit.
+
+A state directory holds:
+
+- ``trainable.safetensors`` — every trainable parameter (all weights for full fine-tuning, only the
+  adapters for LoRA: the frozen base is reloaded from the base checkpoint anyway);
+- ``optimizer.pt`` — AdamW moments and the LR scheduler position (``torch.load(weights_only=True)``);
+- ``rng.pt`` — the torch CPU (and CUDA) RNG states, which dropout draws from;
+- ``state.json`` — optimiser steps done, epochs started, tokens and losses so far, and a fingerprint
+  of the training inputs (parameters + tokenised examples). A state whose fingerprint differs from the
+  job's is refused (``StateMismatch``) rather than silently mixed into a different M-step.
+
+The data order needs no file: it is a pure function of (seed, epoch) (see ``packing.epoch_steps``).
+Moving the directory to durable storage (the store) is the caller's job; this module only reads and
+writes files. Not covered: sharded (FSDP) optimizer state, and resuming with a different world size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_JSON = "state.json"
+WEIGHTS = "trainable.safetensors"
+OPTIMIZER = "optimizer.pt"
+RNG = "rng.pt"
+
+
+class StateMismatch(ValueError):
+    """A saved state belongs to other training inputs (parameters or examples) than this run's."""
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimiser steps done
+    epochs: int = 0  # epochs started
+    tokens: int = 0  # completion tokens trained on
+    losses: list[float] = field(default_factory=list)  # loss of every step so far
+
+
+def _trainable(model: Any) -> dict[str, torch.nn.Parameter]:
+    # named_parameters drops duplicates, so tied embeddings are saved once (safetensors refuses shared storage)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_state(
+    out_dir: Path, model: Any, optimizer: Any, scheduler: Any, progress: Progress, fingerprint: str
+) -> None:
+    """Write the state files into ``out_dir`` (created; expected empty)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: p.detach().to("cpu").contiguous() for k, p in _trainable(model).items()}, out_dir / WEIGHTS)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, out_dir / OPTIMIZER
+    )
+    rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, out_dir / RNG)
+    (out_dir / STATE_JSON).write_text(json.dumps({**asdict(progress), "fingerprint": fingerprint}))
+
+
+def read_progress(state_dir: Path) -> tuple[Progress, str]:
+    meta = json.loads((state_dir / STATE_JSON).read_text())
+    fingerprint = str(meta.pop("fingerprint", ""))
+    return Progress(**meta), fingerprint
+
+
+def load_state(state_dir: Path, model: Any, optimizer: Any, scheduler: Any, fingerprint: str) -> Progress:
+    """Restore model, optimizer, scheduler and RNG from ``state_dir``; the progress it had reached."""
+    progress, saved = read_progress(state_dir)
+    if saved != fingerprint:
+        raise StateMismatch(f"state in {state_dir} was saved for other training inputs ({saved[:12]})")
+    tensors = load_file(state_dir / WEIGHTS)
+    params = _trainable(model)
+    if set(tensors) != set(params):
+        raise StateMismatch(f"state in {state_dir} holds other parameters than the model's trainable ones")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name].to(p.device, p.dtype))
+    opt = torch.load(state_dir / OPTIMIZER, weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(opt["optimizer"])  # moves the moments to each parameter's device
+    scheduler.load_state_dict(opt["scheduler"])
+    rng = torch.load(state_dir / RNG, weights_only=True)
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return progress
