@@ -447,21 +447,23 @@ def on_train_progress(run: pb.Run, progress: ev.TrainProgress) -> Decision:
     return Decision()
 
 
+def _train_summary(done: ev.TrainDone) -> pb.TrainSummary:
+    return pb.TrainSummary(
+        steps=done.steps,
+        examples=done.examples,
+        tokens=done.tokens,
+        loss_first=done.loss_first,
+        loss_last=done.loss_last,
+        seconds=done.seconds,
+    )
+
+
 def on_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: Sequence[str]) -> Decision:
     it = _current(run, done.iteration, pb.PHASE_TRAINING)
     if it is None:
         return Decision()
     it.checkpoint_key = done.checkpoint_key
-    it.train.CopyFrom(
-        pb.TrainSummary(
-            steps=done.steps,
-            examples=done.examples,
-            tokens=done.tokens,
-            loss_first=done.loss_first,
-            loss_last=done.loss_last,
-            seconds=done.seconds,
-        )
-    )
+    it.train.CopyFrom(_train_summary(done))
     _set_phase(run, pb.PHASE_EVALUATING, total=len(splits), unit="evaluations")
     return Decision(jobs=_eval_jobs(run, cfg, done.iteration, it.checkpoint_key, splits))
 
@@ -509,10 +511,7 @@ def on_sft_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: S
     if run.status in FINISHED or not run.sft_enabled or run.sft.checkpoint_key:
         return Decision()
     run.sft.checkpoint_key = done.checkpoint_key
-    run.sft.train.CopyFrom(
-        pb.TrainSummary(steps=done.steps, examples=done.examples, tokens=done.tokens, loss_first=done.loss_first,
-                        loss_last=done.loss_last, seconds=done.seconds)
-    )  # fmt: skip
+    run.sft.train.CopyFrom(_train_summary(done))
     run.updated.FromDatetime(_now())
     return Decision(jobs=_eval_jobs(run, cfg, 0, done.checkpoint_key, splits, variant="sft"))
 
