@@ -13,7 +13,7 @@ PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 	images images-cpu kind-test kind-test-local chart-schema
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 SYSTEM_STAMP := $(VENV)/.system
 $(SYSTEM_STAMP):  # bubblewrap isolates model code; Debian's python3 runs it inside the sandbox
@@ -63,7 +63,7 @@ test-e2e: $(STAMP) ## The small end-to-end ReST-EM run through the five services
 test-slow: $(STAMP) ## Slow tests: held-out accuracy must rise on the demo config (~10 min)
 	$(BIN)/pytest -m slow -q
 
-bench: $(STAMP) ## Services vs one process on the same small run; prints both wall times and the ratio
+bench: $(STAMP) ## The demo run through the services vs in one process: both wall times and their ratio (~6 min)
 	$(BIN)/python tests/bench/bench_e2e.py
 
 bench-trainer: $(STAMP) ## Trainer tokens/s: restem's M-step loop vs a minimal HF loop on the same data/model/batch
