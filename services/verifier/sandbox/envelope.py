@@ -161,13 +161,27 @@ def _bwrap_argv(spec: EnvelopeSpec, python: str) -> list[str]:
     argv += ["--disable-userns", "--cap-drop", "ALL", "--hostname", "sandbox"]
     argv += ["--ro-bind", "/usr", "/usr", *_host_root_links(), "--proc", "/proc", "--dev", "/dev"]
     argv += ["--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/dev/shm"]
-    for path in _interpreter_dirs(python) + list(spec.ro_binds):
+    for path in _interpreter_dirs(python):
         argv += ["--ro-bind", path, path]
+    for path in spec.ro_binds:
+        argv += ["--ro-bind", path, _bound_path(spec, path)]
     # The root and /dev are bwrap's own tmpfs: read-only, so writes land only in the capped tmpfs.
     argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
     argv += ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
     argv += ["--setenv", "HOME", "/tmp", "--chdir", "/tmp"]
     return argv
+
+
+def _bound_path(spec: EnvelopeSpec, path: str) -> str:
+    """Where an extra read-only path appears inside the envelope.
+
+    bwrap mode mounts them under /opt/restem-ro/<n>, never at their host path: a host path under
+    /tmp (a checkout in a temp dir) would sit inside the sandbox's private /tmp, which the zygote
+    sweeps after every job. Other modes see the host filesystem, so paths stay as they are.
+    """
+    if spec.mode is not Mode.BWRAP or path not in spec.ro_binds:
+        return path
+    return f"/opt/restem-ro/{spec.ro_binds.index(path)}"
 
 
 def _interpreter_dirs(python: str) -> list[str]:
@@ -211,7 +225,7 @@ def _zygote_config(spec: EnvelopeSpec, work_root: str) -> dict[str, object]:
         "kill_filter": spec.mode is Mode.RLIMITS and not root,
         "nproc_base": base,
         "seccomp": spec.seccomp,
-        "sys_path": list(spec.sys_path),
+        "sys_path": [_bound_path(spec, p) for p in spec.sys_path],
         "preload": list(spec.preload),
         "warmup": spec.warmup,
     }
