@@ -13,8 +13,6 @@ import yaml
 from google.protobuf.json_format import MessageToDict
 from restem.coordinator.v1 import coordinator_pb2 as pb
 
-from .core import PHASE_NAMES
-
 
 def _eval(it: pb.Iteration, split: str) -> float | None:
     for e in it.evals:
@@ -146,6 +144,3 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
     for name in plots or []:
         lines += ["", f"![{name}]({name})"]
     return "\n".join(lines) + "\n"
-
-
-__all__ = ["PHASE_NAMES", "build_report", "render_markdown"]
