@@ -61,7 +61,7 @@ def grader(pool: SandboxPool) -> CodeGrader:
 
 
 def _sandbox_processes(pool: SandboxPool) -> int:
-    """Host processes running as the pool's sandbox uids (only meaningful when we are root)."""
+    """Live host processes running as the pool's sandbox uids (only meaningful when we are root)."""
     uids = {pool.config.uid_base + i for i in range(len(pool.workers))}
     count = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -69,9 +69,25 @@ def _sandbox_processes(pool: SandboxPool) -> int:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-        count += uid in uids
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        # Zombies run nothing; a pool torn down by an earlier test leaves some for init to reap.
+        if fields.get("State", "").strip().startswith("Z"):
+            continue
+        count += int(fields["Uid"].split()[0]) in uids
     return count
+
+
+def _idle_processes(pool: SandboxPool) -> int:
+    """The sandbox process count once it stops changing: a killed job's processes take a moment
+    to leave /proc, so a single read right after another test's fork bomb can over-count."""
+    last, stable = -1, 0
+    deadline = time.monotonic() + 10
+    while stable < 3 and time.monotonic() < deadline:
+        now = _sandbox_processes(pool)
+        stable = stable + 1 if now == last else 0
+        last = now
+        time.sleep(0.05)
+    return last
 
 
 def _still_healthy(grader: CodeGrader, restarts_before: int | None = None) -> None:
@@ -118,15 +134,15 @@ def test_memory_bomb_is_memory_limited(grader: CodeGrader) -> None:
 
 
 def test_fork_bomb_is_contained(grader: CodeGrader, pool: SandboxPool) -> None:
-    baseline = _sandbox_processes(pool)
+    baseline = _idle_processes(pool)
     status, _, detail = _grade(grader, "import os\nwhile True:\n    os.fork()\n")
     assert status is Status.RUNTIME_ERROR and "BlockingIOError" in detail
     if os.geteuid() == 0:
-        assert _sandbox_processes(pool) == baseline
+        assert _idle_processes(pool) == baseline
 
 
 def test_setsid_escapee_is_swept(grader: CodeGrader, pool: SandboxPool) -> None:
-    baseline = _sandbox_processes(pool)
+    baseline = _idle_processes(pool)
     code = """
         import os, time
         if os.fork() == 0:
@@ -138,7 +154,7 @@ def test_setsid_escapee_is_swept(grader: CodeGrader, pool: SandboxPool) -> None:
     """
     assert _grade(grader, code)[0] is Status.PASSED
     if os.geteuid() == 0:
-        assert _sandbox_processes(pool) == baseline, "an escaped process outlived its job"
+        assert _idle_processes(pool) == baseline, "an escaped process outlived its job"
 
 
 def test_endless_output_is_output_limited(grader: CodeGrader) -> None:

@@ -43,7 +43,15 @@ class CandidateError(Exception):
     """The candidate raised, exited, or returned something that is not plain data."""
 
 
+# The pid child_main runs as. A judged program may fork; its descendants share the report
+# pipe and unwind through child_main too, and a fork bomb's many half-written frames made
+# the verdict's detail depend on scheduling. Only the judged process itself may report.
+_JUDGED_PID = 0
+
+
 def _report(obj: dict[str, Any]) -> None:
+    if os.getpid() != _JUDGED_PID:
+        return
     codec.write_frame(REPORT_FD, json.dumps(obj).encode())
 
 
@@ -205,6 +213,8 @@ def run_math(spec: dict[str, Any]) -> None:
 
 def child_main(spec: dict[str, Any], role: str, secret: bytes) -> NoReturn:
     """Run one role and exit; never returns into the zygote's loop."""
+    global _JUDGED_PID
+    _JUDGED_PID = os.getpid()
     code = 0
     try:
         if role == "program":
@@ -222,11 +232,13 @@ def child_main(spec: dict[str, Any], role: str, secret: bytes) -> NoReturn:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except MemoryError:
-        os.write(REPORT_FD, len(_OOM_REPORT).to_bytes(4, "big") + _OOM_REPORT)
+        if os.getpid() == _JUDGED_PID:
+            os.write(REPORT_FD, len(_OOM_REPORT).to_bytes(4, "big") + _OOM_REPORT)
         os._exit(1)
     except BaseException as exc:
         code = 1
-        _report_error(exc)
+        if os.getpid() == _JUDGED_PID:
+            _report_error(exc)
     _flush_and_exit(code)
 
 
