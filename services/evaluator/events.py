@@ -17,11 +17,28 @@ from shared.artifacts import CheckpointCache, DatasetCache
 from shared.bus import EventBus, PermanentError
 from shared.jobparams import generation_params
 from shared.store import ArtifactNotFound, ArtifactStore
-from shared.tasks import dumps_jsonl, loads_jsonl, user_message
+from shared.tasks import CODE_TASKS, dumps_jsonl, loads_jsonl, user_message
 
 from .core import attach_samples, pass_at_1, result_rows, sampled_metrics
 
 VERIFY_BATCH = 512
+# Code references carry their tests (APPS: up to megabytes); a request stays well under the
+# verifier's gRPC message limit however large the problems are.
+VERIFY_BATCH_BYTES = 16 * 2**20
+
+
+def verify_batches(items: list, max_items: int, max_bytes: int) -> list[list]:
+    """Consecutive batches of at most max_items items and max_bytes bytes (one item at least)."""
+    batches: list[list] = []
+    size = 0
+    for item in items:
+        n = item.ByteSize()
+        if not batches or len(batches[-1]) >= max_items or size + n > max_bytes:
+            batches.append([])
+            size = 0
+        batches[-1].append(item)
+        size += n
+    return batches
 
 
 class EvalHandler:
@@ -42,18 +59,15 @@ class EvalHandler:
 
     async def _verify(self, task: str, problems: list[dict], completions: list) -> list:
         verdicts: list = []
-        for start in range(0, len(problems), VERIFY_BATCH):
-            items = [
-                verifier_pb2.VerifyItem(task=task, reference_json=json.dumps(p["answer"]), completion=c.text)
-                for p, c in zip(
-                    problems[start : start + VERIFY_BATCH],
-                    completions[start : start + VERIFY_BATCH],
-                    strict=True,
-                )
-            ]
+        references = {p["id"]: json.dumps(p["answer"]) for p in problems}
+        items = [
+            verifier_pb2.VerifyItem(task=task, reference_json=references[p["id"]], completion=c.text)
+            for p, c in zip(problems, completions, strict=True)
+        ]
+        for batch in verify_batches(items, VERIFY_BATCH, VERIFY_BATCH_BYTES):
             try:
                 resp = await self.verifier.Verify(
-                    verifier_pb2.VerifyRequest(items=items), timeout=self.verify_timeout_s
+                    verifier_pb2.VerifyRequest(items=batch), timeout=self.verify_timeout_s
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -111,7 +125,7 @@ class EvalHandler:
             pass_at_1=pass_at_1(rows),
             seconds=time.monotonic() - started,
             num_tokens=sum(r["num_tokens"] for r in rows),
-            metrics=sampled_metrics(rows),
+            metrics=sampled_metrics(rows, majority=job.task not in CODE_TASKS),
             variant=job.variant,
         )
         await self.bus.publish_event(

@@ -18,6 +18,7 @@ async def main_async(config_path: Path | None) -> None:
     from shared.store import open_store
     from shared.worker import WorkerState, typed_handler
 
+    from .checkers import Checkers
     from .config import VerifierConfig
     from .events import VerifyHandler
     from .grpc_api import VerifierApi
@@ -30,12 +31,15 @@ async def main_async(config_path: Path | None) -> None:
     await bus.ensure_topology()
     store = open_store(cfg.store)
     state = WorkerState("verifier", device="cpu")
+    checkers = Checkers(cfg.sandbox)
+    if cfg.sandbox.start_at_boot:
+        await checkers.start()  # a pod that cannot sandbox fails here, before it takes work
     handler = typed_handler(
-        bus, "verify", ev.VerifyJob, VerifyHandler(bus, store), state, max_deliver=cfg.max_deliver
+        bus, "verify", ev.VerifyJob, VerifyHandler(bus, store, checkers), state, max_deliver=cfg.max_deliver
     )
     binding = ServiceBinding(
         verifier_pb2_grpc.add_VerifierServiceServicer_to_server,
-        VerifierApi(cfg, state),
+        VerifierApi(cfg, state, checkers),
         "restem.verifier.v1.VerifierService",
     )
 
@@ -44,7 +48,10 @@ async def main_async(config_path: Path | None) -> None:
             "verify", handler, stop=stop, concurrency=cfg.concurrency, max_deliver=cfg.max_deliver
         )
 
-    await run_service("verifier", cfg.grpc, bus, [binding], [worker])
+    try:
+        await run_service("verifier", cfg.grpc, bus, [binding], [worker], healthy=checkers.healthy)
+    finally:
+        await asyncio.to_thread(checkers.close)
 
 
 def main() -> None:

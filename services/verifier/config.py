@@ -9,8 +9,38 @@ from pydantic import Field
 from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
 
 
+class SandboxSettings(StrictModel):
+    """The sandbox pools that run model code (apps, humaneval) and math-verify (math).
+
+    A pool starts on the first request that needs it, so a replica that only scores numeric tasks
+    never starts one; `start_at_boot` starts the code pool with the service instead, so a pod that
+    cannot sandbox fails its readiness probe before it takes work.
+    """
+
+    mode: Literal["auto", "bwrap", "unshare", "rlimits"] = "auto"
+    """Isolation: `bwrap` (namespaces via bubblewrap), `unshare`, or `rlimits` (resource limits + seccomp only, for pods that cannot create namespaces); `auto` picks the strongest that starts and logs which protections are active."""
+    workers: int = Field(default=0, ge=0, le=512)
+    """Code zygotes (each runs one program at a time); 0: two per CPU core."""
+    queue_size: int = Field(default=256, ge=1, le=100_000)
+    """Programs waiting beyond the running ones; a full queue pushes back (jobs retry, RPCs get RESOURCE_EXHAUSTED)."""
+    uid_base: int = Field(default=61000, ge=1000, le=2**31 - 1024)
+    """When the service runs as root, worker i runs model code as uid uid_base + i (the process limit does not bind root)."""
+    tmp_mb: int = Field(default=64, ge=1, le=65_536)
+    """Size of each worker's private /tmp (tmpfs) in MiB."""
+    recycle_after: int = Field(default=2000, ge=1)
+    """Programs a zygote runs before it is replaced by a fresh one."""
+    math_workers: int = Field(default=0, ge=0, le=512)
+    """math-verify zygotes; 0: one per CPU core."""
+    math_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    """Wall-clock limit of one math-verify equivalence check."""
+    cache_entries: int = Field(default=100_000, ge=0)
+    """Code verdicts kept in memory, keyed by (checker version, problem, code hash); 0 disables."""
+    start_at_boot: bool = False
+    """Start the code pool with the service instead of on first use."""
+
+
 class VerifierConfig(StrictModel):
-    """Scores samples with the task's checker (numeric answers now; sandboxed code later)."""
+    """Scores samples with the task's checker: numeric answers in-process, MATH and code in sandbox pools."""
 
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     """gRPC server."""
@@ -24,5 +54,7 @@ class VerifierConfig(StrictModel):
     """Attempts per job before it is dead-lettered and the run fails."""
     max_items_per_request: int = Field(default=10_000, ge=1)
     """Largest Verify RPC batch."""
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    """Sandbox pools for code and math checking."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level."""

@@ -1,7 +1,6 @@
-"""Verdicts for a shard of samples: pure, so filtering and scoring are testable without servers.
-
-Not handled here: running untrusted code (the sandbox pool of the code-task issue plugs in at
-`shared.tasks.check_answer`).
+"""Verdict rows for a shard of samples (pure): which reference each sample is checked against,
+and what is written for it. The checking itself (numeric here, MATH and code in the sandbox
+pools) is `checkers.Checkers`.
 """
 
 from __future__ import annotations
@@ -9,31 +8,39 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shared.tasks import TASKS_WITH_CHECKERS, check_answer
+from shared.tasks import TASKS_WITH_CHECKERS, Verdict
 
 
-def verify_samples(
+def pair_samples(
     task: str, problems: Mapping[str, dict[str, Any]], samples: Sequence[dict[str, Any]]
-) -> list[dict]:
-    """One verdict row per sample, in sample order. Unknown problem ids are a ValueError."""
+) -> list[tuple[Any, str]]:
+    """(reference, completion) per sample, in sample order; a ValueError names a bad sample."""
     if task not in TASKS_WITH_CHECKERS:
         raise ValueError(f"task '{task}' has no checker; known: {', '.join(TASKS_WITH_CHECKERS)}")
-    rows = []
+    pairs = []
     for s in samples:
         problem = problems.get(s["problem_id"])
         if problem is None:
             raise ValueError(
                 f"sample {s['sample_id']} names problem '{s['problem_id']}', which is not in the dataset"
             )
-        v = check_answer(task, problem["answer"], s["completion"])
-        rows.append(
-            {
-                "sample_id": s["sample_id"],
-                "problem_id": s["problem_id"],
-                "correct": v.correct,
-                "extracted": v.extracted,
-                "rule": v.rule,
-                "checker_version": v.checker_version,
-            }
-        )
+        pairs.append((problem["answer"], s["completion"]))
+    return pairs
+
+
+def verdict_rows(samples: Sequence[dict[str, Any]], verdicts: Sequence[Verdict]) -> list[dict]:
+    """One row per sample: the reward and the rule (and checker version) that decided it."""
+    rows = []
+    for s, v in zip(samples, verdicts, strict=True):
+        row = {
+            "sample_id": s["sample_id"],
+            "problem_id": s["problem_id"],
+            "correct": v.correct,
+            "extracted": v.extracted,
+            "rule": v.rule,
+            "checker_version": v.checker_version,
+        }
+        if v.detail:
+            row["detail"] = v.detail
+        rows.append(row)
     return rows

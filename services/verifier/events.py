@@ -1,7 +1,9 @@
 """Verify jobs from the work queue: read a shard of samples, write verdicts, report counts.
 
 Idempotent: the verdicts object is a pure function of the samples and the checker, so a
-redelivered job that finds it already written only re-announces the result.
+redelivered job that finds it already written only re-announces the result. A sandbox that cannot
+run a check raises, so the job is retried (and dead-lettered after max_deliver) instead of
+writing a reward of 0 for an infrastructure failure.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from shared.bus import EventBus, PermanentError
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import dumps_jsonl, loads_jsonl
 
-from .core import verify_samples
+from .checkers import BadProblem, Checkers
+from .core import pair_samples, verdict_rows
 
 
 class VerifyHandler:
-    def __init__(self, bus: EventBus, store: ArtifactStore) -> None:
+    def __init__(self, bus: EventBus, store: ArtifactStore, checkers: Checkers) -> None:
         self.bus = bus
         self.store = store
+        self.checkers = checkers
         self.datasets = DatasetCache(store)
 
     async def __call__(self, job: ev.VerifyJob) -> None:
@@ -33,9 +37,10 @@ class VerifyHandler:
             else:
                 problems = await self.datasets.get(job.dataset_key)
                 samples = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, job.samples_key))
-                rows = verify_samples(job.task, problems, samples)
+                verdicts = await self.checkers.check_many(job.task, pair_samples(job.task, problems, samples))
+                rows = verdict_rows(samples, verdicts)
                 await asyncio.to_thread(self.store.put_bytes, job.output_key, dumps_jsonl(rows))
-        except (ArtifactNotFound, ValueError) as exc:
+        except (ArtifactNotFound, BadProblem, ValueError) as exc:
             raise PermanentError(str(exc)) from exc
         done = ev.VerifyDone(
             run_id=job.run_id,

@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from typing import Any
 
 import grpc
 from restem.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 
-from shared.tasks import TASKS_WITH_CHECKERS, check_answer
+from shared.tasks import TASKS_WITH_CHECKERS, Verdict
 from shared.worker import WorkerState
 
+from .checkers import BadProblem, Checkers, SandboxUnavailable
 from .config import VerifierConfig
 
 
 class VerifierApi(verifier_pb2_grpc.VerifierServiceServicer):
-    def __init__(self, config: VerifierConfig, state: WorkerState) -> None:
+    def __init__(self, config: VerifierConfig, state: WorkerState, checkers: Checkers) -> None:
         self.config = config
         self.state = state
+        self.checkers = checkers
 
-    async def Verify(
+    async def _parse(
         self, request: verifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext
-    ) -> verifier_pb2.VerifyResponse:
-        if len(request.items) > self.config.max_items_per_request:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{len(request.items)} items in one request; send at most {self.config.max_items_per_request}",
-            )
-        verdicts = []
+    ) -> dict[str, list[tuple[int, Any, str]]]:
+        """Items grouped by task as (index, reference, completion); aborts on a malformed item."""
+        by_task: dict[str, list[tuple[int, Any, str]]] = defaultdict(list)
         for i, item in enumerate(request.items):
             if item.task not in TASKS_WITH_CHECKERS:
                 await context.abort(
@@ -39,13 +39,47 @@ class VerifierApi(verifier_pb2_grpc.VerifierServiceServicer):
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"items[{i}].reference_json is not valid JSON"
                 )
-            v = check_answer(item.task, str(reference), item.completion)
-            verdicts.append(
-                verifier_pb2.Verdict(
-                    correct=v.correct, extracted=v.extracted, rule=v.rule, checker_version=v.checker_version
-                )
+            by_task[item.task].append((i, reference, item.completion))
+        return by_task
+
+    async def Verify(
+        self, request: verifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.VerifyResponse:
+        if len(request.items) > self.config.max_items_per_request:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(request.items)} items in one request; send at most {self.config.max_items_per_request}",
             )
-        return verifier_pb2.VerifyResponse(verdicts=verdicts)
+        verdicts: list[Verdict | None] = [None] * len(request.items)
+        for task, items in (await self._parse(request, context)).items():
+            try:
+                got = await self.checkers.check_many(task, [(ref, c) for _, ref, c in items])
+            except BadProblem as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"a {task} reference is not a usable problem: {exc}"
+                )
+            except SandboxUnavailable as exc:
+                code = (
+                    grpc.StatusCode.RESOURCE_EXHAUSTED
+                    if "saturated" in str(exc)
+                    else grpc.StatusCode.UNAVAILABLE
+                )
+                await context.abort(code, f"{exc}; retry later")
+            for (i, _, _), v in zip(items, got, strict=True):
+                verdicts[i] = v
+        return verifier_pb2.VerifyResponse(
+            verdicts=[
+                verifier_pb2.Verdict(
+                    correct=v.correct,
+                    extracted=v.extracted,
+                    rule=v.rule,
+                    checker_version=v.checker_version,
+                    detail=v.detail,
+                )
+                for v in verdicts
+                if v is not None
+            ]
+        )
 
     async def GetStats(
         self, request: verifier_pb2.GetStatsRequest, context: grpc.aio.ServicerContext

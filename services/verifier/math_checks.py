@@ -25,30 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.verifier.sandbox.pool import Limits, PoolConfig, SandboxError, SandboxPool, Session
-from shared.tasks import Verdict, check_answer
+from shared.tasks import Verdict, check_answer, last_boxed
 
 MATH_CHECKER_VERSION = "math-1"
 """Recorded with every MATH verdict; bump when a rule changes."""
 
 
 # -- extraction --------------------------------------------------------------------------------
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...} or \\fbox{...}; None when there is none."""
-    starts = [m for m in re.finditer(r"\\(?:boxed|fbox)\s*", text)]
-    for m in reversed(starts):
-        rest = text[m.end() :]
-        if rest.startswith("{"):
-            depth = 0
-            for i, ch in enumerate(rest):
-                depth += {"{": 1, "}": -1}.get(ch, 0)
-                if depth == 0:
-                    return rest[1:i]
-            continue  # unbalanced: try an earlier one
-        if m.group(0).endswith(" ") and rest:
-            return rest.split("$")[0].split()[0]  # "\boxed 5" form
-    return None
 
 
 # -- Hendrycks et al. (2021) normalisation -------------------------------------------------------

@@ -81,7 +81,30 @@ def validate_locally(path: Path) -> str:
         raise CliError(str(exc), EXIT_INVALID) from None
     except (ModelNotFound, DatasetError) as exc:
         raise CliError(str(exc), EXIT_NOT_FOUND if "does not exist" in str(exc) else EXIT_INVALID) from None
-    return path.read_text()
+    return with_absolute_dataset_paths(path.read_text())
+
+
+def with_absolute_dataset_paths(config_yaml: str) -> str:
+    """The config with relative `task.files` paths made absolute (from this shell's directory).
+
+    The coordinator reads the dataset files, and it need not run where the user does; the text is
+    sent unchanged when there is nothing to resolve (so comments survive in the stored config).
+    """
+    import yaml
+
+    data = yaml.safe_load(config_yaml)
+    files = (data.get("task") or {}).get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict):
+        return config_yaml
+    relative = {
+        k: v
+        for k, v in files.items()
+        if isinstance(v, str) and not v.startswith("builtin:") and not Path(v).is_absolute()
+    }
+    if not relative:
+        return config_yaml
+    files.update({k: str(Path(v).resolve()) for k, v in relative.items()})
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def _finish(args: argparse.Namespace, run_id: str) -> int:

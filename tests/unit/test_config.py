@@ -34,7 +34,10 @@ def test_demo_config_matches_the_reference_setting():
         ("em: {cutoff: 0}", r"em.cutoff: Input should be greater than or equal to 1 \(got 0\)"),
         ("sampling: {n: 0}", r"sampling.n: Input should be greater than or equal to 1"),
         ("sampling: {n: many}", r"sampling.n: Input should be a valid integer"),
-        ("task: {name: chess}", r"task.name: Input should be 'arithmetic' or 'gsm8k'"),
+        (
+            "task: {name: chess}",
+            r"task.name: Input should be 'arithmetic', 'gsm8k', 'math', 'apps' or 'humaneval'",
+        ),
         ("task: {name: gsm8k}", r"task.files is required for task 'gsm8k'"),
         ("training: {learning_rate: 0}", r"training.learning_rate: Input should be greater than 0"),
         ("name: Bad_Name", r"name: String should match pattern"),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from restem.common.v1 import common_pb2 as restem_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!restem/verifier/v1/verifier.proto\x12\x12restem.verifier.v1\x1a\x1drestem/common/v1/common.proto\"F\n\nVerifyItem\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x16\n\x0ereference_json\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\"T\n\x07Verdict\x12\x0f\n\x07\x63orrect\x18\x01 \x01(\x08\x12\x11\n\textracted\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x17\n\x0f\x63hecker_version\x18\x04 \x01(\t\">\n\rVerifyRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.restem.verifier.v1.VerifyItem\"?\n\x0eVerifyResponse\x12-\n\x08verdicts\x18\x01 \x03(\x0b\x32\x1b.restem.verifier.v1.Verdict\"\x11\n\x0fGetStatsRequest\"@\n\x10GetStatsResponse\x12,\n\x05stats\x18\x01 \x01(\x0b\x32\x1d.restem.common.v1.WorkerStats2\xb9\x01\n\x0fVerifierService\x12O\n\x06Verify\x12!.restem.verifier.v1.VerifyRequest\x1a\".restem.verifier.v1.VerifyResponse\x12U\n\x08GetStats\x12#.restem.verifier.v1.GetStatsRequest\x1a$.restem.verifier.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!restem/verifier/v1/verifier.proto\x12\x12restem.verifier.v1\x1a\x1drestem/common/v1/common.proto\"F\n\nVerifyItem\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x16\n\x0ereference_json\x18\x02 \x01(\t\x12\x12\n\ncompletion\x18\x03 \x01(\t\"d\n\x07Verdict\x12\x0f\n\x07\x63orrect\x18\x01 \x01(\x08\x12\x11\n\textracted\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x17\n\x0f\x63hecker_version\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\">\n\rVerifyRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.restem.verifier.v1.VerifyItem\"?\n\x0eVerifyResponse\x12-\n\x08verdicts\x18\x01 \x03(\x0b\x32\x1b.restem.verifier.v1.Verdict\"\x11\n\x0fGetStatsRequest\"@\n\x10GetStatsResponse\x12,\n\x05stats\x18\x01 \x01(\x0b\x32\x1d.restem.common.v1.WorkerStats2\xb9\x01\n\x0fVerifierService\x12O\n\x06Verify\x12!.restem.verifier.v1.VerifyRequest\x1a\".restem.verifier.v1.VerifyResponse\x12U\n\x08GetStats\x12#.restem.verifier.v1.GetStatsRequest\x1a$.restem.verifier.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYITEM']._serialized_start=88
   _globals['_VERIFYITEM']._serialized_end=158
   _globals['_VERDICT']._serialized_start=160
-  _globals['_VERDICT']._serialized_end=244
-  _globals['_VERIFYREQUEST']._serialized_start=246
-  _globals['_VERIFYREQUEST']._serialized_end=308
-  _globals['_VERIFYRESPONSE']._serialized_start=310
-  _globals['_VERIFYRESPONSE']._serialized_end=373
-  _globals['_GETSTATSREQUEST']._serialized_start=375
-  _globals['_GETSTATSREQUEST']._serialized_end=392
-  _globals['_GETSTATSRESPONSE']._serialized_start=394
-  _globals['_GETSTATSRESPONSE']._serialized_end=458
-  _globals['_VERIFIERSERVICE']._serialized_start=461
-  _globals['_VERIFIERSERVICE']._serialized_end=646
+  _globals['_VERDICT']._serialized_end=260
+  _globals['_VERIFYREQUEST']._serialized_start=262
+  _globals['_VERIFYREQUEST']._serialized_end=324
+  _globals['_VERIFYRESPONSE']._serialized_start=326
+  _globals['_VERIFYRESPONSE']._serialized_end=389
+  _globals['_GETSTATSREQUEST']._serialized_start=391
+  _globals['_GETSTATSREQUEST']._serialized_end=408
+  _globals['_GETSTATSRESPONSE']._serialized_start=410
+  _globals['_GETSTATSRESPONSE']._serialized_end=474
+  _globals['_VERIFIERSERVICE']._serialized_start=477
+  _globals['_VERIFIERSERVICE']._serialized_end=662
 # @@protoc_insertion_point(module_scope)

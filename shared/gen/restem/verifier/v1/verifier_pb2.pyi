@@ -18,16 +18,18 @@ class VerifyItem(_message.Message):
     def __init__(self, task: _Optional[str] = ..., reference_json: _Optional[str] = ..., completion: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("correct", "extracted", "rule", "checker_version")
+    __slots__ = ("correct", "extracted", "rule", "checker_version", "detail")
     CORRECT_FIELD_NUMBER: _ClassVar[int]
     EXTRACTED_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     CHECKER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     correct: bool
     extracted: str
     rule: str
     checker_version: str
-    def __init__(self, correct: _Optional[bool] = ..., extracted: _Optional[str] = ..., rule: _Optional[str] = ..., checker_version: _Optional[str] = ...) -> None: ...
+    detail: str
+    def __init__(self, correct: _Optional[bool] = ..., extracted: _Optional[str] = ..., rule: _Optional[str] = ..., checker_version: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("items",)

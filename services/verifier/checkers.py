@@ -1,0 +1,205 @@
+"""Every task's reward behind one call: numeric answers in-process, MATH and code in sandbox pools.
+
+`Checkers.check_many` scores (reference, completion) pairs of one task and returns
+`shared.tasks.Verdict`s that carry the checker version. Failures are sorted by whose fault they are:
+- the *completion* is bad (no code block, empty or oversized code, a wrong answer): a failing
+  verdict with the rule that decided; it is the model's reward, not an error;
+- the *problem* is bad (tests that do not parse, a HumanEval test without check()): `BadProblem`,
+  which the job path turns into a permanent failure and the RPC into INVALID_ARGUMENT;
+- the *sandbox* failed (a zygote that cannot start, a full queue): `SandboxUnavailable`, retried by
+  the job path and UNAVAILABLE / RESOURCE_EXHAUSTED to RPC callers; never a silent reward of 0.
+Not here: what a pool isolates (see `services.verifier.sandbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from shared.tasks import CODE_TASKS, NUMERIC_TASKS, TASKS_WITH_CHECKERS, Verdict, check_answer
+
+from .code_checks import (
+    CodeGrader,
+    CodeProblem,
+    CodeVerdict,
+    InvalidProblem,
+    Status,
+    extract_code,
+    problem_from_dict,
+)
+from .config import SandboxSettings
+from .sandbox.pool import PoolBusy, PoolConfig, SandboxError, SandboxPool, VerdictCache
+
+log = logging.getLogger("restem.verifier")
+
+
+class BadProblem(ValueError):
+    """A problem the checker cannot grade against; the message says what is wrong with it."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox could not run a check now (start failure, full queue); worth retrying."""
+
+
+def code_of(task: str, completion: str) -> tuple[str, str]:
+    """(code, how it was found): the last fenced block, else the completion itself.
+
+    HumanEval's grader runs prompt + code; a fenced block is a whole function that redefines the
+    prompt's, so it starts on a fresh line, while a raw completion continues the prompt's body.
+    """
+    code, how = extract_code(completion)
+    if task == "humaneval" and how == "fenced-block":
+        code = "\n" + code
+    return code, how
+
+
+def code_verdict(v: CodeVerdict) -> Verdict:
+    return Verdict(v.correct, v.status.value, v.rule, v.checker_version, v.detail[:300])
+
+
+class _Lazy:
+    """One pool built on first use, from a worker thread (a zygote takes ~1 s to start)."""
+
+    def __init__(self, name: str, make: Any) -> None:
+        self.name, self.make = name, make
+        self.pool: SandboxPool | None = None
+        self.error: str = ""
+        self._lock = threading.Lock()
+
+    def get(self) -> SandboxPool:
+        with self._lock:
+            if self.pool is None:
+                try:
+                    self.pool = SandboxPool(self.make())
+                except SandboxError as exc:
+                    self.error = str(exc)
+                    raise SandboxUnavailable(f"the {self.name} sandbox pool cannot start: {exc}") from exc
+                log.info("%s sandbox pool: %s", self.name, self.pool.protections.summary())
+            return self.pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self.pool is not None:
+                self.pool.close()
+
+
+class Checkers:
+    def __init__(self, settings: SandboxSettings) -> None:
+        self.settings = settings
+        self._code = _Lazy("code", self._code_config)
+        self._math = _Lazy("math", self._math_config)
+        self._grader: CodeGrader | None = None
+        self._math_checker: Any = None
+        self._problems: OrderedDict[str, CodeProblem] = OrderedDict()
+        self._inflight = asyncio.Semaphore(4 * max(1, settings.workers or 8))
+
+    def _code_config(self) -> PoolConfig:
+        s = self.settings
+        return PoolConfig(workers=s.workers, queue_size=s.queue_size, mode=s.mode, uid_base=s.uid_base,
+                          tmp_mb=s.tmp_mb, recycle_after=s.recycle_after)  # fmt: skip
+
+    def _math_config(self) -> PoolConfig:
+        from .math_checks import math_pool_config
+
+        s = self.settings
+        cfg = math_pool_config(workers=s.math_workers, mode=s.mode, queue_size=s.queue_size)
+        # Distinct uids from the code pool: the per-uid process limit must not be shared.
+        return dataclasses.replace(
+            cfg, uid_base=s.uid_base + 512, tmp_mb=s.tmp_mb, recycle_after=s.recycle_after
+        )
+
+    def grader(self) -> CodeGrader:
+        if self._grader is None:
+            cache = VerdictCache(self.settings.cache_entries) if self.settings.cache_entries else None
+            self._grader = CodeGrader(self._code.get(), cache)
+        return self._grader
+
+    def math_checker(self) -> Any:
+        if self._math_checker is None:
+            from .math_checks import MathChecker
+
+            self._math_checker = MathChecker(self._math.get(), timeout_s=self.settings.math_timeout_s)
+        return self._math_checker
+
+    async def start(self) -> None:
+        """Start the code pool now (the service's `sandbox.start_at_boot`)."""
+        await asyncio.to_thread(self.grader)
+
+    def healthy(self) -> bool:
+        """False only when a started pool can no longer run anything."""
+        return all(lazy.pool is None or lazy.pool.healthy() for lazy in (self._code, self._math))
+
+    def health(self) -> dict[str, Any]:
+        return {
+            lazy.name: dataclasses.asdict(lazy.pool.health())
+            if lazy.pool
+            else {"state": "NOT_STARTED", "error": lazy.error}
+            for lazy in (self._code, self._math)
+        }
+
+    def close(self) -> None:
+        self._code.close()
+        self._math.close()
+
+    def code_problem(self, reference: Any) -> CodeProblem:
+        """The parsed problem, remembered by content (APPS tests can be megabytes; parse once)."""
+        key = hashlib.sha256(json.dumps(reference, sort_keys=True).encode()).hexdigest()
+        hit = self._problems.get(key)
+        if hit is not None:
+            self._problems.move_to_end(key)
+            return hit
+        try:
+            problem = problem_from_dict(reference)
+        except InvalidProblem as exc:
+            raise BadProblem(str(exc)) from None
+        self._problems[key] = problem
+        if len(self._problems) > 4096:
+            self._problems.popitem(last=False)
+        return problem
+
+    async def _check_code(self, task: str, problem: CodeProblem, completion: str) -> Verdict:
+        code, _ = code_of(task, completion)
+        grader = await asyncio.to_thread(self.grader)
+        async with self._inflight:
+            try:
+                v = await grader.agrade(problem, code)
+            except PoolBusy as exc:
+                raise SandboxUnavailable(f"the code sandbox is saturated: {exc}") from exc
+        if v.status is Status.INTERNAL_ERROR:
+            raise SandboxUnavailable(f"the code sandbox failed on problem {problem.id}: {v.rule} {v.detail}")
+        return code_verdict(v)
+
+    async def _check_math(self, reference: Any, completion: str) -> Verdict:
+        checker = await asyncio.to_thread(self.math_checker)
+        async with self._inflight:
+            try:
+                v: Verdict = await checker.acheck(str(reference), completion)
+            except PoolBusy as exc:
+                raise SandboxUnavailable(f"the math sandbox is saturated: {exc}") from exc
+        return v
+
+    async def check(self, task: str, reference: Any, completion: str) -> Verdict:
+        if task in NUMERIC_TASKS:
+            return check_answer(task, str(reference), completion)
+        if task == "math":
+            return await self._check_math(reference, completion)
+        if task in CODE_TASKS:
+            if not isinstance(reference, dict):
+                raise BadProblem(
+                    f"a {task} reference must be the problem object (tests), got {type(reference).__name__}"
+                )
+            return await self._check_code(task, self.code_problem(reference), completion)
+        raise BadProblem(f"task '{task}' has no checker; use one of {', '.join(TASKS_WITH_CHECKERS)}")
+
+    async def check_many(self, task: str, pairs: Sequence[tuple[Any, str]]) -> list[Verdict]:
+        """Verdicts in order; the sandboxed ones run concurrently on the pool's workers."""
+        if task in NUMERIC_TASKS:
+            return [check_answer(task, str(ref), c) for ref, c in pairs]
+        return list(await asyncio.gather(*(self.check(task, ref, c) for ref, c in pairs)))
