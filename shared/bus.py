@@ -172,6 +172,7 @@ class EventBus:
                 name=self._name,
                 user=cfg.user,
                 password=cfg.password.get_secret_value() if cfg.password else None,
+                token=cfg.token.get_secret_value() if cfg.token else None,
                 connect_timeout=cfg.connect_timeout_s,  # type: ignore[arg-type]  # nats-py says int, takes float
                 allow_reconnect=False,
                 max_reconnect_attempts=1,

@@ -3,8 +3,8 @@
 Health is `grpc.health.v1`, reported for the overall server ("") and each service name, and
 recomputed every second from the service's own dependency check (NATS connected, store reachable):
 a service whose dependencies are down answers NOT_SERVING. Reflection is on so `grpcurl` and
-friends work without the protos. Not handled here: authentication (an interceptor comes with the
-access-control issue) and TLS.
+friends work without the protos. Access control: when `config` names a token, every other RPC
+needs it (`shared.auth`). Not handled here: TLS.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from shared.auth import BearerAuthInterceptor, server_token
 from shared.infra import GrpcConfig
 
 log = logging.getLogger("restem.grpc")
@@ -61,12 +62,15 @@ async def serve(
 ) -> None:
     """Serve until `stop` is set, then drain in-flight RPCs for `config.grace_s` seconds."""
     limit = config.max_message_mb * 1024 * 1024
+    token = server_token(config)
+    interceptors = [BearerAuthInterceptor(token, public_reads=config.public_reads)] if token else []
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not start silently
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-        ]
+        ],
     )
     for b in bindings:
         b.add_to_server(b.servicer, server)
@@ -78,7 +82,8 @@ async def serve(
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {config.host}:{config.port}; choose another grpc.port")
     await server.start()
-    log.info("gRPC listening on %s:%d (%s)", config.host, port, ", ".join(names))
+    access = "bearer token required" if token else "open (no grpc.auth_token set)"
+    log.info("gRPC listening on %s:%d (%s); access: %s", config.host, port, ", ".join(names), access)
     if config.port_file is not None:
         tmp = config.port_file.with_suffix(".tmp")
         tmp.write_text(str(port))

@@ -25,6 +25,19 @@ def _env_secret(name: str) -> SecretStr | None:
     return SecretStr(value) if value else None
 
 
+def _file_secret(path: Path | None, field: str) -> SecretStr | None:
+    """The secret in `path` (a mounted Secret), stripped; None when no file is named."""
+    if path is None:
+        return None
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{field} {path} cannot be read ({exc.strerror}); fix the path") from None
+    if not value:
+        raise ValueError(f"{field} {path} is empty; put the secret in it")
+    return SecretStr(value)
+
+
 class NatsConfig(StrictModel):
     """How to reach NATS JetStream."""
 
@@ -34,10 +47,25 @@ class NatsConfig(StrictModel):
     """NATS user name; defaults to $RESTEM_NATS_USER."""
     password: SecretStr | None = Field(default_factory=lambda: _env_secret("RESTEM_NATS_PASSWORD"))
     """NATS password; defaults to $RESTEM_NATS_PASSWORD."""
+    password_file: Path | None = None
+    """File holding the NATS password (a mounted Secret); wins over password."""
+    token: SecretStr | None = Field(default_factory=lambda: _env_secret("RESTEM_NATS_TOKEN"))
+    """NATS token (token authentication instead of user/password); defaults to $RESTEM_NATS_TOKEN."""
+    token_file: Path | None = None
+    """File holding the NATS token; wins over token."""
     connect_timeout_s: float = Field(default=5.0, gt=0)
     """Seconds to wait for each connection attempt."""
     prefix: str = Field(default="RESTEM", pattern=r"^[A-Z][A-Z0-9_]*$")
     """Prefix of stream and bucket names, so several restem installs can share one NATS."""
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> NatsConfig:
+        # object.__setattr__: validate_assignment would re-run this validator on each assignment.
+        for field, file_field in (("password", "password_file"), ("token", "token_file")):
+            value = _file_secret(getattr(self, file_field), f"nats.{file_field}")
+            if value is not None:
+                object.__setattr__(self, field, value)
+        return self
 
 
 class StoreConfig(StrictModel):
@@ -55,6 +83,10 @@ class StoreConfig(StrictModel):
     """S3 access key; defaults to $RESTEM_S3_ACCESS_KEY."""
     secret_key: SecretStr | None = Field(default_factory=lambda: _env_secret("RESTEM_S3_SECRET_KEY"))
     """S3 secret key; defaults to $RESTEM_S3_SECRET_KEY."""
+    access_key_file: Path | None = None
+    """File holding the S3 access key (a mounted Secret); wins over access_key."""
+    secret_key_file: Path | None = None
+    """File holding the S3 secret key (a mounted Secret); wins over secret_key."""
     secure: bool = False
     """Use TLS to talk to the S3 endpoint."""
     region: str = "us-east-1"
@@ -62,10 +94,14 @@ class StoreConfig(StrictModel):
 
     @model_validator(mode="after")
     def _s3_needs_credentials(self) -> StoreConfig:
+        for field in ("access_key", "secret_key"):
+            value = _file_secret(getattr(self, f"{field}_file"), f"store.{field}_file")
+            if value is not None:
+                object.__setattr__(self, field, value)
         if self.kind == "s3" and (self.access_key is None or self.secret_key is None):
             raise ValueError(
                 "store.kind is 's3' but no credentials: set store.access_key and store.secret_key "
-                "or the RESTEM_S3_ACCESS_KEY / RESTEM_S3_SECRET_KEY environment variables"
+                "(or their *_file) or the RESTEM_S3_ACCESS_KEY / RESTEM_S3_SECRET_KEY environment variables"
             )
         return self
 
@@ -83,3 +119,10 @@ class GrpcConfig(StrictModel):
     """Seconds in-flight RPCs get to finish on SIGTERM."""
     max_message_mb: int = Field(default=64, ge=1, le=2048)
     """Largest request or response message in MiB."""
+    auth_token: SecretStr | None = Field(default_factory=lambda: _env_secret("RESTEM_API_TOKEN"))
+    """Bearer token every RPC must carry (health and reflection excepted); defaults to
+    $RESTEM_API_TOKEN. Unset: the API is open. Also sent on this service's calls to other services."""
+    auth_token_file: Path | None = None
+    """File holding the bearer token (a mounted Secret); wins over auth_token."""
+    public_reads: bool = False
+    """Let read-only RPCs (Get*, List*, Watch*) through without the token; mutating ones need it."""

@@ -82,6 +82,16 @@ class TaskConfig(StrictModel):
     """Dataset files; required for every task but `arithmetic`."""
     seed: int = Field(default=0, ge=0)
     """Seed of the problem generator and of the split assignment."""
+    few_shot: bool = False
+    """Put worked examples before every question: 8 step-by-step ones for gsm8k, 4 Minerva-style ones for math (`shared/tasks/fewshot.py`); the prompt is stored with the run's datasets."""
+
+    @model_validator(mode="after")
+    def _few_shot_tasks(self) -> TaskConfig:
+        if self.few_shot and self.name not in ("gsm8k", "math"):
+            raise ValueError(
+                f"task.few_shot has worked examples for gsm8k and math only, not '{self.name}': remove it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _files_for_file_tasks(self) -> TaskConfig:
@@ -103,6 +113,21 @@ class ModelConfig(StrictModel):
     """Optional system message for the chat template."""
 
 
+class AdaptiveSampling(StrictModel):
+    """Adaptive E-step: sample in rounds, verify after each, and stop sampling solved problems."""
+
+    enabled: bool = False
+    """Sample in rounds; off: every problem gets `sampling.n` samples at once (the paper's fixed K)."""
+    rounds: int = Field(default=2, ge=2, le=16)
+    """Most rounds per iteration; a round is sampled and verified before the next is planned."""
+    first_round_n: int | None = Field(default=None, ge=1, le=1024)
+    """Samples per problem in the first round; default ceil(sampling.n / rounds)."""
+    max_per_problem: int | None = Field(default=None, ge=1, le=1024)
+    """Most samples one problem gets over the rounds; default sampling.n. Above it, what solved problems left unused goes to unsolved ones (an iteration never exceeds sampling.n x problems)."""
+    count: Literal["distinct", "correct"] = "distinct"
+    """A problem is done once it has `em.cutoff` of these: `distinct` correct completions (what the filter keeps), or any `correct` ones."""
+
+
 class SamplingConfig(StrictModel):
     """E-step decoding (the paper: top-k 40, temperature 0.7)."""
 
@@ -120,6 +145,19 @@ class SamplingConfig(StrictModel):
     """Extra stop strings (the task adds its own answer pattern)."""
     seed: int = Field(default=0, ge=0)
     """Base seed; each shard derives its own from it, the iteration and the shard index."""
+    adaptive: AdaptiveSampling = Field(default_factory=AdaptiveSampling)
+    """Adaptive sampling in rounds (off by default: fixed K is the paper's policy and the reference)."""
+
+    @model_validator(mode="after")
+    def _adaptive_fits(self) -> SamplingConfig:
+        a = self.adaptive
+        cap = a.max_per_problem or self.n
+        if a.first_round_n is not None and a.first_round_n > cap:
+            raise ValueError(
+                f"sampling.adaptive.first_round_n ({a.first_round_n}) exceeds the per-problem maximum "
+                f"({cap}): lower it or raise sampling.adaptive.max_per_problem"
+            )
+        return self
 
 
 class EMConfig(StrictModel):
@@ -131,6 +169,8 @@ class EMConfig(StrictModel):
     """Most correct samples kept per problem (the paper uses 10)."""
     shard_size: int = Field(default=8, ge=1, le=100_000)
     """Problems per sample job; a shard should take seconds to a minute."""
+    early_stop_patience: int | None = Field(default=None, ge=1, le=100)
+    """Stop the EM loop once this many iterations in a row brought no better validation pass@1 than the best so far (the base included); null runs all `em.iterations`. Needs the validation split in `evaluation.splits`."""
 
 
 class LoraConfig(StrictModel):
@@ -168,7 +208,7 @@ class TrainingConfig(StrictModel):
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     """Fraction of steps with linear warm-up."""
     epochs: int = Field(default=2, ge=1, le=100)
-    """Passes over the kept set (ignored when `max_steps` is set)."""
+    """Passes over the kept set (ignored when `max_steps` is set); the most, with `validation_stopping`."""
     max_steps: int | None = Field(default=None, ge=1, le=1_000_000)
     """Exactly this many optimiser steps (cycling over the kept set) instead of `epochs`."""
     batch_size: int = Field(default=8, ge=1, le=4096)
@@ -193,6 +233,10 @@ class TrainingConfig(StrictModel):
     """Shuffling (and LoRA init / dropout) seed."""
     checkpoint_every_steps: int = Field(default=50, ge=0, le=1_000_000)
     """Save a resumable state (weights or adapters, optimizer, schedule, RNG) to the store every N steps, so a killed trainer resumes there; 0 disables. Full fine-tuning writes ~12 bytes per parameter each time."""
+    validation_stopping: bool = True
+    """The paper's Algorithm 1: after every epoch the trainer decodes the validation split greedily (scored by the verifier), keeps the best epoch's weights and stops after `patience` epochs without improvement; `epochs` is then the most. Needs a non-empty validation split that `evaluation.splits` includes (otherwise every epoch is trained). Costs one greedy pass over the validation split per epoch."""
+    patience: int = Field(default=1, ge=1, le=100)
+    """Epochs without a better validation reward before the M-step stops (validation_stopping)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
@@ -218,6 +262,28 @@ class TrainingConfig(StrictModel):
         return self
 
 
+FILE_TASKS = ("gsm8k", "math", "apps", "humaneval")
+
+
+class TransferSet(StrictModel):
+    """An extra held-out set of any task, evaluated with every checkpoint like the run's own splits (reported, never used to choose)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
+    """Short name, shown in reports as `transfer-<name>` (lower-case letters, digits, dashes)."""
+    task: Literal["gsm8k", "math", "apps", "humaneval"]
+    """Task of the set; it is checked with that task's checker and prompted with that task's instruction."""
+    file: Path
+    """JSONL file (or .jsonl.gz) of the set, or `builtin:humaneval`."""
+    limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Evaluate only the first N problems of the file (all by default)."""
+    max_new_tokens: int | None = Field(default=None, ge=1, le=32_768)
+    """Longest completion on this set; default: the set's task default (gsm8k 320, math/apps/humaneval 512)."""
+
+    @property
+    def split(self) -> str:
+        return f"transfer-{self.name}"
+
+
 class EvaluationConfig(StrictModel):
     """Greedy pass@1 after every iteration (and on the base)."""
 
@@ -235,6 +301,16 @@ class EvaluationConfig(StrictModel):
     """Nucleus filtering of the sampled evaluation (the paper: 0.95)."""
     seed: int = Field(default=1234, ge=0)
     """Seed of the sampled evaluation (fixed across iterations so they are compared on equal terms)."""
+    transfer: list[TransferSet] = Field(default_factory=list)
+    """Extra eval sets of other tasks (e.g. train on MATH, also evaluate GSM8K and HumanEval), greedy pass@1 with every checkpoint."""
+
+    @model_validator(mode="after")
+    def _unique_transfer_names(self) -> EvaluationConfig:
+        names = [t.name for t in self.transfer]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"evaluation.transfer names must be unique; repeated: {', '.join(dup)}")
+        return self
 
 
 class BaselineConfig(StrictModel):
@@ -264,6 +340,15 @@ class RunConfig(StrictModel):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     """Baselines trained and evaluated beside the EM loop."""
 
+    @model_validator(mode="after")
+    def _early_stop_needs_validation(self) -> RunConfig:
+        if self.em.early_stop_patience is not None and "validation" not in self.evaluation.splits:
+            raise ValueError(
+                "em.early_stop_patience watches validation pass@1: add validation to evaluation.splits "
+                "(and give the task a validation split), or remove em.early_stop_patience"
+            )
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _task_budgets(cls, data: Any) -> Any:
@@ -282,6 +367,18 @@ class RunConfig(StrictModel):
                 data[section] = {**part, key: defaults[key]}
         return data
 
+    @model_validator(mode="after")
+    def _cutoff_reachable(self) -> RunConfig:
+        # A cutoff no problem can reach keeps everything: almost surely a typo, not a choice.
+        s = self.sampling
+        most = max(s.n, s.adaptive.max_per_problem or s.n) if s.adaptive.enabled else s.n
+        if self.em.cutoff > most:
+            raise ValueError(
+                f"em.cutoff ({self.em.cutoff}) exceeds the samples a problem gets ({most}, sampling.n): "
+                "lower em.cutoff or raise sampling.n"
+            )
+        return self
+
 
 def parse_run_config(text: str, *, source: str = "run config") -> RunConfig:
     """Validate a YAML run config; raises ConfigError naming every bad field."""
@@ -293,4 +390,10 @@ def load_run_config(path: Path) -> RunConfig:
 
     if not path.is_file():
         raise ConfigError(f"run config {path} does not exist")
-    return parse_run_config(path.read_text(), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"run config {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+    return parse_run_config(text, source=str(path))

@@ -3,11 +3,16 @@
 A service's `__main__` parses its config and calls `run_service` with its gRPC bindings and its
 worker loops. SIGTERM or SIGINT sets one stop event: workers stop fetching and finish the jobs in
 hand, the gRPC server drains, then the NATS connection closes.
+
+Health (grpc.health.v1) is SERVING only while NATS is connected, the artifact store answers a
+probe (`StoreProbe`, every few seconds) and the service's own check passes: a load balancer or
+Kubernetes stops sending work to a replica whose dependencies are down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Sequence
@@ -16,10 +21,41 @@ from typing import Any
 from shared.bus import EventBus
 from shared.grpc_server import ServiceBinding, serve
 from shared.infra import GrpcConfig
+from shared.store import ArtifactStore
 
 log = logging.getLogger("restem.service")
 
 WorkerLoop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+_PROBE_KEY = "health/probe"  # never written: `exists` on it is a cheap round trip
+
+
+class StoreProbe:
+    """Whether the artifact store answered its last probe (a HEAD of a key) within `timeout_s`."""
+
+    def __init__(self, store: ArtifactStore, *, every_s: float = 5.0, timeout_s: float = 10.0) -> None:
+        self.store = store
+        self.every_s = every_s
+        self.timeout_s = timeout_s
+        self.healthy = True  # until a probe says otherwise: the store was opened a moment ago
+
+    async def probe(self) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.exists, _PROBE_KEY), self.timeout_s)
+            ok = True
+        except Exception as err:  # StoreUnavailable, timeout, auth: all mean "cannot work now"
+            ok = False
+            if self.healthy:
+                log.warning("store %s unreachable (%s): health NOT_SERVING", self.store.describe(), err)
+        if ok and not self.healthy:
+            log.info("store %s reachable again", self.store.describe())
+        self.healthy = ok
+        return ok
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.probe()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.every_s)
 
 
 async def run_service(
@@ -30,16 +66,21 @@ async def run_service(
     workers: Sequence[WorkerLoop],
     *,
     healthy: Callable[[], bool] | None = None,
+    store: ArtifactStore | None = None,
 ) -> None:
+    """Serve and work until SIGTERM/SIGINT; health also follows `store` when one is given."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    probe = StoreProbe(store) if store is not None else None
 
     def is_healthy() -> bool:
-        return bus.connected and (healthy() if healthy else True)
+        return bus.connected and (probe is None or probe.healthy) and (healthy() if healthy else True)
 
     tasks = [asyncio.create_task(serve(bindings, grpc_config, healthy=is_healthy, stop=stop), name="grpc")]
+    if probe is not None:
+        tasks.append(asyncio.create_task(probe.run(stop), name="store-probe"))
     tasks += [asyncio.create_task(w(stop), name=f"worker-{i}") for i, w in enumerate(workers)]
     log.info("%s started", name)
     try:

@@ -4,12 +4,15 @@ A handler gets the decoded job message. It raises `PermanentError` (re-exported 
 when retrying cannot help; the run's coordinator is then told at once through a `JobFailed`
 event, and the bus dead-letters the message. Any other exception is retried with backoff; on the
 last allowed delivery the failure is reported the same way, so a run never waits forever on a job
-that will not succeed.
+that will not succeed. An unreachable store (`StoreUnavailable`) is retried in place first, with
+jittered backoff for up to `STORE_OUTAGE_S`, so an outage does not use up the job's deliveries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,8 +23,10 @@ from restem.common.v1 import common_pb2
 from restem.events.v1 import events_pb2
 
 from shared.bus import Delivery, EventBus, PermanentError
+from shared.store import StoreUnavailable
 
 log = logging.getLogger("restem.worker")
+STORE_OUTAGE_S = 600.0  # how long a job waits for an unreachable store before it counts as failed
 J = TypeVar("J", bound=Message)
 
 
@@ -31,6 +36,7 @@ class WorkerState:
 
     service: str
     device: str = ""
+    backend: str = ""  # generation backend (sampler), shown by GetStats
     active_jobs: set[str] = field(default_factory=set)
     jobs_done: int = 0
     jobs_failed: int = 0
@@ -46,6 +52,7 @@ class WorkerState:
             jobs_failed=self.jobs_failed,
             loaded_checkpoints=self.loaded_checkpoints,
             device=self.device,
+            backend=self.backend,
         )
 
 
@@ -56,6 +63,28 @@ async def report_failure(bus: EventBus, job_type: str, job: Any, reason: str) ->
     )
 
 
+async def _riding_out_store_outages(
+    handle: Callable[[J], Awaitable[None]], job: J, job_type: str, job_id: str, budget_s: float
+) -> None:
+    """`handle(job)`, re-run while the store is unavailable, for up to `budget_s` seconds.
+
+    Retrying here instead of through redelivery keeps an outage from using up the job's
+    max_deliver (the heartbeat keeps the message ours meanwhile); handlers are idempotent.
+    """
+    deadline = time.monotonic() + budget_s
+    delay = 1.0
+    while True:
+        try:
+            await handle(job)
+            return
+        except StoreUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s job %s: store unavailable (%s); retrying in %.1fs", job_type, job_id, exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0) * random.uniform(0.75, 1.25)  # jitter: replicas must not retry in step
+
+
 def typed_handler(
     bus: EventBus,
     job_type: str,
@@ -64,6 +93,7 @@ def typed_handler(
     state: WorkerState,
     *,
     max_deliver: int,
+    store_outage_s: float = STORE_OUTAGE_S,
 ) -> Callable[[Delivery], Awaitable[None]]:
     async def on_delivery(delivery: Delivery) -> None:
         try:
@@ -76,7 +106,7 @@ def typed_handler(
         state.active_jobs.add(job_id)
         started = time.monotonic()
         try:
-            await handle(job)
+            await _riding_out_store_outages(handle, job, job_type, job_id, store_outage_s)
         except PermanentError as exc:
             state.jobs_failed += 1
             log.error("%s job %s failed permanently: %s", job_type, job_id, exc)

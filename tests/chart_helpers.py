@@ -36,7 +36,17 @@ CHART = ROOT / "charts" / "restem"
 SCHEMA = CHART / "values.schema.json"
 SERVICES = ("coordinator", "verifier", "sampler", "trainer", "evaluator")
 # Fields of each service config that the chart sets itself; `<svc>.config` may not hold them.
-CHART_OWNED = {"grpc", "nats", "store", "log_level", "device", "cache_dir", "work_dir", "verifier_address"}
+CHART_OWNED = {
+    "grpc",
+    "nats",
+    "store",
+    "log_level",
+    "device",
+    "cache_dir",
+    "work_dir",
+    "verifier_address",
+    "nproc",
+}
 
 
 def config_model(service: str) -> type:
@@ -290,6 +300,10 @@ def local_stack_up(values_files: list[str], state: Path, timeout_s: float = 300.
         s3fix._wait_ready(s3, weed)
         # The five services: the pod's command, config file and env; only addresses point here.
         addresses = stack.info["addresses"]
+        token = secrets.get(("restem-api-token", "token"))
+        if token:  # the CLI finds the API token here, as a client of the cluster would get it
+            (state / "api-token").write_text(token)
+            (state / "api-token").chmod(0o600)
         for service in SERVICES:
             ctr = _pod_spec(docs, "Deployment", service)["containers"][0]
             cfg = state / "config" / f"{service}.yaml"

@@ -20,6 +20,7 @@ async def main_async(config_path: Path | None) -> None:
     from .config import CoordinatorConfig
     from .events import Orchestrator
     from .grpc_api import RunApi
+    from .reconcile import reconcile_all
 
     cfg = load_service_config(CoordinatorConfig, config_path, env_prefix="RESTEM_COORDINATOR")
     setup_logging("coordinator", cfg.log_level)
@@ -32,13 +33,22 @@ async def main_async(config_path: Path | None) -> None:
         "restem.coordinator.v1.RunService",
     )
 
+    async def reconcile(stop: asyncio.Event) -> None:
+        # Once at start: re-enter every running run (see reconcile.py); events drive them after.
+        await reconcile_all(orchestrator)
+
     async def events(stop: asyncio.Event) -> None:
-        await bus.consume_events("coordinator", orchestrator.on_event, stop=stop)
+        # Many tries: an event fails only while the store is unreachable, and a dead event fails its run.
+        await bus.consume_events(
+            "coordinator", orchestrator.on_event, stop=stop, max_deliver=cfg.event_max_deliver
+        )
 
     async def sweep(stop: asyncio.Event) -> None:
         await orchestrator.sweep_dead_letters(stop, cfg.dead_letter_sweep_s)
 
-    await run_service("coordinator", cfg.grpc, bus, [binding], [events, sweep])
+    await run_service(
+        "coordinator", cfg.grpc, bus, [binding], [reconcile, events, sweep], store=orchestrator.store
+    )
 
 
 def main() -> None:

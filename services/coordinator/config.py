@@ -20,6 +20,9 @@ class CoordinatorConfig(StrictModel):
     """Artifact store."""
     dead_letter_sweep_s: float = Field(default=10.0, gt=0)
     """How often dead-lettered jobs are checked so their runs fail instead of waiting."""
+    event_max_deliver: int = Field(default=120, ge=1, le=10_000)
+    """Tries per result event before it is dead-lettered and its run fails (backoff up to 30 s: about
+    an hour of store outage is ridden out)."""
     max_config_bytes: int = Field(default=1_000_000, ge=1024)
     """Largest run config accepted by StartRun."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

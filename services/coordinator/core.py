@@ -25,8 +25,10 @@ from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.events.v1 import events_pb2 as ev
 
 from shared import keys
-from shared.runconfig import LoraConfig, RunConfig
+from shared.runconfig import TASK_DEFAULTS, LoraConfig, RunConfig
 from shared.tasks import stop_patterns
+
+from . import adaptive
 
 FINISHED = (pb.RUN_STATUS_SUCCEEDED, pb.RUN_STATUS_FAILED, pb.RUN_STATUS_CANCELLED)
 PHASE_NAMES = {
@@ -196,18 +198,27 @@ def new_run(run_id: str, cfg: RunConfig, config_yaml: str, *, base_model_key: st
     return run, Decision(jobs=[Job("prepare", job, job.job_id)])
 
 
+def split_task(cfg: RunConfig, split: str) -> tuple[str, int]:
+    """Task and completion budget of an eval split: the run's own, or a transfer set's."""
+    for t in cfg.evaluation.transfer:
+        if t.split == split:
+            return t.task, t.max_new_tokens or TASK_DEFAULTS[t.task]["max_new_tokens"]
+    return cfg.task.name, cfg.evaluation.max_new_tokens or cfg.sampling.max_new_tokens
+
+
 def _eval_jobs(
     run: pb.Run, cfg: RunConfig, iteration: int, checkpoint: str, splits: Sequence[str], variant: str = ""
 ) -> list[Job]:
-    params = common_pb2.SamplingParams(
-        n=1,
-        greedy=True,
-        max_new_tokens=cfg.evaluation.max_new_tokens or cfg.sampling.max_new_tokens,
-        stop=cfg.sampling.stop,
-        stop_regex=stop_patterns(cfg.task.name),
-    )
     jobs = []
     for split in splits:
+        task, max_new_tokens = split_task(cfg, split)
+        params = common_pb2.SamplingParams(
+            n=1,
+            greedy=True,
+            max_new_tokens=max_new_tokens,
+            stop=cfg.sampling.stop,
+            stop_regex=stop_patterns(task),
+        )
         job = ev.EvalJob(
             run_id=run.run_id,
             job_id=keys.job_id(
@@ -215,7 +226,7 @@ def _eval_jobs(
             ),
             iteration=iteration,
             split=split,
-            task=cfg.task.name,
+            task=task,
             dataset_key=keys.dataset_key(run.run_id, split),
             checkpoint_key=checkpoint,
             params=params,
@@ -249,7 +260,9 @@ def prompt_format(cfg: RunConfig) -> common_pb2.PromptFormat:
 
 
 def eval_splits(cfg: RunConfig, split_sizes: dict[str, int]) -> list[str]:
-    return [s for s in cfg.evaluation.splits if split_sizes.get(s, 0) > 0]
+    """The run's non-empty eval splits, then its transfer sets (`transfer-<name>`)."""
+    own = [s for s in cfg.evaluation.splits if split_sizes.get(s, 0) > 0]
+    return own + [t.split for t in cfg.evaluation.transfer if split_sizes.get(t.split, 0) > 0]
 
 
 def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: Sequence[str]) -> Decision:
@@ -274,15 +287,26 @@ def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: S
             output_key=f"{keys.sft_prefix(run.run_id)}/checkpoint",
             variant="sft",
             prompt_format=prompt_format(cfg),
+            validation=train_validation(run, cfg, splits),
         )
         jobs.append(Job("train", job, job.job_id))
     return Decision(jobs=jobs)
 
 
-def sample_job(run: pb.Run, cfg: RunConfig, it: pb.Iteration, index: int, ids: Sequence[str]) -> Job:
+def sample_job(
+    run: pb.Run,
+    cfg: RunConfig,
+    it: pb.Iteration,
+    index: int,
+    ids: Sequence[str],
+    *,
+    k: int | None = None,
+    first_index: int = 0,
+) -> Job:
+    """Shard `index` of the iteration's E-step: `k` samples per problem (default: the first round's)."""
     n = it.iteration
     params = common_pb2.SamplingParams(
-        n=cfg.sampling.n,
+        n=k if k is not None else adaptive.first_round_n(cfg.sampling),
         temperature=cfg.sampling.temperature,
         top_k=cfg.sampling.top_k,
         top_p=cfg.sampling.top_p,
@@ -303,6 +327,7 @@ def sample_job(run: pb.Run, cfg: RunConfig, it: pb.Iteration, index: int, ids: S
         params=params,
         output_key=keys.samples_key(run.run_id, n, index),
         prompt_format=prompt_format(cfg),
+        first_index=first_index,
     )
     return Job("sample", job, job.job_id)
 
@@ -329,6 +354,7 @@ def _start_iteration(run: pb.Run, cfg: RunConfig, train_ids: Sequence[str]) -> D
         iteration=previous.iteration + 1, policy_key=previous.checkpoint_key, shards_total=len(shards)
     )
     it.started.FromDatetime(_now())
+    it.sampling_rounds = 1 if cfg.sampling.adaptive.enabled else 0
     run.iteration = it.iteration
     _set_phase(run, pb.PHASE_SAMPLING, total=len(shards), unit="shards")
     return Decision(jobs=[sample_job(run, cfg, it, i, ids) for i, ids in enumerate(shards)])
@@ -373,6 +399,45 @@ def on_verify_done(run: pb.Run, done: ev.VerifyDone) -> Decision:
         return Decision()
     _set_phase(run, pb.PHASE_FILTERING, total=1, unit="kept sets")
     return Decision(needs_filter=True)
+
+
+def on_round_planned(run: pb.Run, cfg: RunConfig, iteration: int, plan: adaptive.RoundPlan) -> Decision:
+    """Adaptive sampling: sample the next round; its shards are numbered after the earlier rounds'."""
+    it = _current(run, iteration, pb.PHASE_FILTERING)
+    if it is None:
+        return Decision()
+    start = it.shards_total
+    shards = plan_shards(plan.problem_ids, cfg.em.shard_size)
+    it.shards_total += len(shards)
+    it.sampling_rounds += 1
+    _set_phase(run, pb.PHASE_SAMPLING, done=start, total=it.shards_total, unit="shards")
+    jobs = [
+        sample_job(run, cfg, it, start + i, ids, k=plan.n, first_index=plan.first_index)
+        for i, ids in enumerate(shards)
+    ]
+    return Decision(jobs=jobs)
+
+
+def train_validation(run: pb.Run, cfg: RunConfig, splits: Sequence[str]) -> ev.TrainValidation | None:
+    """Validation-driven stopping of the M-step: on when the run evaluates a (non-empty) validation split.
+
+    The greedy settings are the validation evaluation's, so the trainer's reward is that pass@1.
+    """
+    if not cfg.training.validation_stopping or "validation" not in splits:
+        return None
+    return ev.TrainValidation(
+        task=cfg.task.name,
+        dataset_key=keys.dataset_key(run.run_id, "validation"),
+        params=common_pb2.SamplingParams(
+            n=1,
+            greedy=True,
+            max_new_tokens=cfg.evaluation.max_new_tokens or cfg.sampling.max_new_tokens,
+            stop=cfg.sampling.stop,
+            stop_regex=stop_patterns(cfg.task.name),
+        ),
+        prompt_format=prompt_format(cfg),
+        patience=cfg.training.patience,
+    )
 
 
 def train_params_for(cfg: RunConfig, iteration: int) -> common_pb2.TrainParams:
@@ -431,6 +496,7 @@ def on_filtered(
         kept_key=it.kept_key,
         params=train_params_for(cfg, iteration),
         output_key=keys.checkpoint_key(run.run_id, iteration),
+        validation=train_validation(run, cfg, splits),
     )
     _set_phase(run, pb.PHASE_TRAINING, unit="steps")
     return Decision(jobs=[Job("train", job, job.job_id)])
@@ -455,6 +521,9 @@ def _train_summary(done: ev.TrainDone) -> pb.TrainSummary:
         loss_first=done.loss_first,
         loss_last=done.loss_last,
         seconds=done.seconds,
+        validation_rewards=done.validation_rewards,
+        best_epoch=done.best_epoch,
+        epochs=done.epochs,
     )
 
 
@@ -487,6 +556,8 @@ def on_eval_done(
     if len(it.evals) < len(splits):
         return Decision()
     it.seconds = (_now() - it.started.ToDatetime(tzinfo=UTC)).total_seconds()
+    if done.iteration < run.iterations_total and _stalled(run, cfg, done.iteration):
+        run.iterations_total = done.iteration  # early stop; the report compares with em.iterations
     if done.iteration < run.iterations_total:
         return _start_iteration(run, cfg, train_ids)
     if _sft_pending(run, splits):
@@ -496,6 +567,18 @@ def on_eval_done(
         return Decision()
     finish(run, pb.RUN_STATUS_SUCCEEDED)
     return Decision(finished=True)
+
+
+def _stalled(run: pb.Run, cfg: RunConfig, iteration: int) -> bool:
+    """`em.early_stop_patience` iterations in a row without a better validation pass@1 than the best."""
+    patience = cfg.em.early_stop_patience
+    if (
+        patience is None
+        or iteration == 0
+        or not any(e.split == "validation" for e in run.iterations[-1].evals)
+    ):
+        return False
+    return iteration - choose_best_iteration(run) >= patience
 
 
 def _sft_pending(run: pb.Run, splits: Sequence[str]) -> bool:

@@ -16,17 +16,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.events.v1 import events_pb2 as ev
 
 from shared import keys
-from shared.bus import ConflictError, DeadLetter, Delivery, EventBus
+from shared.bus import ConflictError, DeadLetter, Delivery, EventBus, PermanentError
 from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactStore
 from shared.tasks import dumps_jsonl, loads_jsonl
 
-from . import core
+from . import adaptive, core, reconcile
 from .plots import render_plots
 from .report import build_report, render_markdown
 
@@ -73,7 +73,8 @@ class Orchestrator:
         """Problem ids per split, read once from the datasets the run stored at start."""
         if run_id not in self._ids:
             ids = {}
-            for split in ("train", "validation", "test"):
+            cfg = self.config((await self.load(run_id))[0])
+            for split in ("train", "validation", "test", *(t.split for t in cfg.evaluation.transfer)):
                 key = keys.dataset_key(run_id, split)
                 exists = await asyncio.to_thread(self.store.exists, key)
                 rows = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, key)) if exists else []
@@ -82,6 +83,8 @@ class Orchestrator:
         return self._ids[run_id]
 
     async def publish(self, decision: core.Decision) -> None:
+        # Recorded first, so a restarted coordinator can re-publish a job whose message is lost.
+        await reconcile.record_jobs(self.store, decision.jobs)
         for job in decision.jobs:
             run_id = job.message.run_id  # type: ignore[attr-defined]
             await self.bus.publish_job(
@@ -128,6 +131,15 @@ class Orchestrator:
                     self.store.get_bytes, keys.verdicts_key(run.run_id, it.iteration, shard)
                 )
             )
+        if cfg.sampling.adaptive.enabled:
+            tallies = adaptive.tally(samples, verdicts)
+            plan = adaptive.plan_next_round(cfg, ids["train"], tallies, it.sampling_rounds)
+            if plan is not None:
+                log.info(
+                    "run %s iteration %d: round %d samples %d problems x %d",
+                    run.run_id, it.iteration, it.sampling_rounds + 1, len(plan.problem_ids), plan.n,
+                )  # fmt: skip
+                return core.on_round_planned(run, cfg, it.iteration, plan)
         kept, stats = core.select_kept(
             samples,
             verdicts,
@@ -144,9 +156,22 @@ class Orchestrator:
         )  # fmt: skip
         return core.on_filtered(run, cfg, it.iteration, stats, self._splits(cfg, ids))
 
+    async def _test_results(self, run: pb.Run) -> dict[str, list[dict]]:
+        """Per-problem test results of every checkpoint that has them (for the difficulty buckets)."""
+        where = {("base" if it.iteration == 0 else str(it.iteration)): e.results_key
+                 for it in run.iterations for e in it.evals if e.split == "test" and e.results_key}  # fmt: skip
+        for e in run.sft.evals:
+            if e.split == "test" and e.results_key:
+                where["sft"] = e.results_key
+        out = {}
+        for name, key in where.items():
+            if await asyncio.to_thread(self.store.exists, key):
+                out[name] = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, key))
+        return out
+
     async def _write_report(self, run: pb.Run) -> None:
         """report.md and the plots first, report.json last: the JSON's key is the report's commit point."""
-        report = build_report(run)
+        report = build_report(run, await self._test_results(run))
         files = await asyncio.to_thread(render_plots, report)
         files["report.md"] = render_markdown(report, plots=sorted(files)).encode()
         for name, data in files.items():
@@ -168,7 +193,10 @@ class Orchestrator:
         if cls is None:
             log.warning("ignoring unknown event %s", delivery.subject)
             return
-        msg: Any = cls.FromString(delivery.data)
+        try:
+            msg: Any = cls.FromString(delivery.data)
+        except DecodeError as exc:
+            raise PermanentError(f"event {delivery.subject} is not a valid {cls.__name__}") from exc
         try:
             await self.mutate(msg.run_id, lambda run, cfg, ids: self._apply(kind, msg, run, cfg, ids))
         except RunNotFound:
@@ -197,7 +225,9 @@ class Orchestrator:
         return core.on_job_failed(run, msg)
 
     async def _fail_dead_lettered(self, dl: DeadLetter) -> None:
-        _, _, job_type, run_id = dl.subject.split(".", 3)
+        # restem.jobs.<type>.<run_id> or restem.events.<run_id>.<kind>: a dead event stalls its run too.
+        _, stream, first, second = dl.subject.split(".", 3)
+        job_type, run_id = (first, second) if stream == "jobs" else (f"{second} event", first)
         failed = ev.JobFailed(run_id=run_id, job_id="?", job_type=job_type, reason=dl.reason)
 
         def fail(run: pb.Run, cfg: RunConfig, ids: dict[str, list[str]]) -> core.Decision:

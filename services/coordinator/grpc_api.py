@@ -23,7 +23,7 @@ from shared.configio import ConfigError
 from shared.models import ModelNotFound, model_store_key, resolve_model_source
 from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactNotFound
-from shared.tasks import DatasetError, build_splits, dumps_jsonl, sft_rows
+from shared.tasks import DatasetError, build_splits, build_transfer_sets, dumps_jsonl, sft_rows
 
 from . import core
 from .config import CoordinatorConfig
@@ -62,6 +62,7 @@ class RunApi(pb_grpc.RunServiceServicer):
         try:
             source = resolve_model_source(cfg.model.base)
             splits = await asyncio.to_thread(build_splits, cfg.task)
+            splits.update(await asyncio.to_thread(build_transfer_sets, cfg.evaluation))
         except ModelNotFound as exc:
             await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
         except DatasetError as exc:

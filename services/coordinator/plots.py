@@ -70,6 +70,13 @@ def plot_pass_at_1(report: dict[str, Any]) -> bytes:
             above = x not in other or y > other[x] or (y == other[x] and split == "test")
             ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 7 if above else -13),
                         ha="center", fontsize=8, color=colour)  # fmt: skip
+    for name in sorted({n for r in rows for n in r.get("transfer_pass_at_1", {})}):
+        pts = {
+            r["iteration"]: 100 * r["transfer_pass_at_1"][name]
+            for r in rows
+            if name in r.get("transfer_pass_at_1", {})
+        }
+        ax.plot(list(pts), list(pts.values()), "^:", label=f"transfer {name} pass@1 (greedy)")
     sft = report.get("sft_baseline") or {}
     if sft.get("test_pass_at_1") is not None:
         ax.axhline(

@@ -13,6 +13,9 @@ import yaml
 from google.protobuf.json_format import MessageToDict
 from restem.coordinator.v1 import coordinator_pb2 as pb
 
+from shared.metrics import BUCKETS, accuracy_by_bucket
+from shared.runconfig import EMConfig
+
 
 def _eval(it: pb.Iteration, split: str) -> float | None:
     for e in it.evals:
@@ -37,11 +40,17 @@ def iteration_row(it: pb.Iteration) -> dict[str, Any]:
         "train": MessageToDict(it.train, preserving_proto_field_name=True) if it.HasField("train") else None,
         "validation_pass_at_1": _eval(it, "validation"),
         "test_pass_at_1": _eval(it, "test"),
+        "transfer_pass_at_1": {
+            e.split.removeprefix("transfer-"): e.pass_at_1
+            for e in it.evals
+            if e.split.startswith("transfer-")
+        },
         "evals": [
             MessageToDict(e, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
             for e in it.evals
         ],
         "tokens_generated": it.tokens_generated,
+        "sampling_rounds": it.sampling_rounds,
         "phase_seconds": {k: round(v, 2) for k, v in sorted(it.phase_seconds.items())},
         "seconds": round(it.seconds, 2),
     }
@@ -52,11 +61,73 @@ def _sft_row(run: pb.Run) -> dict[str, Any]:
     row = iteration_row(run.sft)
     return {
         k: row[k]
-        for k in ("checkpoint_key", "train", "validation_pass_at_1", "test_pass_at_1", "evals", "seconds")
+        for k in (
+            "checkpoint_key",
+            "train",
+            "validation_pass_at_1",
+            "test_pass_at_1",
+            "transfer_pass_at_1",
+            "evals",
+            "seconds",
+        )
     }
 
 
-def build_report(run: pb.Run) -> dict[str, Any]:
+def _stopped_early(run: pb.Run) -> bool:
+    """The EM loop ended before `em.iterations` because validation stopped improving."""
+    em = (yaml.safe_load(run.config_yaml) or {}).get("em") or {}
+    planned = em.get("iterations", EMConfig.model_fields["iterations"].default)
+    done = run.iterations[-1].iteration if run.iterations else 0
+    return run.status == pb.RUN_STATUS_SUCCEEDED and isinstance(planned, int) and done < planned
+
+
+def difficulty(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """Test accuracy per difficulty bucket, buckets from the base model's per-problem pass rate.
+
+    `results` maps "base", "1", "2", ..., "sft" to that checkpoint's test results (eval rows). The
+    base rate of a problem is its share of correct sampled answers when the evaluation sampled
+    (`evaluation.samples`), else its greedy answer (0 or 1: only "easy" and "very hard").
+    """
+    base = results.get("base")
+    if not base:
+        return None
+    rate = {
+        r["problem_id"]: (sum(s["correct"] for s in r["samples"]) / len(r["samples"]))
+        if r.get("samples")
+        else float(r["correct"])
+        for r in base
+    }
+    by_checkpoint = {
+        name: accuracy_by_bucket({r["problem_id"]: r["correct"] for r in rows}, rate)
+        for name, rows in results.items()
+    }
+    return {
+        "base_rate_from": "sampled" if base[0].get("samples") else "greedy",
+        "problems": {b: v["problems"] for b, v in by_checkpoint["base"].items()},
+        "accuracy": {
+            name: {b: v["accuracy"] for b, v in buckets.items()} for name, buckets in by_checkpoint.items()
+        },
+    }
+
+
+def _difficulty_table(report: dict[str, Any]) -> list[str]:
+    d = report.get("difficulty")
+    if not d:
+        return []
+    names = [b for b in BUCKETS if b in d["problems"]]
+    lines = [
+        "",
+        f"Test pass@1 by difficulty (buckets from the base model's {d['base_rate_from']} pass rate):",
+        "",
+    ]
+    lines += ["| checkpoint | " + " | ".join(f"{b} ({d['problems'][b]})" for b in names) + " |"]
+    lines.append("|---|" + "---|" * len(names))
+    for name, acc in d["accuracy"].items():
+        lines.append(f"| {name} | " + " | ".join(_pct(acc.get(b)) for b in names) + " |")
+    return lines
+
+
+def build_report(run: pb.Run, test_results: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
     status = pb.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
     return {
         "run_id": run.run_id,
@@ -72,6 +143,8 @@ def build_report(run: pb.Run) -> dict[str, Any]:
         if run.HasField("finished")
         else None,
         "best_iteration": run.best_iteration,
+        "stopped_early": _stopped_early(run),
+        "difficulty": difficulty(test_results) if test_results else None,
         "best_iteration_rule": "highest validation pass@1, earliest on ties; test is never used to choose",
         "iterations": [iteration_row(it) for it in run.iterations],
         "sft_baseline": _sft_row(run) if run.sft_enabled else None,
@@ -109,6 +182,47 @@ def _sampled_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _transfer_table(report: dict[str, Any]) -> list[str]:
+    """Greedy pass@1 on the transfer sets, per checkpoint (reported, never used to choose)."""
+    names = sorted({n for r in report["iterations"] for n in r.get("transfer_pass_at_1", {})})
+    if not names:
+        return []
+    lines = ["", "Transfer sets (greedy pass@1; `evaluation.transfer`):", ""]
+    lines += ["| iteration | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    rows = [("base" if r["iteration"] == 0 else str(r["iteration"]), r) for r in report["iterations"]]
+    if report.get("sft_baseline"):
+        rows.append(("SFT on reference solutions", report["sft_baseline"]))
+    for label, r in rows:
+        values = r.get("transfer_pass_at_1", {})
+        lines.append(f"| {label} | " + " | ".join(_pct(values.get(n)) for n in names) + " |")
+    return lines
+
+
+def _mstep_validation(report: dict[str, Any]) -> list[str]:
+    """Per-epoch validation reward of each M-step (validation-driven stopping), when it ran."""
+    rows = [(str(r["iteration"]), r["train"]) for r in report["iterations"] if r.get("train")]
+    sft = report.get("sft_baseline")
+    if sft and sft.get("train"):
+        rows.append(("SFT", sft["train"]))
+    rows = [(name, t) for name, t in rows if t.get("validation_rewards")]
+    if not rows:
+        return []
+    lines = ["", "M-step validation reward by epoch (the kept epoch in bold):", ""]
+    for name, t in rows:
+        best = int(t.get("best_epoch", 0))
+        cells = [f"**{_pct(v)}**" if i == best else _pct(v) for i, v in enumerate(t["validation_rewards"], 1)]
+        lines.append(f"- iteration {name}: {', '.join(cells)}")
+    return lines
+
+
+def _policy(report: dict[str, Any]) -> str:
+    adaptive = report["config"].get("sampling", {}).get("adaptive", {})
+    if not adaptive.get("enabled"):
+        return "fixed K"
+    rounds = [str(r.get("sampling_rounds", 0)) for r in report["iterations"] if r["iteration"]]
+    return f"adaptive (rounds per iteration: {', '.join(rounds) or '–'})"
+
+
 def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
     lines = [
         f"# restem run `{report['run_id']}`",
@@ -116,7 +230,13 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         f"- status: **{report['status']}**" + (f" — {report['error']}" if report["error"] else ""),
         f"- task: {report['task']}; base model: {report['base_model']['source']}",
         f"- wall time: {report['wall_seconds']} s; tokens generated: {report['tokens_generated']}",
-        f"- best iteration (on validation): {report['best_iteration']}",
+        f"- best iteration (on validation): {report['best_iteration']}"
+        + (
+            " — the EM loop stopped early: validation stopped improving (`em.early_stop_patience`)"
+            if report.get("stopped_early")
+            else ""
+        ),
+        f"- sampling policy: {_policy(report)}",
         "",
         "| iteration | train pass rate | solved | kept | validation pass@1 | test pass@1 | tokens | seconds |",
         "|---|---|---|---|---|---|---|---|",
@@ -136,7 +256,10 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
             f"| SFT on reference solutions | – | – | {examples} | {_pct(sft['validation_pass_at_1'])} "
             f"| {_pct(sft['test_pass_at_1'])} | 0 | {sft['seconds']} |"
         )
+    lines += _transfer_table(report)
+    lines += _difficulty_table(report)
     lines += _sampled_table(report)
+    lines += _mstep_validation(report)
     lines += ["", "Phase wall times (s):", ""]
     for r in report["iterations"]:
         phases = ", ".join(f"{k} {v}" for k, v in r["phase_seconds"].items()) or "–"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 
 async def main_async(config_path: Path | None) -> None:
-    import grpc
     from restem.evaluator.v1 import evaluator_pb2_grpc
     from restem.events.v1 import events_pb2 as ev
     from restem.verifier.v1 import verifier_pb2_grpc
 
     from shared.artifacts import CheckpointCache
+    from shared.auth import aio_channel, server_token
     from shared.bus import EventBus
     from shared.configio import load_service_config
     from shared.grpc_server import ServiceBinding
@@ -35,7 +35,8 @@ async def main_async(config_path: Path | None) -> None:
     store = open_store(cfg.store)
     checkpoints = CheckpointCache(store, cfg.cache_dir, device, max_batch_sequences=cfg.max_batch_sequences)
     state = WorkerState("evaluator", device=device)
-    channel = grpc.aio.insecure_channel(cfg.verifier_address)
+    # The services share one API token: the evaluator presents its own to the verifier.
+    channel = aio_channel(cfg.verifier_address, server_token(cfg.grpc))
     verifier = verifier_pb2_grpc.VerifierServiceStub(channel)
     handle = EvalHandler(bus, store, checkpoints, verifier, cfg.verify_timeout_s)
     handler = typed_handler(bus, "eval", ev.EvalJob, handle, state, max_deliver=cfg.max_deliver)
@@ -51,7 +52,7 @@ async def main_async(config_path: Path | None) -> None:
         )
 
     try:
-        await run_service("evaluator", cfg.grpc, bus, [binding], [worker])
+        await run_service("evaluator", cfg.grpc, bus, [binding], [worker], store=store)
     finally:
         await channel.close()
 

@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import SamplerConfig
+
+# (name shown by GetStats, checkpoint directory -> generator)
+Backend = tuple[str, Callable[[Path], Any]]
 
 
-async def main_async(config_path: Path | None) -> None:
+def configured_backend(cfg: SamplerConfig) -> Backend | None:
+    """The configured backend's loader; None for transformers (the checkpoint cache's default)."""
+    if cfg.backend == "vllm":
+        from .vllm_backend import VllmGenerator, import_vllm
+
+        import_vllm()  # a missing vllm fails the start-up, not every job
+        return "vllm", functools.partial(VllmGenerator.load, settings=cfg.vllm)
+    return None
+
+
+async def main_async(config_path: Path | None, backend: Backend | None = None) -> None:
+    """Run the sampler; `backend` replaces the configured one (the benchmark harness's simulated backend)."""
     from restem.events.v1 import events_pb2 as ev
     from restem.sampler.v1 import sampler_pb2_grpc
 
@@ -28,11 +48,18 @@ async def main_async(config_path: Path | None) -> None:
     cfg = load_service_config(SamplerConfig, config_path, env_prefix="RESTEM_SAMPLER")
     setup_logging("sampler", cfg.log_level)
     device = pick_device(cfg.device)
+    backend = backend or configured_backend(cfg)
     bus = await EventBus.connect(cfg.nats, name="sampler")
     await bus.ensure_topology()
     store = open_store(cfg.store)
-    checkpoints = CheckpointCache(store, cfg.cache_dir, device, max_batch_sequences=cfg.max_batch_sequences)
-    state = WorkerState("sampler", device=device)
+    checkpoints = CheckpointCache(
+        store,
+        cfg.cache_dir,
+        device,
+        max_batch_sequences=cfg.max_batch_sequences,
+        load=backend[1] if backend else None,
+    )
+    state = WorkerState("sampler", device=device, backend=backend[0] if backend else cfg.backend)
     handle = SampleHandler(bus, store, checkpoints, cfg.max_samples_per_job)
     handler = typed_handler(bus, "sample", ev.SampleJob, handle, state, max_deliver=cfg.max_deliver)
     binding = ServiceBinding(
@@ -52,7 +79,7 @@ async def main_async(config_path: Path | None) -> None:
             max_deliver=cfg.max_deliver,
         )
 
-    await run_service("sampler", cfg.grpc, bus, [binding], [worker])
+    await run_service("sampler", cfg.grpc, bus, [binding], [worker], store=store)
 
 
 def main() -> None:

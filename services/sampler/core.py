@@ -2,7 +2,8 @@
 
 A sample record is one line of `iter-<n>/samples/shard-<k>.jsonl`:
 `{sample_id, problem_id, index, prompt, completion, num_tokens, finish_reason}`. `sample_id` is
-`i<iteration>/<problem_id>/<index>`: unique in a run and stable across redeliveries.
+`i<iteration>/<problem_id>/<index>`: unique in a run and stable across redeliveries. A later round of
+adaptive sampling numbers its samples from the job's `first_index`, after the earlier rounds'.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ def sample_rows(
     problems: Sequence[dict[str, Any]],
     prompts: Sequence[str],
     completions: Sequence[Sequence[Any]],
+    first_index: int = 0,
 ) -> list[dict[str, Any]]:
     rows = []
     for problem, prompt, outs in zip(problems, prompts, completions, strict=True):
-        for index, c in enumerate(outs):
+        for index, c in enumerate(outs, start=first_index):
             rows.append(
                 {
                     "sample_id": f"i{iteration}/{problem['id']}/{index}",

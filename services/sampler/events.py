@@ -49,7 +49,7 @@ class SampleHandler:
             generator.tokenizer, job.task, problems, chat=fmt.chat_template, system=fmt.system_prompt or None
         )
         completions = await asyncio.to_thread(generator.generate, prompts, generation_params(job.params))
-        return sample_rows(job.iteration, problems, prompts, completions)
+        return sample_rows(job.iteration, problems, prompts, completions, job.first_index)
 
     async def __call__(self, job: ev.SampleJob) -> None:
         started = time.monotonic()

@@ -12,6 +12,7 @@ async def main_async(config_path: Path | None) -> None:
     from restem.trainer.v1 import trainer_pb2_grpc
 
     from shared.artifacts import CheckpointCache
+    from shared.auth import server_token
     from shared.bus import EventBus
     from shared.configio import load_service_config
     from shared.grpc_server import ServiceBinding
@@ -22,7 +23,7 @@ async def main_async(config_path: Path | None) -> None:
     from shared.worker import WorkerState, typed_handler
 
     from .config import TrainerConfig
-    from .events import PrepareHandler, TrainHandler
+    from .events import PrepareHandler, TrainHandler, TrainSettings
     from .grpc_api import TrainerApi
 
     cfg = load_service_config(TrainerConfig, config_path, env_prefix="RESTEM_TRAINER")
@@ -45,7 +46,20 @@ async def main_async(config_path: Path | None) -> None:
         bus,
         "train",
         ev.TrainJob,
-        TrainHandler(bus, store, checkpoints, cfg.work_dir, device),
+        TrainHandler(
+            bus,
+            store,
+            checkpoints,
+            TrainSettings(
+                work_dir=cfg.work_dir,
+                device=device,
+                nproc=cfg.nproc,
+                verifier_address=cfg.verifier_address,
+                verify_timeout_s=cfg.verify_timeout_s,
+                verify_token=server_token(cfg.grpc),
+                store_config=cfg.store,
+            ),
+        ),
         state,
         max_deliver=cfg.max_deliver,
     )
@@ -65,7 +79,7 @@ async def main_async(config_path: Path | None) -> None:
             "train", train, stop=stop, ack_wait_s=cfg.ack_wait_s, max_deliver=cfg.max_deliver
         )
 
-    await run_service("trainer", cfg.grpc, bus, [binding], [prepare_worker, train_worker])
+    await run_service("trainer", cfg.grpc, bus, [binding], [prepare_worker, train_worker], store=store)
 
 
 def main() -> None:

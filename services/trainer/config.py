@@ -24,7 +24,13 @@ class TrainerConfig(StrictModel):
     cache_dir: Path = Path(".restem/cache/trainer")
     """Local directory for downloaded base checkpoints."""
     work_dir: Path = Path(".restem/work/trainer")
-    """Scratch space for checkpoints being written before upload."""
+    """Scratch space: the tokenised kept set, step states and checkpoints being written before upload."""
+    nproc: int = Field(default=1, ge=1, le=64)
+    """Training processes per M-step (one per GPU): >1 starts that many torchrun workers for each job, which share every batch (data parallel; rank 0 writes the checkpoint). 1 trains in the service process."""
+    verifier_address: str = "127.0.0.1:50053"
+    """host:port of the verifier's gRPC API, which scores the validation answers of validation-driven stopping."""
+    verify_timeout_s: float = Field(default=60.0, gt=0)
+    """Deadline of each Verify call."""
     max_deliver: int = Field(default=3, ge=1, le=100)
     """Attempts per job before it is dead-lettered and the run fails."""
     ack_wait_s: float = Field(default=120.0, gt=1)

@@ -34,4 +34,6 @@ def examples_from_kept(
 
 
 def summary_dict(stats: Any, *, base_key: str, kept_key: str) -> dict[str, Any]:
-    return {**asdict(stats), "base_key": base_key, "kept_key": kept_key}
+    """TrainStats (the dataclass, or the dict ``mstep.execute`` returns) plus the lineage keys."""
+    data = stats if isinstance(stats, dict) else asdict(stats)
+    return {**data, "base_key": base_key, "kept_key": kept_key}

@@ -4,7 +4,10 @@ Prepare: convert the run's base model into a normal checkpoint in the store (onc
 the key is content-addressed). Train: fine-tune the BASE checkpoint on the kept set with
 reward-weighted NLL (full or LoRA, merged before saving) and upload the result, saving a resumable
 step state every `checkpoint_every_steps` steps (see `state.py`), so a redelivered job continues from
-its last state. Both are idempotent: a checkpoint whose manifest exists
+its last state. The kept set is streamed into a tokenised set on disk (`shared.llm.dataset`); with a
+validation split the job stops on validation reward (`shared.llm.early_stop`); with `nproc > 1` the
+training runs in torchrun workers (`launch.py`). Everything scratch lives under the trainer's
+`work_dir`, in one directory per M-step that is deleted when it ends. Both are idempotent: a checkpoint whose manifest exists
 is only re-announced. The directory is committed by its manifest, written last, so a trainer
 killed mid-upload leaves nothing that looks complete.
 """
@@ -17,6 +20,7 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,10 @@ from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import loads_jsonl
 
 from .core import MODEL_INFO, TRAIN_SUMMARY, examples_from_kept, summary_dict
+from .launch import launch, worker_settings
+from .mstep import MStepSpec, execute
 from .state import StepStates
+from .validation import ValidationSet, grpc_scorer
 
 log = logging.getLogger("services.trainer")
 
@@ -78,12 +85,26 @@ class PrepareHandler:
         )
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """The trainer's settings that shape an M-step (from TrainerConfig)."""
+
+    work_dir: Path
+    device: str
+    nproc: int = 1
+    verifier_address: str | None = None  # None: no validation-driven stopping possible
+    verify_timeout_s: float = 60.0
+    verify_token: str | None = None
+    store_config: Any = None  # StoreConfig, for the workers of a multi-process M-step
+
+
 class TrainHandler:
     def __init__(
-        self, bus: EventBus, store: ArtifactStore, checkpoints: CheckpointCache, work_dir: Path, device: str
+        self, bus: EventBus, store: ArtifactStore, checkpoints: CheckpointCache, settings: TrainSettings
     ) -> None:
         self.bus, self.store, self.checkpoints = bus, store, checkpoints
-        self.work_dir, self.device = work_dir, device
+        self.settings = settings
+        self.work_dir, self.device = settings.work_dir, settings.device
 
     def _progress_callback(self, job: ev.TrainJob, loop: asyncio.AbstractEventLoop) -> Any:
         last = [0.0]
@@ -109,40 +130,101 @@ class TrainHandler:
         return on_step
 
     @staticmethod
-    def _renderer(job: ev.TrainJob, tokenizer: Any) -> Any:
+    def _renderer(fmt: Any, tokenizer: Any) -> Any:
         from shared.llm.generation import render_prompt
 
-        fmt = job.prompt_format
         return lambda message: render_prompt(
             tokenizer, message, system=fmt.system_prompt or None, chat=fmt.chat_template
         )
 
-    def _train(self, job: ev.TrainJob, base_dir: Path, rows: list[dict], on_step: Any) -> dict[str, Any]:
-        from shared.llm.checkpoint import load_for_training, save_checkpoint
-        from shared.llm.training import train_reward_weighted
+    def _tokenize(self, job: ev.TrainJob, tokenizer: Any, scratch: Path, max_seq_len: int) -> Path:
+        """Stream the kept set from the store into a tokenised set under ``scratch`` (never all in RAM)."""
+        from shared.llm.dataset import read_chunks, write_tokenized
+        from shared.llm.training import encode_example
 
-        states = StepStates(self.store, job.output_key)
-        model, tokenizer = load_for_training(base_dir, self.device)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-            # A trainer killed mid-M-step left its last step state in the store: continue from it.
-            resume = states.fetch_latest(Path(tmp))
-            stats = train_reward_weighted(
-                model,
-                tokenizer,
-                examples_from_kept(rows, render=self._renderer(job, tokenizer)),
-                train_params(job.params),
-                device=self.device,
-                on_step=on_step,
-                resume_from=resume,
-                on_state=states.commit,
+        kept = scratch / "kept.jsonl"
+        self.store.get_file(job.kept_key, kept)
+        render = self._renderer(job.prompt_format, tokenizer)
+        with kept.open("rb") as lines:
+            chunks = (examples_from_kept(rows, render=render) for rows in read_chunks(lines))
+            try:
+                write_tokenized(
+                    chunks, lambda ex: encode_example(tokenizer, ex), scratch / "data", max_seq_len
+                )
+            except ValueError as exc:
+                if "no training examples" in str(exc):
+                    raise ValueError(
+                        f"kept set {job.kept_key} is empty; the coordinator skips the M-step in that case"
+                    ) from exc
+                raise
+        kept.unlink()  # the tokenised copy is all training needs
+        return scratch / "data"
+
+    def _validation(self, job: ev.TrainJob, tokenizer: Any) -> dict[str, Any] | None:
+        """The rendered validation split when the job asks for validation-driven stopping."""
+        if not job.HasField("validation") or not job.validation.dataset_key:
+            return None
+        if not self.settings.verifier_address:
+            raise ValueError(
+                "validation-driven stopping needs the verifier: set the trainer's verifier_address"
             )
-        if stats.resumed_from_step:
-            log.info("M-step %s resumed from step %d", job.job_id, stats.resumed_from_step)
-        summary = summary_dict(stats, base_key=job.base_key, kept_key=job.kept_key)
-        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
-            out = Path(tmp) / "checkpoint"
-            save_checkpoint(model, tokenizer, out)  # LoRA: already merged, so a plain checkpoint
+        from dataclasses import asdict
+
+        from shared.jobparams import generation_params
+
+        v = job.validation
+        problems = loads_jsonl(self.store.get_bytes(v.dataset_key))
+        if not problems:
+            return None
+        render = self._renderer(v.prompt_format, tokenizer)
+        return asdict(ValidationSet.build(v.task, problems, render, generation_params(v.params)))
+
+    def _spec(self, job: ev.TrainJob, base_dir: Path, scratch: Path, states: StepStates) -> MStepSpec:
+        from shared.llm.checkpoint import load_tokenizer
+        from shared.llm.training import pad_id_of
+
+        params = train_params(job.params)
+        if job.HasField("validation") and job.validation.patience:
+            params = replace(params, patience=job.validation.patience)
+        tokenizer = load_tokenizer(base_dir)
+        data_dir = self._tokenize(job, tokenizer, scratch, params.max_seq_len)
+        # A trainer killed mid-M-step left its last step state in the store: continue from it.
+        resume = states.fetch_latest(scratch / "resume")
+        return MStepSpec(
+            base_dir=str(base_dir),
+            data_dir=str(data_dir),
+            params=asdict(params),
+            pad_id=pad_id_of(tokenizer),
+            out_dir=str(scratch / "out" / "checkpoint"),
+            scratch_dir=str(scratch / "states"),
+            resume_dir=str(resume) if resume is not None else None,
+            validation=self._validation(job, tokenizer),
+        )
+
+    def _run(self, job: ev.TrainJob, spec: MStepSpec, states: StepStates, on_step: Any) -> dict[str, Any]:
+        s = self.settings
+        if s.nproc > 1:
+            env = worker_settings(s.device, s.store_config, s.verifier_address, s.verify_timeout_s)
+            if s.verify_token:
+                env["RESTEM_TRAINER_VERIFY_TOKEN"] = s.verify_token
+            return launch(spec, s.nproc, env, job.output_key, on_step)
+        scorer = None
+        if spec.validation is not None and s.verifier_address:
+            scorer = grpc_scorer(
+                s.verifier_address, spec.validation["task"], s.verify_token, s.verify_timeout_s
+            )
+        return execute(spec, self.device, scorer=scorer, on_step=on_step, on_state=states.commit)
+
+    def _train(self, job: ev.TrainJob, base_dir: Path, on_step: Any) -> dict[str, Any]:
+        states = StepStates(self.store, job.output_key)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.work_dir, prefix="mstep-") as tmp:
+            spec = self._spec(job, base_dir, Path(tmp), states)
+            stats = self._run(job, spec, states, on_step)
+            if stats.get("resumed_from_step"):
+                log.info("M-step %s resumed from step %d", job.job_id, stats["resumed_from_step"])
+            summary = summary_dict(stats, base_key=job.base_key, kept_key=job.kept_key)
+            out = Path(spec.out_dir)
             for extra in ("generation_config.json",):
                 if (base_dir / extra).is_file() and not (out / extra).exists():
                     shutil.copy(base_dir / extra, out / extra)
@@ -163,13 +245,8 @@ class TrainHandler:
         else:
             try:
                 base_dir = await self.checkpoints.fetch(job.base_key)
-                rows = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, job.kept_key))
-                if not rows:
-                    raise ValueError(
-                        f"kept set {job.kept_key} is empty; the coordinator skips the M-step in that case"
-                    )
                 on_step = self._progress_callback(job, asyncio.get_running_loop())
-                summary = await asyncio.to_thread(self._train, job, base_dir, rows, on_step)
+                summary = await asyncio.to_thread(self._train, job, base_dir, on_step)
             except (ArtifactNotFound, CheckpointError, ValueError) as exc:
                 raise PermanentError(str(exc)) from exc
         done = ev.TrainDone(
@@ -184,6 +261,9 @@ class TrainHandler:
             loss_last=summary["loss_last"],
             seconds=summary["seconds"],
             variant=job.variant,
+            validation_rewards=summary.get("validation_rewards", []),
+            best_epoch=summary.get("best_epoch", 0),
+            epochs=summary.get("epochs", 0),
         )
         await self.bus.publish_event(
             job.run_id, "train_done", done.SerializeToString(), msg_id=f"{job.job_id}.done"

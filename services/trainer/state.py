@@ -8,7 +8,7 @@ whole ``-state`` prefix is deleted.
 
 Not covered: two trainers on the same job at once (the work queue hands a job to one replica; after
 an ack-wait expiry both might write states, and the later commit wins — each state is complete and
-self-consistent, so either resumes correctly). A LocalStore keeps the emptied directories.
+self-consistent, so either resumes correctly). A LocalStore prunes the directories the deletes empty.
 """
 
 from __future__ import annotations

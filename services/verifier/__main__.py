@@ -49,7 +49,9 @@ async def main_async(config_path: Path | None) -> None:
         )
 
     try:
-        await run_service("verifier", cfg.grpc, bus, [binding], [worker], healthy=checkers.healthy)
+        await run_service(
+            "verifier", cfg.grpc, bus, [binding], [worker], healthy=checkers.healthy, store=store
+        )
     finally:
         await asyncio.to_thread(checkers.close)
 

@@ -9,7 +9,8 @@
     restem demo                            the main job: up, run the arithmetic demo, report, down
 
 Exit codes: 0 ok, 1 unexpected error, 2 invalid input (config, arguments), 3 not found,
-4 wrong state (e.g. cancelling a finished run), 5 the coordinator is unreachable, 6 the run failed.
+4 wrong state (e.g. cancelling a finished run), 5 the coordinator is unreachable, 6 the run failed,
+7 the API refused the bearer token (UNAUTHENTICATED).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 EXIT_INVALID, EXIT_NOT_FOUND, EXIT_STATE, EXIT_UNAVAILABLE, EXIT_RUN_FAILED = 2, 3, 4, 5, 6
+EXIT_UNAUTHENTICATED = 7
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "arithmetic-demo.yaml"
 
 
@@ -60,10 +62,26 @@ def _address(args: argparse.Namespace) -> str:
     return stack.coordinator
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """--token-file, else $RESTEM_API_TOKEN_FILE / $RESTEM_API_TOKEN, else the local stack's token."""
+    from shared.auth import TokenError, client_token
+    from shared.client.stack import load_stack
+
+    try:
+        token = client_token(args.token_file)
+        if token is None and not args.address and not os.environ.get("RESTEM_ADDRESS"):
+            stack = load_stack(args.state_dir)
+            if stack is not None and stack.token_file is not None:
+                token = client_token(stack.token_file)
+    except TokenError as exc:
+        raise CliError(str(exc), EXIT_INVALID) from None
+    return token
+
+
 def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from shared.client.client import RunClient
 
-    return RunClient(_address(args))
+    return RunClient(_address(args), token=_token(args))
 
 
 def validate_locally(path: Path) -> str:
@@ -71,12 +89,13 @@ def validate_locally(path: Path) -> str:
     from shared.configio import ConfigError
     from shared.models import ModelNotFound, resolve_model_source
     from shared.runconfig import load_run_config
-    from shared.tasks import DatasetError, build_splits
+    from shared.tasks import DatasetError, build_splits, build_transfer_sets
 
     try:
         cfg = load_run_config(path)
         resolve_model_source(cfg.model.base)
         build_splits(cfg.task)
+        build_transfer_sets(cfg.evaluation)
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_INVALID) from None
     except (ModelNotFound, DatasetError) as exc:
@@ -92,18 +111,21 @@ def with_absolute_dataset_paths(config_yaml: str) -> str:
     """
     import yaml
 
+    def relative(v: object) -> bool:
+        return isinstance(v, str) and not v.startswith("builtin:") and not Path(v).is_absolute()
+
     data = yaml.safe_load(config_yaml)
-    files = (data.get("task") or {}).get("files") if isinstance(data, dict) else None
-    if not isinstance(files, dict):
+    if not isinstance(data, dict):
         return config_yaml
-    relative = {
-        k: v
-        for k, v in files.items()
-        if isinstance(v, str) and not v.startswith("builtin:") and not Path(v).is_absolute()
-    }
-    if not relative:
+    files = (data.get("task") or {}).get("files")
+    places = [(files, k) for k in files] if isinstance(files, dict) else []
+    transfer = (data.get("evaluation") or {}).get("transfer")
+    places += [(t, "file") for t in transfer if isinstance(t, dict)] if isinstance(transfer, list) else []
+    todo = [(d, k) for d, k in places if relative(d.get(k))]
+    if not todo:
         return config_yaml
-    files.update({k: str(Path(v).resolve()) for k, v in relative.items()})
+    for d, k in todo:
+        d[k] = str(Path(d[k]).resolve())
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -231,8 +253,10 @@ def _s3_from_args(args: argparse.Namespace) -> object:
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.client.stack import up
 
-    stack = up(args.state_dir, s3=_s3_from_args(args))  # type: ignore[arg-type]
+    stack = up(args.state_dir, s3=_s3_from_args(args), auth=args.auth)  # type: ignore[arg-type]
     print(f"local stack up (state in {stack.state_dir}); coordinator at {stack.coordinator}")
+    if stack.token_file is not None:
+        print(f"API bearer token in {stack.token_file} (this CLI sends it to the local stack)")
     return 0
 
 
@@ -274,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="local stack state directory (default: $RESTEM_HOME or ./.restem)",
     )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file with the API bearer token (default: $RESTEM_API_TOKEN_FILE, $RESTEM_API_TOKEN "
+        "or the local stack's)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", help="start the local stack")
     p.add_argument(
@@ -281,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--s3-bucket", default="restem", help="S3 bucket (default: restem; created if missing)")
     p.add_argument("--s3-secure", action="store_true", help="talk TLS to the S3 endpoint")
+    p.add_argument(
+        "--auth",
+        action="store_true",
+        help="require a bearer token on every RPC (generated into the state dir)",
+    )
     p.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
     p = sub.add_parser("status", help="health of the local stack, or the state of RUN")
@@ -329,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         grpc.StatusCode.ALREADY_EXISTS: EXIT_INVALID,
         grpc.StatusCode.FAILED_PRECONDITION: EXIT_STATE,
         grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
+        grpc.StatusCode.UNAUTHENTICATED: EXIT_UNAUTHENTICATED,
     }
     try:
         code = args.func(args)

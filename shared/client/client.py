@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import namedtuple
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,14 +12,53 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 
+from shared.auth import metadata
+
 DEFAULT_TIMEOUT_S = 30.0
 
 
+class _AddToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds the bearer token to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._md = metadata(token)
+
+    def _details(self, details: Any) -> Any:
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            [*(details.metadata or ()), *self._md],
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+class _CallDetails(
+    namedtuple(  # grpc.ClientCallDetails has no constructor of its own
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
 class RunClient:
-    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, token: str | None = None
+    ) -> None:
+        """`token`: the bearer token to send (see `shared.auth.client_token`); None sends none."""
         self.address = address
         self.timeout_s = timeout_s
         self.channel = grpc.insecure_channel(address)
+        if token:
+            self.channel = grpc.intercept_channel(self.channel, _AddToken(token))
         self.stub = pb_grpc.RunServiceStub(self.channel)
 
     def close(self) -> None:

@@ -95,9 +95,13 @@ def iterations_table(report: dict[str, Any]) -> Table:
         "time",
     ):
         table.add_column(col, justify="right")
+    transfer = sorted({n for r in report["iterations"] for n in r.get("transfer_pass_at_1", {})})
+    for name in transfer:
+        table.add_column(f"{name} pass@1", justify="right")
     for r in report["iterations"]:
         first = r["iteration"] == 0
         best = " *" if r["iteration"] == report["best_iteration"] else ""
+        extra = [_pct(r.get("transfer_pass_at_1", {}).get(n)) for n in transfer]
         kept = "skipped" if r["training_skipped"] else str(r["kept"])
         table.add_row(
             ("base" if first else str(r["iteration"])) + best,
@@ -108,12 +112,14 @@ def iterations_table(report: dict[str, Any]) -> Table:
             _pct(r["test_pass_at_1"]),
             str(r["tokens_generated"]),
             f"{r['seconds']:.0f}s",
+            *extra,
         )
     sft = report.get("sft_baseline")
     if sft:
         examples = (sft.get("train") or {}).get("examples", 0)
+        extra = [_pct(sft.get("transfer_pass_at_1", {}).get(n)) for n in transfer]
         table.add_row("SFT", "–", "–", f"{examples} ref.", _pct(sft["validation_pass_at_1"]), _pct(sft["test_pass_at_1"]),
-                      "0", f"{sft['seconds']:.0f}s", end_section=False)  # fmt: skip
+                      "0", f"{sft['seconds']:.0f}s", *extra, end_section=False)  # fmt: skip
     table.caption = "* best iteration on validation (test is never used to choose); SFT = base fine-tuned on reference solutions"
     return table
 

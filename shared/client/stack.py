@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -59,6 +60,12 @@ class Stack:
 
     def address(self, service: str) -> str:
         return str(self.info["services"][service]["address"])
+
+    @property
+    def token_file(self) -> Path | None:
+        """The API bearer token's file when the stack was started with `auth=True`."""
+        path = self.info.get("auth_token_file")
+        return Path(path) if path else None
 
 
 def default_state_dir() -> Path:
@@ -127,9 +134,14 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _service_config(state: Path, service: str, info: dict[str, Any], extra: dict[str, Any]) -> Path:
+def _service_config(
+    state: Path, service: str, info: dict[str, Any], extra: dict[str, Any], port: int = 0
+) -> Path:
+    grpc_cfg = {"host": "127.0.0.1", "port": port, "port_file": str(state / "ports" / f"{service}.port")}
+    if info.get("auth_token_file"):
+        grpc_cfg["auth_token_file"] = info["auth_token_file"]  # the path only: the token stays in its file
     cfg: dict[str, Any] = {
-        "grpc": {"host": "127.0.0.1", "port": 0, "port_file": str(state / "ports" / f"{service}.port")},
+        "grpc": grpc_cfg,
         "nats": {"url": info["nats"]["url"]},
         # S3 credentials are not written here: services read them from the environment they inherit.
         "store": info["store"],
@@ -146,9 +158,9 @@ def _service_config(state: Path, service: str, info: dict[str, Any], extra: dict
 
 
 def _start_service(
-    state: Path, service: str, info: dict[str, Any], extra: dict[str, Any], timeout_s: float
+    state: Path, service: str, info: dict[str, Any], extra: dict[str, Any], timeout_s: float, port: int = 0
 ) -> dict[str, Any]:
-    config = _service_config(state, service, info, extra)
+    config = _service_config(state, service, info, extra, port)
     port_file = state / "ports" / f"{service}.port"
     port_file.parent.mkdir(parents=True, exist_ok=True)
     port_file.unlink(missing_ok=True)
@@ -192,11 +204,29 @@ def store_spec(state: Path, s3: StoreConfig | None) -> dict[str, Any]:
     }
 
 
-def up(state_dir: Path | None = None, *, s3: StoreConfig | None = None, timeout_s: float = 120.0) -> Stack:
+def _new_token_file(state: Path) -> Path:
+    """A fresh random API token in <state>/secrets/api-token, readable by this user only."""
+    path = state / "secrets" / "api-token"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32))
+    return path
+
+
+def up(
+    state_dir: Path | None = None,
+    *,
+    s3: StoreConfig | None = None,
+    timeout_s: float = 120.0,
+    auth: bool = False,
+) -> Stack:
     """Start the stack, or return the one already running in this state directory.
 
     With `s3`, the services use that S3 endpoint; its credentials must be in the environment
-    (RESTEM_S3_ACCESS_KEY / RESTEM_S3_SECRET_KEY), which the service processes inherit.
+    (RESTEM_S3_ACCESS_KEY / RESTEM_S3_SECRET_KEY), which the service processes inherit. With
+    `auth`, every service requires a bearer token that is generated into `Stack.token_file`
+    (the CLI finds it there).
     """
     state = state_dir or default_state_dir()
     running = load_stack(state)
@@ -217,11 +247,13 @@ def up(state_dir: Path | None = None, *, s3: StoreConfig | None = None, timeout_
         "services": {},
         "store": store_spec(state, s3),
     }
+    if auth:
+        info["auth_token_file"] = str(_new_token_file(state))
     (state / "stack.json").write_text(json.dumps(info, indent=2))
     try:
         for service in SERVICES:
             extra: dict[str, Any] = {}
-            if service == "evaluator":
+            if service in ("evaluator", "trainer"):  # the trainer scores validation answers too
                 extra["verifier_address"] = info["services"]["verifier"]["address"]
             info["services"][service] = _start_service(state, service, info, extra, timeout_s)
             (state / "stack.json").write_text(json.dumps(info, indent=2))
@@ -234,13 +266,38 @@ def up(state_dir: Path | None = None, *, s3: StoreConfig | None = None, timeout_
 
 def restart_service(stack: Stack, service: str, *, kill: bool = True, timeout_s: float = 120.0) -> Stack:
     """Kill (SIGKILL by default, as a crash would) and start one service again with the same config."""
+    kill_service(stack, service, grace_s=0.0 if kill else 15.0)
+    return start_service(stack, service, timeout_s=timeout_s)
+
+
+def kill_service(stack: Stack, service: str, *, grace_s: float = 0.0) -> None:
+    """Stop one service and wait until it is gone; `start_service` brings it back.
+
+    grace_s=0 is a crash: SIGKILL only, no SIGTERM first, so the service gets no chance to drain.
+    """
+    pid = int(stack.info["services"][service]["pid"])
+    if grace_s > 0:
+        _stop_pids([pid], grace_s)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10.0
+    while _alive(pid) and time.monotonic() < deadline:  # a SIGKILL is delivered asynchronously
+        time.sleep(0.02)
+
+
+def start_service(stack: Stack, service: str, *, timeout_s: float = 120.0) -> Stack:
+    """Start a stopped service on the port it had, so its peers (evaluator -> verifier) and clients
+    keep their addresses, and wait until it is healthy."""
     info = stack.info
-    pid = int(info["services"][service]["pid"])
-    _stop_pids([pid], 0.0 if kill else 15.0)
+    old = info["services"][service]
+    if _alive(int(old["pid"])):
+        raise StackError(f"{service} is still running (pid {old['pid']}); kill_service it first")
     extra: dict[str, Any] = {}
-    if service == "evaluator":
+    if service in ("evaluator", "trainer"):
         extra["verifier_address"] = info["services"]["verifier"]["address"]
-    info["services"][service] = _start_service(stack.state_dir, service, info, extra, timeout_s)
+    port = int(str(old["address"]).rsplit(":", 1)[1])
+    info["services"][service] = _start_service(stack.state_dir, service, info, extra, timeout_s, port)
     (stack.state_dir / "stack.json").write_text(json.dumps(info, indent=2))
     _wait_healthy({"services": {service: info["services"][service]}}, timeout_s)
     return stack

@@ -101,6 +101,11 @@ def load_for_training(ckpt_dir: Path, device: str) -> tuple[PreTrainedModel, Pre
     return model, _load_tokenizer(Path(ckpt_dir), padding_side="right")
 
 
+def load_tokenizer(ckpt_dir: Path) -> PreTrainedTokenizerBase:
+    """The right-padding tokenizer ``load_for_training`` returns, without loading the model."""
+    return _load_tokenizer(Path(ckpt_dir), padding_side="right")
+
+
 def _strip_quantization(config: Any) -> Any:
     # A GGUF-loaded config carries quantization_config (quant_method gguf); saved as-is, every later
     # from_pretrained would try to treat the safetensors as a GGUF quantised model.

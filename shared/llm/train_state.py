@@ -6,13 +6,17 @@ A state directory holds:
   adapters for LoRA: the frozen base is reloaded from the base checkpoint anyway);
 - ``optimizer.pt`` — AdamW moments and the LR scheduler position (``torch.load(weights_only=True)``);
 - ``rng.pt`` — the torch CPU (and CUDA) RNG states, which dropout draws from;
+- ``best.safetensors`` — with validation-driven stopping, the best epoch's trainable weights so far
+  (see ``early_stop``): as large as ``trainable.safetensors``;
 - ``state.json`` — optimiser steps done, epochs started, tokens and losses so far, and a fingerprint
   of the training inputs (parameters + tokenised examples). A state whose fingerprint differs from the
   job's is refused (``StateMismatch``) rather than silently mixed into a different M-step.
 
 The data order needs no file: it is a pure function of (seed, epoch) (see ``packing.epoch_steps``).
 Moving the directory to durable storage (the store) is the caller's job; this module only reads and
-writes files. Not covered: sharded (FSDP) optimizer state, and resuming with a different world size.
+writes files. In a data-parallel run every rank holds the same weights and optimizer state, so
+rank 0's state is the whole state and every rank resumes from it (with rank 0's RNG state). Not
+covered: sharded (FSDP) optimizer state.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ STATE_JSON = "state.json"
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
 RNG = "rng.pt"
+BEST = "best.safetensors"
 
 
 class StateMismatch(ValueError):
@@ -41,19 +46,29 @@ class Progress:
     epochs: int = 0  # epochs started
     tokens: int = 0  # completion tokens trained on
     losses: list[float] = field(default_factory=list)  # loss of every step so far
+    val_rewards: list[float] = field(default_factory=list)  # validation reward after each epoch so far
+    best_epoch: int = 0  # 1-based epoch with the best validation reward; 0: none yet
 
 
-def _trainable(model: Any) -> dict[str, torch.nn.Parameter]:
+def trainable(model: Any) -> dict[str, torch.nn.Parameter]:
     # named_parameters drops duplicates, so tied embeddings are saved once (safetensors refuses shared storage)
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
 def save_state(
-    out_dir: Path, model: Any, optimizer: Any, scheduler: Any, progress: Progress, fingerprint: str
+    out_dir: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    progress: Progress,
+    fingerprint: str,
+    best: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write the state files into ``out_dir`` (created; expected empty)."""
+    """Write the state files into ``out_dir`` (created; expected empty); ``best``: the best epoch's weights."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: p.detach().to("cpu").contiguous() for k, p in _trainable(model).items()}, out_dir / WEIGHTS)
+    if best is not None:
+        save_file({k: t.contiguous() for k, t in best.items()}, out_dir / BEST)
+    save_file({k: p.detach().to("cpu").contiguous() for k, p in trainable(model).items()}, out_dir / WEIGHTS)
     torch.save(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, out_dir / OPTIMIZER
     )
@@ -76,7 +91,7 @@ def load_state(state_dir: Path, model: Any, optimizer: Any, scheduler: Any, fing
     if saved != fingerprint:
         raise StateMismatch(f"state in {state_dir} was saved for other training inputs ({saved[:12]})")
     tensors = load_file(state_dir / WEIGHTS)
-    params = _trainable(model)
+    params = trainable(model)
     if set(tensors) != set(params):
         raise StateMismatch(f"state in {state_dir} holds other parameters than the model's trainable ones")
     with torch.no_grad():
@@ -90,3 +105,10 @@ def load_state(state_dir: Path, model: Any, optimizer: Any, scheduler: Any, fing
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return progress
+
+
+def load_best(state_dir: Path | None) -> dict[str, torch.Tensor] | None:
+    """The best epoch's weights saved with a state (CPU tensors); None when it has none."""
+    if state_dir is None or not (state_dir / BEST).is_file():
+        return None
+    return load_file(state_dir / BEST)

@@ -27,8 +27,14 @@ Tokenisation: the prompt (exactly as the sampler encodes it, ``generation.encode
 completion are tokenised SEPARATELY and the ids concatenated, plus EOS. Tokenising ``prompt + completion``
 as one string lets BPE merge characters across the boundary (``"\\n"`` + ``"\\n"`` -> ``"\\n\\n"``).
 
-NOT covered: multi-GPU (DDP/FSDP), mixed precision on CPU, evaluation during training (validation-driven
-stopping), LoRA adapters served unmerged, kept sets larger than memory (examples are tokenised up front).
+Validation-driven stopping (the paper's Algorithm 1): with a ``Hooks.validate`` callback, the
+validation reward is measured after every epoch; the best epoch's weights are kept and training stops
+once ``patience`` epochs have passed without improving on it (see ``early_stop``). Data parallelism:
+with ``dp`` (one per torchrun process) each step's examples are shared among the ranks and their
+gradients summed (see ``distributed``). Larger-than-memory kept sets: ``features`` may be a
+``dataset.TokenizedSet`` (memory-mapped token ids) instead of a list.
+
+NOT covered: FSDP (sharded weights), mixed precision on CPU, LoRA adapters served unmerged.
 """
 
 from __future__ import annotations
@@ -40,18 +46,20 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from shared.llm.distributed import DataParallel
+from shared.llm.early_stop import EarlyStop
 from shared.llm.generation import encode_prompt
 from shared.llm.lora import apply_lora, merged
-from shared.llm.loss import batch_loss, token_loss_weights, weighted_nll
+from shared.llm.loss import batch_loss, weighted_nll
 from shared.llm.optim import lr_factor, make_optimizer
 from shared.llm.packing import IGNORE, check_packing, collate, epoch_steps, micro_batches, pack
-from shared.llm.train_state import Progress, StateMismatch, load_state, save_state
+from shared.llm.train_state import Progress, StateMismatch, load_best, load_state, save_state
 
 __all__ = [
     "IGNORE",
@@ -101,6 +109,7 @@ class TrainParams:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("all-linear",)
     checkpoint_every_steps: int = 0  # resumable state every N steps (needs on_state); 0 disables
+    patience: int = 1  # with Hooks.validate: stop after this many epochs without a better validation reward
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 2:
@@ -124,6 +133,8 @@ class TrainParams:
             raise ValueError("need lora_r >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1")
         if self.checkpoint_every_steps < 0:
             raise ValueError("checkpoint_every_steps must be >= 0")
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1 (got {self.patience})")
 
 
 @dataclass
@@ -140,6 +151,8 @@ class TrainStats:
     input_tokens_per_s: float = 0.0  # the throughput figure: non-padding tokens per second
     resumed_from_step: int = 0  # 0: started from the base; n: continued from a step-n state
     method: str = "full"
+    validation_rewards: list[float] = field(default_factory=list)  # after each epoch (validation on)
+    best_epoch: int = 0  # 1-based epoch whose weights were kept; 0: no validation (the last weights)
 
 
 def tokenize_examples(
@@ -150,25 +163,14 @@ def tokenize_examples(
     Raises ValueError when any example is longer than ``max_seq_len``: training on silently truncated
     samples would teach the wrong thing.
     """
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no EOS token; cannot teach the model to stop")
     features: list[dict[str, Any]] = []
     too_long: list[int] = []
     for ex in examples:
-        prompt_ids = encode_prompt(tokenizer, ex.prompt)
-        if not prompt_ids:
-            raise ValueError(
-                "an example has an empty prompt; its first completion token has nothing to follow"
-            )
-        completion_ids = [*tokenizer(ex.completion, add_special_tokens=False)["input_ids"], int(eos)]
-        input_ids = prompt_ids + completion_ids
+        input_ids, prompt_len, weight = encode_example(tokenizer, ex)
         if len(input_ids) > max_seq_len:
             too_long.append(len(input_ids))
-        if not (ex.weight >= 0 and math.isfinite(ex.weight)):
-            raise ValueError(f"example weights must be finite and >= 0 (got {ex.weight})")
-        labels = [IGNORE] * len(prompt_ids) + completion_ids
-        features.append({"input_ids": input_ids, "labels": labels, "weight": float(ex.weight)})
+        labels = [IGNORE] * prompt_len + input_ids[prompt_len:]
+        features.append({"input_ids": input_ids, "labels": labels, "weight": weight})
     if too_long:
         raise ValueError(
             f"{len(too_long)} of {len(examples)} examples exceed max_seq_len={max_seq_len} "
@@ -177,13 +179,36 @@ def tokenize_examples(
     return features
 
 
+def encode_example(tokenizer: Any, ex: TrainExample) -> tuple[list[int], int, float]:
+    """(prompt + completion + EOS ids, prompt length, weight) of one example; ValueError when unusable."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token; cannot teach the model to stop")
+    prompt_ids = encode_prompt(tokenizer, ex.prompt)
+    if not prompt_ids:
+        raise ValueError("an example has an empty prompt; its first completion token has nothing to follow")
+    if not (ex.weight >= 0 and math.isfinite(ex.weight)):
+        raise ValueError(f"example weights must be finite and >= 0 (got {ex.weight})")
+    completion_ids = [*tokenizer(ex.completion, add_special_tokens=False)["input_ids"], int(eos)]
+    return prompt_ids + completion_ids, len(prompt_ids), float(ex.weight)
+
+
 def _fingerprint(params: TrainParams, features: Sequence[dict[str, Any]]) -> str:
     # Everything that changes the result; checkpoint_every_steps does not, so a changed cadence still resumes.
     meta = {k: v for k, v in asdict(params).items() if k != "checkpoint_every_steps"}
     digest = hashlib.sha256(json.dumps(meta, sort_keys=True, default=list).encode())
+    if hasattr(features, "digest"):  # a TokenizedSet: hashed once while it was written
+        digest.update(features.digest().encode())
+        return digest.hexdigest()
     for f in features:
         digest.update(json.dumps([f["input_ids"], f["labels"], f["weight"]]).encode())
     return digest.hexdigest()
+
+
+def _loss_mass(f: dict[str, Any], normalisation: str) -> float:
+    """An example's share of a step's loss denominator: w * n (token) or w (sample; n completion tokens)."""
+    n = sum(1 for lab in f["labels"][1:] if lab != IGNORE)  # position 0 predicts nothing
+    return float(f["weight"]) * n if normalisation == "token" else (float(f["weight"]) if n else 0.0)
 
 
 def _prepare_model(model: Any, params: TrainParams, device: str) -> Any:
@@ -223,33 +248,39 @@ class _Loop:
     model: Any
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    features: list[dict[str, Any]]
+    features: Sequence[dict[str, Any]]  # a list, or a dataset.TokenizedSet
     lengths: list[int]
     params: TrainParams
     device: str
     pad_id: int
+    masses: list[float]  # each example's share of a step's loss denominator (see _loss_mass)
+    completions: list[int]  # each example's completion tokens (EOS included)
+    dp: DataParallel | None = None
 
     def step(self, indices: Sequence[int]) -> tuple[float, int, int]:
         """One optimiser step over the examples ``indices``: (loss, completion tokens, input tokens)."""
         p = self.params
-        chunks = micro_batches(indices, self.lengths, p.micro_batch_size or p.batch_size)
-        batches = [
-            pack(feats, self.pad_id, p.max_seq_len) if p.packing else collate(feats, self.pad_id)
-            for feats in ([self.features[i] for i in chunk] for chunk in chunks)
-        ]
-        denom = sum(float(token_loss_weights(b, p.loss_normalisation)[:, 1:].sum()) for b in batches)
+        mine = list(indices) if self.dp is None else self.dp.shard(indices, self.lengths)
+        chunks = micro_batches(mine, self.lengths, p.micro_batch_size or p.batch_size) if mine else []
+        # The whole step's denominator (every rank's examples): per-rank losses then sum to the step's loss.
+        denom = sum(self.masses[i] for i in indices)
         loss_sum = torch.zeros((), device=self.device)
-        for batch in batches:
+        for chunk in chunks:
+            feats = [self.features[i] for i in chunk]
+            batch = pack(feats, self.pad_id, p.max_seq_len) if p.packing else collate(feats, self.pad_id)
             loss = batch_loss(self.model, batch, p.loss_normalisation, self.device, denominator=denom)
             loss.backward()
             loss_sum += loss.detach()
+        total_loss = float(loss_sum)
+        if self.dp is not None:
+            self.dp.all_reduce_grads(p_ for p_ in self.model.parameters() if p_.requires_grad)
+            total_loss = self.dp.sum([total_loss], self.device)[0]
         if p.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        completion = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
-        return float(loss_sum), completion, sum(self.lengths[i] for i in indices)
+        return total_loss, sum(self.completions[i] for i in indices), sum(self.lengths[i] for i in indices)
 
 
 def _resume(loop: _Loop, resume_from: Path | None, fingerprint: str) -> Progress:
@@ -264,10 +295,15 @@ def _resume(loop: _Loop, resume_from: Path | None, fingerprint: str) -> Progress
     return progress
 
 
-def _save(loop: _Loop, progress: Progress, fingerprint: str, on_state: Callable[[int, Path], None]) -> None:
-    with tempfile.TemporaryDirectory(prefix="restem-state-") as tmp:
-        save_state(Path(tmp), loop.model, loop.optimizer, loop.scheduler, progress, fingerprint)
-        on_state(progress.step, Path(tmp))
+def _save(loop: _Loop, progress: Progress, fingerprint: str, hooks: Hooks, best: EarlyStop) -> None:
+    assert hooks.on_state is not None
+    if hooks.scratch_dir is not None:
+        hooks.scratch_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="restem-state-", dir=hooks.scratch_dir) as tmp:
+        save_state(
+            Path(tmp), loop.model, loop.optimizer, loop.scheduler, progress, fingerprint, best=best.best
+        )
+        hooks.on_state(progress.step, Path(tmp))
 
 
 def train_reward_weighted(
@@ -290,11 +326,20 @@ def train_reward_weighted(
     if not examples:
         raise ValueError("no training examples (no sample was kept): skip this M-step instead of training")
     features = tokenize_examples(tokenizer, examples, params.max_seq_len)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     hooks = Hooks(on_step, should_stop, on_state)
     return train_features(
-        model, features, params, pad_id=int(pad_id), device=device, hooks=hooks, resume_from=resume_from
+        model,
+        features,
+        params,
+        pad_id=pad_id_of(tokenizer),
+        device=device,
+        hooks=hooks,
+        resume_from=resume_from,
     )
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
 
 @dataclass
@@ -304,43 +349,76 @@ class Hooks:
     on_step: Callable[[int, int, float], None] | None = None  # (step, total steps, loss) after each step
     should_stop: Callable[[], bool] | None = None  # polled after each step
     on_state: Callable[[int, Path], None] | None = None  # (step, state dir) every checkpoint_every_steps
+    validate: Callable[[], float] | None = None  # validation reward of the model now (after each epoch)
+    scratch_dir: Path | None = None  # where step states are written before on_state (None: system temp)
 
 
 def train_features(
     model: Any,
-    features: list[dict[str, Any]],
+    features: Sequence[dict[str, Any]],
     params: TrainParams,
     *,
     pad_id: int,
     device: str,
     hooks: Hooks | None = None,
     resume_from: Path | None = None,
+    dp: DataParallel | None = None,
 ) -> TrainStats:
-    """``train_reward_weighted`` on examples already tokenised (``tokenize_examples``' format)."""
-    if not features:
+    """``train_reward_weighted`` on examples already tokenised (``tokenize_examples``' format, or a
+    ``dataset.TokenizedSet``); ``dp``: this process's rank of a data-parallel run (see ``distributed``).
+    """
+    if not len(features):
         raise ValueError("no training examples")
-    lengths = [len(f["input_ids"]) for f in features]
-    # Seeded before LoRA creates its adapters (their init draws from the global RNG), and dropout after.
+    hooks = hooks or Hooks()
+    lengths = list(getattr(features, "lengths", None) or [len(f["input_ids"]) for f in features])
+    masses, completions = _masses(features, params.loss_normalisation)
+    # Seeded before LoRA creates its adapters (their init draws from the global RNG), and dropout after;
+    # every rank seeds alike, so LoRA adapters start identical on all of them.
     torch.manual_seed(params.seed)
     train_model = _prepare_model(model, params, device)
     try:
         optimizer = make_optimizer(train_model, params, device)
         total = params.max_steps or params.epochs * math.ceil(len(features) / params.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, params))
-        loop = _Loop(train_model, optimizer, scheduler, features, lengths, params, device, pad_id)
+        loop = _Loop(
+            train_model,
+            optimizer,
+            scheduler,
+            features,
+            lengths,
+            params,
+            device,
+            pad_id,
+            masses,
+            completions,
+            dp,
+        )
         fingerprint = _fingerprint(params, features)
         progress = _resume(loop, resume_from, fingerprint)
+        best = EarlyStop(params.patience, loop.model, load_best(resume_from) if progress.step else None)
         resumed, tokens_before = progress.step, progress.tokens
         start = time.perf_counter()
-        input_tokens = _run(loop, progress, total, fingerprint, hooks or Hooks())
+        input_tokens = _run(loop, progress, total, fingerprint, hooks, best)
         seconds = max(time.perf_counter() - start, 1e-9)
+        best.restore(progress)  # the best epoch's weights, not the last ones (validation on)
     finally:
         _finish_model(model, train_model, params)
     rates = (progress.tokens - tokens_before) / seconds, input_tokens / seconds
     return _stats(progress, len(features), input_tokens, seconds, rates, resumed, params)
 
 
-def _run(loop: _Loop, progress: Progress, total: int, fingerprint: str, hooks: Hooks) -> int:
+def _masses(features: Sequence[dict[str, Any]], normalisation: str) -> tuple[list[float], list[int]]:
+    """Each example's loss-denominator share and completion-token count (one pass over the set)."""
+    if hasattr(features, "masses"):  # a TokenizedSet: from its index arrays, without building examples
+        return features.masses(normalisation)  # type: ignore[no-any-return]
+    masses, completions = [], []
+    for f in features:
+        masses.append(_loss_mass(f, normalisation))
+        completions.append(sum(1 for lab in f["labels"] if lab != IGNORE))
+    return masses, completions
+
+
+def _run(loop: _Loop, progress: Progress, total: int, fingerprint: str, hooks: Hooks, best: EarlyStop) -> int:
     """Steps from ``progress.step`` to ``total`` (or until asked to stop); the input tokens processed."""
     params, input_tokens = loop.params, 0
     per_epoch = math.ceil(len(loop.features) / params.batch_size)
@@ -355,10 +433,13 @@ def _run(loop: _Loop, progress: Progress, total: int, fingerprint: str, hooks: H
         progress.losses.append(loss)
         if hooks.on_step is not None:
             hooks.on_step(progress.step, total, loss)
+        stop = False
+        if hooks.validate is not None and (progress.step % per_epoch == 0 or progress.step == total):
+            stop = best.observe(progress, hooks.validate())
         every = params.checkpoint_every_steps
         if hooks.on_state is not None and every and progress.step % every == 0 and progress.step < total:
-            _save(loop, progress, fingerprint, hooks.on_state)
-        if hooks.should_stop is not None and hooks.should_stop():
+            _save(loop, progress, fingerprint, hooks, best)
+        if stop or (hooks.should_stop is not None and hooks.should_stop()):
             break
     return input_tokens
 
@@ -390,4 +471,6 @@ def _stats(
         input_tokens_per_s=rates[1],
         resumed_from_step=resumed,
         method=params.method,
+        validation_rewards=list(progress.val_rewards),
+        best_epoch=progress.best_epoch,
     )

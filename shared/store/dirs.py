@@ -71,14 +71,19 @@ def _parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
     return dict(manifest)
 
 
+_CORRUPT_HINT = "the stored artifact is damaged: delete it so the job that wrote it runs again"
+
+
 def _verify_file(path: Path, entry: dict[str, Any], where: str) -> None:
     size = path.stat().st_size
     if size != entry["size"]:
-        raise ArtifactCorrupt(f"{where} does not match the manifest: size {size}, expected {entry['size']}")
+        raise ArtifactCorrupt(
+            f"{where} does not match the manifest: size {size}, expected {entry['size']}; {_CORRUPT_HINT}"
+        )
     _, digest = _file_digest(path)
     if digest != entry["sha256"]:
         raise ArtifactCorrupt(
-            f"{where} does not match the manifest: sha256 {digest}, expected {entry['sha256']}"
+            f"{where} does not match the manifest: sha256 {digest}, expected {entry['sha256']}; {_CORRUPT_HINT}"
         )
 
 

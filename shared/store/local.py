@@ -67,6 +67,10 @@ class LocalStore(_BaseStore):
             _atomic_write(target, write, mode=0o444)
         except IsADirectoryError as exc:
             raise ValueError(f"key {key!r} clashes with an existing key in {self.describe()}: {exc}") from exc
+        except FileNotFoundError:
+            # A concurrent delete pruned the directory between our mkdir and the temp file: once more.
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(target, write, mode=0o444)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._write(key, lambda f: f.write(data))
@@ -119,5 +123,21 @@ class LocalStore(_BaseStore):
 
     def delete(self, key: str) -> None:
         # Absent, or a path that is not a file here (no object by that key): nothing to delete.
+        path = self._path(key)
         with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            self._path(key).unlink()
+            path.unlink()
+        self._prune(path.parent)
+
+    def _prune(self, directory: Path) -> None:
+        """Remove ``directory`` and its parents up to the root while they are empty.
+
+        S3 has no directories, so a deleted key leaves nothing behind there; without this a LocalStore
+        would keep one empty directory per deleted step state forever. rmdir refuses a non-empty
+        directory, so a concurrent writer's files are never touched (``_write`` retries its mkdir).
+        """
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (or already gone / not ours): stop here
+                return
+            directory = directory.parent

@@ -21,7 +21,14 @@ from .answers import (
     generate_arithmetic,
     last_boxed,
 )
-from .datasets import DatasetError, build_splits, load_jsonl_problems, load_problems, resolve_dataset_path
+from .datasets import (
+    DatasetError,
+    build_splits,
+    build_transfer_sets,
+    load_jsonl_problems,
+    load_problems,
+    resolve_dataset_path,
+)
 from .prompts import (
     CODE_BLOCK_STOP,
     CODE_TASKS,
@@ -55,6 +62,7 @@ __all__ = [
     "Problem",
     "Verdict",
     "build_splits",
+    "build_transfer_sets",
     "check_answer",
     "dumps_jsonl",
     "extract_answer",

@@ -26,9 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shared.runconfig import TaskConfig
+from shared.runconfig import EvaluationConfig, TaskConfig
 
 from .answers import Problem, generate_arithmetic, gsm8k_reference, last_boxed
+from .fewshot import few_shot_prefix
 
 BUILTIN_DATASETS = ("builtin:humaneval",)
 
@@ -249,4 +250,23 @@ def build_splits(cfg: TaskConfig) -> dict[str, list[Problem]]:
         "test": load_problems(cfg.files.test, cfg.name),
     }
     splits["validation"] = load_problems(cfg.files.validation, cfg.name) if cfg.files.validation else []
+    if cfg.few_shot:
+        # The examples travel with each problem, so the sampler, the evaluator and the SFT rows all
+        # ask the same question, and the stored datasets record the prompt the run used.
+        prefix = few_shot_prefix(cfg.name)
+        for problems in splits.values():
+            for p in problems:
+                p["prompt_prefix"] = prefix
     return splits
+
+
+def build_transfer_sets(cfg: EvaluationConfig) -> dict[str, list[Problem]]:
+    """The configured transfer sets as extra splits (`transfer-<name>`), each cut to its `limit`."""
+    out: dict[str, list[Problem]] = {}
+    for t in cfg.transfer:
+        try:
+            problems = load_problems(t.file, t.task)
+        except DatasetError as exc:
+            raise DatasetError(f"evaluation.transfer '{t.name}': {exc}") from None
+        out[t.split] = problems[: t.limit] if t.limit else problems
+    return out

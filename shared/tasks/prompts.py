@@ -3,7 +3,7 @@
 One user message per problem, before any chat template (the sampler, the evaluator and the trainer
 render it with the model's own template). Every message names the answer format its task's checker
 reads: "The answer is N." (arithmetic, GSM8K), `\\boxed{}` (MATH), one fenced ```python block
-(APPS, HumanEval). Not here: few-shot exemplars (a chat model is asked zero-shot).
+(APPS, HumanEval). Few-shot examples (`fewshot.py`) are attached to problems when they are loaded.
 """
 
 from __future__ import annotations
@@ -41,7 +41,12 @@ def _apps_message(problem: Problem) -> str:
 
 
 def user_message(task: str, problem: Problem) -> str:
-    """The instruction the model sees for one problem (before any chat template)."""
+    """The instruction the model sees for one problem (before any chat template); a problem loaded
+    with `task.few_shot` carries its worked examples in `prompt_prefix`."""
+    return problem.get("prompt_prefix", "") + _instruction(task, problem)
+
+
+def _instruction(task: str, problem: Problem) -> str:
     if task == "arithmetic":
         return f"{problem['question']} End with 'The answer is N.'"
     if task == "math":

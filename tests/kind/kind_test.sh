@@ -192,6 +192,8 @@ for k in ('nats', 'minio'): print(v[k]['image']['repository'] + ':' + v[k]['imag
   port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
   kubectl -n "$NAMESPACE" port-forward "svc/$RELEASE-coordinator" "$port:50051" > "$WORK/port-forward.log" 2>&1 &
   PF_PID=$!
+  RESTEM_API_TOKEN="$(kubectl -n "$NAMESPACE" get secret "$RELEASE-api-token" -o jsonpath='{.data.token}' | base64 -d)"
+  export RESTEM_API_TOKEN
   for _ in $(seq 60); do "$RESTEM" --address "127.0.0.1:$port" list >/dev/null 2>&1 && break; sleep 1; done
   run_and_assert "127.0.0.1:$port"
 }
@@ -200,6 +202,7 @@ local_mode() {
   log "starting the services with the chart's configs ($(basename "$VALUES")), no cluster"
   local address
   address=$(cd "$ROOT" && "$PY" -m tests.chart_helpers local-stack up --values "$VALUES" --state "$WORK/stack")
+  [[ -f $WORK/stack/api-token ]] && export RESTEM_API_TOKEN_FILE="$WORK/stack/api-token"
   (cd "$ROOT" && run_and_assert "$address")
 }
 

@@ -170,8 +170,9 @@ def test_gpu_values_request_gpus_and_cpu_values_do_not():
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in _pod(gpu[service])[
             "tolerations"
         ]
-    assert _container(gpu["trainer"])["command"][:3] == ["python", "-m", "torch.distributed.run"]
-    assert "--nproc-per-node=4" in _container(gpu["trainer"])["command"]
+    # the trainer service starts its torchrun workers per M-step: nprocPerNode becomes its `nproc`
+    assert _container(gpu["trainer"])["command"] == ["python", "-m", "services.trainer"]
+    assert "nproc: 4" in service_config_text(manifests(render(load_values("values-gpu.yaml"))), "trainer")
     shm = {v["name"]: v for v in _pod(gpu["sampler"])["volumes"]}["shm"]["emptyDir"]
     assert shm == {"medium": "Memory", "sizeLimit": "16Gi"}
     cache = {v["name"]: v for v in _pod(gpu["sampler"])["volumes"]}["cache"]["ephemeral"][
@@ -222,6 +223,45 @@ def test_generated_and_given_credentials():
     )
 
 
+def test_api_token_reaches_every_service_from_a_secret(rendered, tmp_path, monkeypatch):
+    _, _, docs = rendered
+    secrets = by_kind(docs, "Secret")
+    token = secret_data(docs)[("restem-api-token", "token")]
+    assert len(token) == 32
+    for svc, doc in _deployments(docs).items():
+        env = {e["name"]: e for e in _container(doc)["env"]}
+        ref = env["RESTEM_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "restem-api-token", "key": "token"} and "token" in secrets[ref["name"]]["data"]
+        # The service reads it from that variable: its gRPC config then requires it.
+        path = tmp_path / f"{svc}.yaml"
+        path.write_text(service_config_text(docs, svc))
+        for var, value in (
+            ("RESTEM_API_TOKEN", token),
+            ("RESTEM_S3_ACCESS_KEY", "a"),
+            ("RESTEM_S3_SECRET_KEY", "s"),
+        ):
+            monkeypatch.setenv(var, value)
+        cfg = load_service_config(config_model(svc), path, env_prefix=f"RESTEM_{svc.upper()}", environ={})
+        assert cfg.grpc.auth_token is not None and cfg.grpc.auth_token.get_secret_value() == token
+        assert cfg.grpc.public_reads is False
+    for cm in by_kind(docs, "ConfigMap").values():
+        assert not any(token in text for text in cm["data"].values()), cm["metadata"]["name"]
+
+
+def test_api_token_given_existing_public_reads_and_disabled():
+    given = _render_docs(apiAuth={"token": "given-api-token", "publicReads": True})
+    assert secret_data(given)[("restem-api-token", "token")] == "given-api-token"
+    assert "public_reads: true" in service_config_text(given, "coordinator")
+    existing = _render_docs(apiAuth={"existingSecret": "my-api", "tokenKey": "t"})
+    assert "restem-api-token" not in by_kind(existing, "Secret")
+    env = {e["name"]: e for e in _container(_deployments(existing)["coordinator"])["env"]}
+    assert env["RESTEM_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "my-api", "key": "t"}
+    disabled = _render_docs(apiAuth={"enabled": False})
+    assert "restem-api-token" not in by_kind(disabled, "Secret")
+    for doc in _deployments(disabled).values():
+        assert "RESTEM_API_TOKEN" not in {e["name"] for e in _container(doc)["env"]}
+
+
 def test_every_deployment_has_native_grpc_probes_and_is_locked_down(rendered):
     _, _, docs = rendered
     for doc in [*by_kind(docs, "Deployment").values(), *by_kind(docs, "StatefulSet").values()]:
@@ -268,16 +308,18 @@ def test_network_policies(rendered):
     dns = [53, 53, 53, 53] if name == "external" else [53, 53]  # + networkPolicy.extraEgress there
     assert ports("verifier") == sorted([*dns, 4222, s3_port])
     assert ports("evaluator") == sorted([*dns, 4222, s3_port, 50051])
+    assert ports("trainer") == sorted([*dns, 4222, s3_port, 50051])  # validation answers to the verifier
     assert policies["verifier"]["ingress"][0]["from"] == [
         {
             "podSelector": {
                 "matchLabels": {
-                    "app.kubernetes.io/component": "evaluator",
+                    "app.kubernetes.io/component": client,
                     "app.kubernetes.io/instance": "restem",
                     "app.kubernetes.io/name": "restem",
                 }
             }
         }
+        for client in ("evaluator", "trainer")
     ]
     for svc in ("sampler", "trainer", "evaluator"):
         assert policies[svc]["ingress"] == []

@@ -180,3 +180,33 @@ def test_code_stop_pattern_needs_a_closed_block() -> None:
 def test_task_files_are_required_for_file_tasks() -> None:
     with pytest.raises(ValueError, match=r"task\.files is required for task 'humaneval'"):
         TaskConfig(name="humaneval")
+
+
+def test_few_shot_examples_travel_with_every_problem(tmp_path: Path) -> None:
+    f = _jsonl(tmp_path / "g.jsonl", [{"question": "2+3?", "answer": "5 #### 5"}])
+    cfg = TaskConfig(name="gsm8k", files={"train": f, "test": f}, few_shot=True)
+    (p,) = build_splits(cfg)["train"]
+    msg = user_message("gsm8k", p)
+    assert (
+        msg.count("Question: ") == 8
+        and msg.count("The answer is") >= 8
+        and msg.endswith("end with 'The answer is N.'")
+    )
+    assert msg.index("2+3?") > msg.rindex("Answer: ")  # the real question comes after the examples
+    assert sft_rows("gsm8k", [p])[0]["user_message"] == msg
+    m = _jsonl(tmp_path / "m.jsonl", [{"problem": "1+1?", "answer": "2"}])
+    (q,) = build_splits(TaskConfig(name="math", files={"train": m, "test": m}, few_shot=True))["test"]
+    assert user_message("math", q).count("\\boxed{") == 5 and "Problem:\n" in user_message("math", q)
+    plain = build_splits(TaskConfig(name="math", files={"train": m, "test": m}))["test"][0]
+    assert "Problem:" not in user_message("math", plain)
+    with pytest.raises(ValueError, match=r"task\.few_shot has worked examples for gsm8k and math only"):
+        TaskConfig(name="apps", files={"train": m, "test": m}, few_shot=True)
+
+
+def test_the_worked_examples_end_in_the_form_the_checkers_read() -> None:
+    from shared.tasks import extract_answer, last_boxed
+    from shared.tasks.fewshot import GSM8K_EXEMPLARS, MATH_EXEMPLARS
+
+    assert len(GSM8K_EXEMPLARS) == 8 and len(MATH_EXEMPLARS) == 4
+    assert all(extract_answer("gsm8k", a)[1] == "answer-is" for _, a in GSM8K_EXEMPLARS)
+    assert [last_boxed(s) for _, s in MATH_EXEMPLARS] == ["12", "1", "20", "13"]

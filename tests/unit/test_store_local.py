@@ -101,6 +101,20 @@ def test_exists_and_delete(store: LocalStore) -> None:
     assert store.get_bytes("dir/k") == b"v"
 
 
+def test_delete_prunes_emptied_directories_only(store: LocalStore) -> None:
+    _make_src(store.root.parent / "src1")
+    store.put_dir("run/out-state/step-00000001", store.root.parent / "src1")
+    store.put_bytes("run/keep.txt", b"k")
+    for key in store.list("run/out-state/"):
+        store.delete(key)
+    assert not (store.root / "run" / "out-state").exists()  # no empty directories left behind
+    assert (store.root / "run").is_dir() and store.get_bytes("run/keep.txt") == b"k"
+    store.delete("run/keep.txt")
+    assert not (store.root / "run").exists() and store.root.is_dir()  # never the root itself
+    store.put_bytes("run/out-state/step-00000002/x", b"again")  # the pruned path can be written again
+    assert store.get_bytes("run/out-state/step-00000002/x") == b"again"
+
+
 def test_list_is_sorted_recursive_and_a_string_prefix(store: LocalStore) -> None:
     for key in ["b/2", "a/x/1", "a/1", "ab", "a/x/y/z", "c"]:
         store.put_bytes(key, b".")

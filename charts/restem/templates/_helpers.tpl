@@ -133,6 +133,10 @@ nats://{{ include "restem.subchartFullname" (dict "root" . "values" .Values.nats
 {{- default (include "restem.componentName" (dict "root" . "component" "s3")) .Values.s3.existingSecret -}}
 {{- end -}}
 
+{{- define "restem.apiSecretName" -}}
+{{- default (include "restem.componentName" (dict "root" . "component" "api-token")) .Values.apiAuth.existingSecret -}}
+{{- end -}}
+
 {{- define "restem.natsSecretName" -}}
 {{- default (include "restem.componentName" (dict "root" . "component" "nats-auth")) .Values.nats.auth.existingSecret -}}
 {{- end -}}
@@ -197,6 +201,11 @@ capabilities:
 - name: RESTEM_S3_SECRET_KEY
   valueFrom:
     secretKeyRef: {name: {{ include "restem.s3SecretName" . }}, key: {{ .Values.s3.secretKeyKey }}}
+{{- if .Values.apiAuth.enabled }}
+- name: RESTEM_API_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ include "restem.apiSecretName" . }}, key: {{ .Values.apiAuth.tokenKey }}}
+{{- end }}
 {{- if .Values.nats.auth.enabled }}
 - name: RESTEM_NATS_USER
   valueFrom:
@@ -216,7 +225,7 @@ Chart-owned fields first; `<svc>.config` adds the rest (the schema keeps it off 
 {{- $svc := .component -}}
 {{- $v := index $root.Values $svc -}}
 {{- $cfg := dict
-  "grpc" (dict "host" "0.0.0.0" "port" (int $root.Values.grpc.port) "grace_s" $root.Values.grpc.graceSeconds "max_message_mb" (int $root.Values.grpc.maxMessageMb))
+  "grpc" (dict "host" "0.0.0.0" "port" (int $root.Values.grpc.port) "grace_s" $root.Values.grpc.graceSeconds "max_message_mb" (int $root.Values.grpc.maxMessageMb) "public_reads" $root.Values.apiAuth.publicReads)
   "nats" (dict "url" (include "restem.natsUrl" $root) "prefix" $root.Values.nats.prefix)
   "store" (dict "kind" "s3" "endpoint" (include "restem.s3Endpoint" $root) "bucket" $root.Values.s3.bucket "secure" $root.Values.s3.secure "region" $root.Values.s3.region)
   "log_level" $root.Values.logLevel -}}
@@ -226,8 +235,9 @@ Chart-owned fields first; `<svc>.config` adds the rest (the schema keeps it off 
 {{- end -}}
 {{- if eq $svc "trainer" -}}
 {{- $_ := set $cfg "work_dir" "/var/lib/restem/work" -}}
+{{- $_ := set $cfg "nproc" (int $v.torchrun.nprocPerNode) -}}
 {{- end -}}
-{{- if eq $svc "evaluator" -}}
+{{- if or (eq $svc "evaluator") (eq $svc "trainer") -}}
 {{- $_ := set $cfg "verifier_address" (printf "%s:%d" (include "restem.componentName" (dict "root" $root "component" "verifier")) (int $root.Values.grpc.port)) -}}
 {{- end -}}
 {{- toYaml (mergeOverwrite $cfg (deepCopy (default dict $v.config))) -}}

@@ -80,7 +80,7 @@ class EvalResult(_message.Message):
     def __init__(self, split: _Optional[str] = ..., num_problems: _Optional[int] = ..., num_correct: _Optional[int] = ..., pass_at_1: _Optional[float] = ..., results_key: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class TrainSummary(_message.Message):
-    __slots__ = ("steps", "examples", "tokens", "loss_first", "loss_last", "seconds", "skipped")
+    __slots__ = ("steps", "examples", "tokens", "loss_first", "loss_last", "seconds", "skipped", "validation_rewards", "best_epoch", "epochs")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,9 @@ class TrainSummary(_message.Message):
     LOSS_LAST_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    BEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
     steps: int
     examples: int
     tokens: int
@@ -95,10 +98,13 @@ class TrainSummary(_message.Message):
     loss_last: float
     seconds: float
     skipped: bool
-    def __init__(self, steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ..., skipped: _Optional[bool] = ...) -> None: ...
+    validation_rewards: _containers.RepeatedScalarFieldContainer[float]
+    best_epoch: int
+    epochs: int
+    def __init__(self, steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ..., skipped: _Optional[bool] = ..., validation_rewards: _Optional[_Iterable[float]] = ..., best_epoch: _Optional[int] = ..., epochs: _Optional[int] = ...) -> None: ...
 
 class Iteration(_message.Message):
-    __slots__ = ("iteration", "policy_key", "checkpoint_key", "samples", "correct_samples", "train_pass_rate", "problems_solved", "problems_total", "kept", "kept_key", "train", "evals", "tokens_generated", "phase_seconds", "seconds", "shards_total", "shards_sampled", "shards_verified", "verdict_keys", "started")
+    __slots__ = ("iteration", "policy_key", "checkpoint_key", "samples", "correct_samples", "train_pass_rate", "problems_solved", "problems_total", "kept", "kept_key", "train", "evals", "tokens_generated", "phase_seconds", "seconds", "shards_total", "shards_sampled", "shards_verified", "verdict_keys", "started", "sampling_rounds")
     class PhaseSecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +132,7 @@ class Iteration(_message.Message):
     SHARDS_VERIFIED_FIELD_NUMBER: _ClassVar[int]
     VERDICT_KEYS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     iteration: int
     policy_key: str
     checkpoint_key: str
@@ -146,7 +153,8 @@ class Iteration(_message.Message):
     shards_verified: _containers.RepeatedScalarFieldContainer[int]
     verdict_keys: _containers.RepeatedScalarFieldContainer[str]
     started: _timestamp_pb2.Timestamp
-    def __init__(self, iteration: _Optional[int] = ..., policy_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., train_pass_rate: _Optional[float] = ..., problems_solved: _Optional[int] = ..., problems_total: _Optional[int] = ..., kept: _Optional[int] = ..., kept_key: _Optional[str] = ..., train: _Optional[_Union[TrainSummary, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., tokens_generated: _Optional[int] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., seconds: _Optional[float] = ..., shards_total: _Optional[int] = ..., shards_sampled: _Optional[_Iterable[int]] = ..., shards_verified: _Optional[_Iterable[int]] = ..., verdict_keys: _Optional[_Iterable[str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    sampling_rounds: int
+    def __init__(self, iteration: _Optional[int] = ..., policy_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., train_pass_rate: _Optional[float] = ..., problems_solved: _Optional[int] = ..., problems_total: _Optional[int] = ..., kept: _Optional[int] = ..., kept_key: _Optional[str] = ..., train: _Optional[_Union[TrainSummary, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., tokens_generated: _Optional[int] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., seconds: _Optional[float] = ..., shards_total: _Optional[int] = ..., shards_sampled: _Optional[_Iterable[int]] = ..., shards_verified: _Optional[_Iterable[int]] = ..., verdict_keys: _Optional[_Iterable[str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sampling_rounds: _Optional[int] = ...) -> None: ...
 
 class Run(_message.Message):
     __slots__ = ("run_id", "name", "status", "phase", "iteration", "iterations_total", "progress", "iterations", "error", "config_yaml", "base_model_key", "created", "updated", "finished", "best_iteration", "report_key", "task", "phase_started", "model_source", "sft_enabled", "sft")

@@ -38,7 +38,7 @@ class PrepareDone(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., model_key: _Optional[str] = ..., architecture: _Optional[str] = ..., num_parameters: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class SampleJob(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "shard", "task", "dataset_key", "problem_ids", "policy_key", "params", "output_key", "prompt_format")
+    __slots__ = ("run_id", "job_id", "iteration", "shard", "task", "dataset_key", "problem_ids", "policy_key", "params", "output_key", "prompt_format", "first_index")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class SampleJob(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -61,7 +62,8 @@ class SampleJob(_message.Message):
     params: _common_pb2.SamplingParams
     output_key: str
     prompt_format: _common_pb2.PromptFormat
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., problem_ids: _Optional[_Iterable[str]] = ..., policy_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., output_key: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ...) -> None: ...
+    first_index: int
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., problem_ids: _Optional[_Iterable[str]] = ..., policy_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., output_key: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ..., first_index: _Optional[int] = ...) -> None: ...
 
 class SampleDone(_message.Message):
     __slots__ = ("run_id", "job_id", "iteration", "shard", "samples_key", "num_samples", "num_tokens", "seconds")
@@ -124,7 +126,7 @@ class VerifyDone(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., verdicts_key: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_correct: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class TrainJob(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "base_key", "kept_key", "params", "output_key", "variant", "prompt_format")
+    __slots__ = ("run_id", "job_id", "iteration", "base_key", "kept_key", "params", "output_key", "variant", "prompt_format", "validation")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +136,7 @@ class TrainJob(_message.Message):
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -143,7 +146,22 @@ class TrainJob(_message.Message):
     output_key: str
     variant: str
     prompt_format: _common_pb2.PromptFormat
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., base_key: _Optional[str] = ..., kept_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.TrainParams, _Mapping]] = ..., output_key: _Optional[str] = ..., variant: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ...) -> None: ...
+    validation: TrainValidation
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., base_key: _Optional[str] = ..., kept_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.TrainParams, _Mapping]] = ..., output_key: _Optional[str] = ..., variant: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ..., validation: _Optional[_Union[TrainValidation, _Mapping]] = ...) -> None: ...
+
+class TrainValidation(_message.Message):
+    __slots__ = ("task", "dataset_key", "params", "prompt_format", "patience")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    DATASET_KEY_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    dataset_key: str
+    params: _common_pb2.SamplingParams
+    prompt_format: _common_pb2.PromptFormat
+    patience: int
+    def __init__(self, task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ..., patience: _Optional[int] = ...) -> None: ...
 
 class TrainProgress(_message.Message):
     __slots__ = ("run_id", "job_id", "iteration", "step", "total_steps", "loss")
@@ -162,7 +180,7 @@ class TrainProgress(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class TrainDone(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "checkpoint_key", "steps", "examples", "tokens", "loss_first", "loss_last", "seconds", "variant")
+    __slots__ = ("run_id", "job_id", "iteration", "checkpoint_key", "steps", "examples", "tokens", "loss_first", "loss_last", "seconds", "variant", "validation_rewards", "best_epoch", "epochs")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +192,9 @@ class TrainDone(_message.Message):
     LOSS_LAST_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    BEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -185,7 +206,10 @@ class TrainDone(_message.Message):
     loss_last: float
     seconds: float
     variant: str
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., checkpoint_key: _Optional[str] = ..., steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ..., variant: _Optional[str] = ...) -> None: ...
+    validation_rewards: _containers.RepeatedScalarFieldContainer[float]
+    best_epoch: int
+    epochs: int
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., checkpoint_key: _Optional[str] = ..., steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ..., variant: _Optional[str] = ..., validation_rewards: _Optional[_Iterable[float]] = ..., best_epoch: _Optional[int] = ..., epochs: _Optional[int] = ...) -> None: ...
 
 class EvalJob(_message.Message):
     __slots__ = ("run_id", "job_id", "iteration", "split", "task", "dataset_key", "checkpoint_key", "params", "output_key", "prompt_format", "sample_params", "variant")

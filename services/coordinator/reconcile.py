@@ -1,0 +1,161 @@
+"""Coordinator restart: re-enter every running run from its stored state and re-publish its open jobs.
+
+Events are durable and acked only after the run is written back, so a restarted coordinator
+already re-applies whatever it was doing. What it cannot see from events alone is a job message
+that is gone (purged by hand, lost with a NATS volume, dead-lettered by an older release): the run
+would wait for ever. So every job is also recorded in the store when it is first published
+(`runs/<run_id>/jobs/<type>/<job_id>.pb`, written before the publish), and on start the
+coordinator re-publishes, for each running run, the recorded jobs of its current phase that have
+not reported back (`outstanding`, a pure function of the run and the job).
+
+Re-publishing is idempotent: a job id is its Nats-Msg-Id, so a job still queued (or published in
+the last 10 minutes) is deduplicated by NATS; one that already ran finds its output in the store
+and only re-announces it; the coordinator ignores a result it has already applied.
+
+Not covered: a job published more than 10 minutes ago that is still running on a worker is handed
+out a second time; with one replica per queue it waits for the first, with several it may run
+twice at once (same inputs, same seed, same output key: the last complete write wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import DecodeError, Message
+from restem.coordinator.v1 import coordinator_pb2 as pb
+from restem.events.v1 import events_pb2 as ev
+
+from shared import keys
+from shared.store import ArtifactStore
+
+from . import core
+
+if TYPE_CHECKING:
+    from .events import Orchestrator
+
+log = logging.getLogger("restem.coordinator.reconcile")
+
+JOB_MESSAGES: dict[str, type[Message]] = {
+    "prepare": ev.PrepareJob,
+    "sample": ev.SampleJob,
+    "verify": ev.VerifyJob,
+    "train": ev.TrainJob,
+    "eval": ev.EvalJob,
+}
+
+
+def jobs_prefix(run_id: str) -> str:
+    return f"{keys.run_prefix(run_id)}/jobs/"
+
+
+def job_record_key(job: core.Job) -> str:
+    return f"{jobs_prefix(job.message.run_id)}{job.job_type}/{job.job_id}.pb"  # type: ignore[attr-defined]
+
+
+def _current_iteration(run: pb.Run, iteration: int) -> pb.Iteration | None:
+    if run.iteration != iteration or not run.iterations or run.iterations[-1].iteration != iteration:
+        return None
+    return run.iterations[-1]
+
+
+def outstanding(run: pb.Run, job_type: str, msg: Any) -> bool:
+    """Whether the run still waits for this job's result in its current state."""
+    if run.status in core.FINISHED:
+        return False
+    if job_type == "prepare":
+        return bool(run.phase == pb.PHASE_PREPARING)
+    if getattr(msg, "variant", "") == "sft":
+        if not run.sft_enabled:
+            return False
+        if job_type == "train":
+            return not run.sft.checkpoint_key
+        return bool(run.sft.checkpoint_key) and all(e.split != msg.split for e in run.sft.evals)
+    it = _current_iteration(run, msg.iteration)
+    if it is None:
+        return False
+    if job_type == "sample":
+        return run.phase == pb.PHASE_SAMPLING and msg.shard not in it.shards_sampled
+    if job_type == "verify":
+        phases = (pb.PHASE_SAMPLING, pb.PHASE_VERIFYING)
+        return run.phase in phases and msg.shard in it.shards_sampled and msg.shard not in it.shards_verified
+    if job_type == "train":
+        return bool(run.phase == pb.PHASE_TRAINING)
+    if job_type == "eval":
+        return run.phase == pb.PHASE_EVALUATING and all(e.split != msg.split for e in it.evals)
+    return False
+
+
+async def record_jobs(store: ArtifactStore, jobs: Sequence[core.Job]) -> None:
+    """Write each job's message where `reconcile_run` finds it (before it is published)."""
+    for job in jobs:
+        data = job.message.SerializeToString()
+        await asyncio.to_thread(store.put_bytes, job_record_key(job), data)
+
+
+async def recorded_jobs(store: ArtifactStore, run_id: str) -> list[core.Job]:
+    """The jobs recorded for a run; an unreadable record is logged and skipped."""
+    found = []
+    prefix = jobs_prefix(run_id)
+    for key in await asyncio.to_thread(store.list, prefix):
+        job_type, _, name = key[len(prefix) :].partition("/")
+        cls = JOB_MESSAGES.get(job_type)
+        if cls is None or not name.endswith(".pb"):
+            continue
+        try:
+            msg = cls.FromString(await asyncio.to_thread(store.get_bytes, key))
+        except DecodeError:
+            log.error("job record %s is corrupt; skipped", key)
+            continue
+        found.append(core.Job(job_type, msg, name.removesuffix(".pb")))
+    return found
+
+
+def open_jobs(run: pb.Run, jobs: Sequence[core.Job]) -> list[core.Job]:
+    """The recorded jobs the run still waits for."""
+    return [j for j in jobs if outstanding(run, j.job_type, j.message)]
+
+
+async def reconcile_run(orc: Orchestrator, run_id: str) -> int:
+    """Re-enter one run: finish a half-done filter or report, re-publish its open jobs; how many."""
+    run, _ = await orc.load(run_id)
+    if run.phase == pb.PHASE_FILTERING or (run.status in core.FINISHED and not run.report_key):
+        # `mutate` redoes the filter of a FILTERING run and writes a finished run's missing report.
+        def resume(r: pb.Run, cfg: Any, ids: Any) -> core.Decision:
+            return core.Decision(needs_filter=r.phase == pb.PHASE_FILTERING and r.status not in core.FINISHED)
+
+        run = await orc.mutate(run_id, resume)
+    if run.status in core.FINISHED:
+        return 0
+    jobs = open_jobs(run, await recorded_jobs(orc.store, run_id))
+    for job in jobs:
+        await orc.bus.publish_job(job.job_type, run_id, job.message.SerializeToString(), msg_id=job.job_id)
+    phase = core.PHASE_NAMES.get(run.phase, str(run.phase))
+    log.info(
+        "run %s re-entered in %s (iteration %d): %d open jobs re-published",
+        run_id,
+        phase,
+        run.iteration,
+        len(jobs),
+    )
+    return len(jobs)
+
+
+async def reconcile_all(orc: Orchestrator) -> dict[str, int]:
+    """`reconcile_run` for every stored run that is running or lacks its report; a failure is logged."""
+    done: dict[str, int] = {}
+    for run_id in await orc.bus.kv_keys():
+        try:
+            got = await orc.bus.kv_get(run_id)
+            if got is None:
+                continue
+            run = pb.Run.FromString(got[0])
+            if run.status in core.FINISHED and run.report_key:
+                continue
+            done[run_id] = await reconcile_run(orc, run_id)
+        except Exception:
+            # One broken run must not keep the others from resuming; its events still drive it.
+            log.exception("could not re-enter run %s", run_id)
+    return done

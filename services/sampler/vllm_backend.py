@@ -1,0 +1,154 @@
+"""The vLLM backend: restem's generation contract on vLLM's offline engine (`vllm.LLM`).
+
+`VllmGenerator` has the transformers backend's interface (`tokenizer`, `generate(prompts, params)`
+returning K `Completion`s per prompt), so the sampler's job path is the same for both. The
+mapping, both ways:
+
+* restem `GenerationParams` -> one `vllm.SamplingParams` per prompt: n, temperature (0 for greedy),
+  top_k (restem's 0 = off is vLLM's -1), top_p, max_tokens, stop strings with
+  `include_stop_str_in_output=True` (restem keeps the stop in the text), and a seed per prompt
+  derived from the shard's seed, so a redelivered shard draws the same samples (up to GPU kernel
+  non-determinism) and prompts of a shard do not share one random stream.
+* Prompts go in as token ids from `encode_prompt`, the encoding the trainer and the transformers
+  backend use (vLLM's own tokenisation would add a second BOS to a chat-templated prompt).
+* `RequestOutput.outputs[i]` (`CompletionOutput`) -> `Completion(text, num_tokens, finish_reason)`:
+  `num_tokens` = len(token_ids) (the EOS or stop-completing token included, as in the transformers
+  backend); `finish_reason` "length" stays "length", "stop" becomes "stop" when `stop_reason` is a
+  stop string and "eos" when it is None (EOS) or a token id (an end-of-turn token).
+* Stop regexes: vLLM has none. Generation runs until EOS, a stop string or max_tokens, and the text
+  is then cut right after the earliest stop match with the transformers backend's exact rule
+  (shortest token prefix whose text holds a match), so `num_tokens` counts the kept tokens only.
+  The tokens vLLM generated past the match are wasted GPU work: give a task a stop *string* as
+  well when one exists.
+
+The checkpoint directory is the one the transformers backend loads (a Hugging Face directory; LoRA
+runs store merged weights), so vLLM reads it as is. A new policy rebuilds the engine: `close()`
+releases the old one's GPU memory first. NOT covered: vLLM's async engine / continuous request
+feeding across shards, LoRA adapters served unmerged, multi-node tensor parallelism.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.llm.generation import Completion, GenerationParams, _cut, _StopMatcher, encode_prompt
+
+from .config import VllmSettings
+
+log = logging.getLogger("restem.sampler.vllm")
+
+_SEED_MOD = 2**63  # vLLM seeds are int64
+
+
+def import_vllm() -> Any:
+    """The vllm module, imported on first use so CPU installs never need it."""
+    try:
+        return importlib.import_module("vllm")
+    except ImportError as exc:
+        raise RuntimeError(
+            "sampler backend 'vllm' is selected but the vllm package is not installed: "
+            "`pip install vllm` on a GPU machine, or set backend: transformers"
+        ) from exc
+
+
+def sampling_kwargs(params: GenerationParams, prompt_index: int) -> dict[str, Any]:
+    """`vllm.SamplingParams` keyword arguments for one prompt of a shard."""
+    return {
+        "n": params.n,
+        "temperature": 0.0 if params.greedy else params.temperature,
+        "top_k": params.top_k if params.top_k > 0 and not params.greedy else -1,
+        "top_p": 1.0 if params.greedy else params.top_p,
+        "max_tokens": params.max_new_tokens,
+        "stop": list(params.stop) or None,
+        "include_stop_str_in_output": True,
+        "skip_special_tokens": True,
+        "seed": (params.seed + prompt_index) % _SEED_MOD,
+    }
+
+
+def _reason(output: Any) -> str:
+    if output.finish_reason == "length":
+        return "length"
+    if output.finish_reason == "stop":
+        return "stop" if isinstance(output.stop_reason, str) else "eos"
+    raise RuntimeError(f"vLLM finished a completion with an unexpected reason {output.finish_reason!r}")
+
+
+def to_completion(output: Any, tokenizer: Any, matcher: _StopMatcher) -> Completion:
+    """One `CompletionOutput` as a restem `Completion`, cut after the first stop-regex match."""
+    ids = list(output.token_ids)
+    reason = _reason(output)
+    if matcher.patterns and matcher.end(output.text) is not None:
+        body = ids[:-1] if reason == "eos" else ids
+        cut = _cut(tokenizer, body, matcher)
+        if cut is not None:
+            return Completion(text=cut[0], num_tokens=cut[1], finish_reason="stop")
+        # vLLM's incremental detokenisation can differ from a whole decode at the edges
+        end = matcher.end(output.text)
+        return Completion(text=output.text[:end], num_tokens=len(ids), finish_reason="stop")
+    return Completion(text=output.text, num_tokens=len(ids), finish_reason=reason)
+
+
+class VllmGenerator:
+    """Samples completions with a vLLM engine; the interface of `TransformersGenerator`."""
+
+    backend = "vllm"
+
+    def __init__(self, vllm: Any, llm: Any, tokenizer: Any) -> None:
+        self._vllm = vllm
+        self.llm = llm
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def load(cls, path: Path, settings: VllmSettings) -> VllmGenerator:
+        vllm = import_vllm()
+        llm = vllm.LLM(
+            model=str(path),
+            tokenizer=str(path),
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enable_prefix_caching=settings.enable_prefix_caching,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            seed=0,
+        )
+        log.info("vLLM engine loaded %s (tensor parallel %d)", path, settings.tensor_parallel_size)
+        return cls(vllm, llm, llm.get_tokenizer())
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: GenerationParams,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[list[Completion]]:
+        """``params.n`` completions for each prompt, in prompt order (one engine call per shard)."""
+        requests = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts]
+        sampling = [self._vllm.SamplingParams(**sampling_kwargs(params, i)) for i in range(len(prompts))]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        if len(outputs) != len(prompts):
+            raise RuntimeError(f"vLLM returned {len(outputs)} results for {len(prompts)} prompts")
+        matcher = _StopMatcher.from_params(params)
+        results = [[to_completion(o, self.tokenizer, matcher) for o in out.outputs] for out in outputs]
+        if on_progress is not None:
+            on_progress(len(prompts) * params.n)
+        return results
+
+    def close(self) -> None:
+        """Release the engine and its GPU memory before another checkpoint's engine is built."""
+        self.llm = None
+        with contextlib.suppress(ImportError, AttributeError):
+            parallel = importlib.import_module("vllm.distributed.parallel_state")
+            parallel.destroy_model_parallel()
+            parallel.destroy_distributed_environment()
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

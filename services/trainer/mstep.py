@@ -1,0 +1,99 @@
+"""One M-step as a self-contained unit: what to train (``MStepSpec``) and how (``execute``).
+
+The train handler prepares everything that needs the store and the job (base checkpoint downloaded,
+kept set streamed into a ``dataset.TokenizedSet``, validation prompts rendered, the latest step state
+fetched) into a spec of plain paths and values. ``execute`` then trains, either in the trainer's own
+process (``nproc: 1``) or in each of the ``nproc`` processes torchrun starts (``launch``): the same
+code, with ``dp`` set in the second case. Rank 0 (or the only process) is the only one that writes:
+step states to the store through ``on_state`` and the consolidated checkpoint (plain safetensors, LoRA
+merged) to ``out_dir``, which the handler uploads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from shared.llm.distributed import DataParallel
+
+from .validation import Scorer, ValidationSet, make_validator
+
+SUMMARY = "stats.json"  # TrainStats of the run, beside the checkpoint in out_dir
+
+
+@dataclass(frozen=True)
+class MStepSpec:
+    base_dir: str  # the base checkpoint (every M-step starts from it)
+    data_dir: str  # the tokenised kept set (dataset.TokenizedSet)
+    params: dict[str, Any]  # training.TrainParams fields
+    pad_id: int
+    out_dir: str  # rank 0 writes the checkpoint and SUMMARY here
+    scratch_dir: str  # step states are written here before they go to the store
+    resume_dir: str | None = None  # a step state to continue from
+    validation: dict[str, Any] | None = None  # ValidationSet fields; None: no validation-driven stopping
+
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @staticmethod
+    def load(path: Path) -> MStepSpec:
+        return MStepSpec(**json.loads(path.read_text()))
+
+
+def train_params(spec: MStepSpec) -> Any:
+    from shared.llm.training import TrainParams
+
+    fields = dict(spec.params)
+    fields["lora_target_modules"] = tuple(fields.get("lora_target_modules", ("all-linear",)))
+    return TrainParams(**fields)
+
+
+def execute(
+    spec: MStepSpec,
+    device: str,
+    *,
+    scorer: Scorer | None = None,
+    dp: DataParallel | None = None,
+    on_step: Any = None,
+    on_state: Any = None,
+    should_stop: Any = None,
+) -> dict[str, Any]:
+    """Train as ``spec`` says; returns the TrainStats as a dict (rank 0 also writes ``out_dir``)."""
+    from shared.llm.checkpoint import load_for_training, save_checkpoint
+    from shared.llm.dataset import TokenizedSet
+    from shared.llm.training import Hooks, train_features
+
+    model, tokenizer = load_for_training(Path(spec.base_dir), device)
+    validate = None
+    if spec.validation is not None:
+        if scorer is None:
+            raise ValueError("validation-driven stopping needs a scorer (the verifier's address)")
+        vset = ValidationSet(**spec.validation)
+        validate = make_validator(model, tokenizer, device, vset, scorer, dp)
+    hooks = Hooks(
+        on_step=on_step,
+        should_stop=should_stop,
+        on_state=on_state,
+        validate=validate,
+        scratch_dir=Path(spec.scratch_dir),
+    )
+    stats = train_features(
+        model,
+        cast(Sequence[dict[str, Any]], TokenizedSet(Path(spec.data_dir))),  # list-like (see dataset)
+        train_params(spec),
+        pad_id=spec.pad_id,
+        device=device,
+        hooks=hooks,
+        resume_from=Path(spec.resume_dir) if spec.resume_dir else None,
+        dp=dp,
+    )
+    result = asdict(stats)
+    if dp is None or dp.rank == 0:
+        out = Path(spec.out_dir)
+        save_checkpoint(model, tokenizer, out)  # LoRA: already merged, so a plain checkpoint
+        (out.parent / SUMMARY).write_text(json.dumps(result))
+    return result
