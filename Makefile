@@ -81,7 +81,7 @@ bench-adaptive: $(STAMP) ## Adaptive vs fixed-K sampling on the demo: tokens, ke
 chaos: $(STAMP) ## Chaos test: a small run under >= 15 SIGKILLs of all five services in every phase vs a clean run (~15 min)
 	$(BIN)/python tests/chaos/chaos.py $(CHAOS_ARGS)
 
-repro: $(STAMP) ## Regenerate the README's reproduction table and docs/repro/ plots (~10 min on 2 cores)
+repro: $(STAMP) ## Regenerate the README's reproduction table and docs/repro/ plots (~20 min on 2 cores)
 	$(BIN)/python tests/bench/repro_table.py
 
 demo: $(STAMP) ## The main job: ReST-EM on arithmetic with SmolLM2-135M on CPU through the local stack

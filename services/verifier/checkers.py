@@ -98,6 +98,7 @@ class Checkers:
         self._grader: CodeGrader | None = None
         self._math_checker: Any = None
         self._problems: OrderedDict[str, CodeProblem] = OrderedDict()
+        self._by_identity: dict[int, tuple[Any, CodeProblem]] = {}
         self._inflight = asyncio.Semaphore(4 * max(1, settings.workers or 8))
 
     def _code_config(self) -> PoolConfig:
@@ -149,7 +150,11 @@ class Checkers:
         self._math.close()
 
     def code_problem(self, reference: Any) -> CodeProblem:
-        """The parsed problem, remembered by content (APPS tests can be megabytes; parse once)."""
+        """The parsed problem, remembered by identity and by content (APPS tests can be megabytes:
+        the K samples of a problem share one reference object, which is parsed and hashed once)."""
+        seen = self._by_identity.get(id(reference))
+        if seen is not None and seen[0] is reference:
+            return seen[1]
         key = hashlib.sha256(json.dumps(reference, sort_keys=True).encode()).hexdigest()
         hit = self._problems.get(key)
         if hit is not None:
@@ -162,11 +167,14 @@ class Checkers:
         self._problems[key] = problem
         if len(self._problems) > 4096:
             self._problems.popitem(last=False)
+        if len(self._by_identity) > 4096:
+            self._by_identity.clear()
+        self._by_identity[id(reference)] = (reference, problem)
         return problem
 
     async def _check_code(self, task: str, problem: CodeProblem, completion: str) -> Verdict:
         code, _ = code_of(task, completion)
-        grader = await asyncio.to_thread(self.grader)
+        grader = self._grader if self._grader is not None else await asyncio.to_thread(self.grader)
         async with self._inflight:
             try:
                 v = await grader.agrade(problem, code)
@@ -177,7 +185,7 @@ class Checkers:
         return code_verdict(v)
 
     async def _check_math(self, reference: Any, completion: str) -> Verdict:
-        checker = await asyncio.to_thread(self.math_checker)
+        checker = self._math_checker or await asyncio.to_thread(self.math_checker)
         async with self._inflight:
             try:
                 v: Verdict = await checker.acheck(str(reference), completion)

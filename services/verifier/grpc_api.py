@@ -27,6 +27,7 @@ class VerifierApi(verifier_pb2_grpc.VerifierServiceServicer):
     ) -> dict[str, list[tuple[int, Any, str]]]:
         """Items grouped by task as (index, reference, completion); aborts on a malformed item."""
         by_task: dict[str, list[tuple[int, Any, str]]] = defaultdict(list)
+        parsed: dict[str, Any] = {}  # the samples of one problem share one reference object
         for i, item in enumerate(request.items):
             if item.task not in TASKS_WITH_CHECKERS:
                 await context.abort(
@@ -34,7 +35,9 @@ class VerifierApi(verifier_pb2_grpc.VerifierServiceServicer):
                     f"items[{i}].task '{item.task}' has no checker; use one of {', '.join(TASKS_WITH_CHECKERS)}",
                 )
             try:
-                reference = json.loads(item.reference_json)
+                reference = parsed.get(item.reference_json)
+                if reference is None:
+                    reference = parsed[item.reference_json] = json.loads(item.reference_json)
             except json.JSONDecodeError:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"items[{i}].reference_json is not valid JSON"

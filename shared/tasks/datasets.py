@@ -63,7 +63,7 @@ def resolve_dataset_path(path: Path | str) -> Path:
     return resolved
 
 
-def _lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     try:
         if path.name.endswith(".gz"):
             with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -209,7 +209,7 @@ def load_problems(path: Path | str, task: str) -> list[Problem]:
     resolved = resolve_dataset_path(path)
     problems: list[Problem] = []
     seen: set[str] = set()
-    for lineno, line in enumerate(_lines(resolved), start=1):
+    for lineno, line in enumerate(read_lines(resolved), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

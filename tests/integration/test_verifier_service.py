@@ -110,6 +110,11 @@ async def test_model_mistakes_are_failing_verdicts_not_errors(verifier: pb_grpc.
         (False, "test-0-exit-1-SyntaxError"),
     ]
     assert resp.verdicts[0].detail == "code is empty"
+    huge = await verifier.Verify(pb.VerifyRequest(items=[_item("apps", ref, "x = 1\n" * 60_000)]), timeout=60)
+    assert (huge.verdicts[0].rule, huge.verdicts[0].detail) == (
+        "invalid-argument",
+        "code is over 262144 bytes",
+    )
     assert (resp.verdicts[2].extracted, resp.verdicts[2].rule) == ("time_limit", "test-0-wall-time-limit")
 
 
@@ -182,3 +187,23 @@ async def test_verify_job_writes_verdicts_once(nats_config, tmp_path: Path, chec
         await handler(bad)
     assert not store.exists("r/v2.jsonl")
     await bus.close()
+
+
+def test_calibrated_limits_are_written_into_the_dataset(tmp_path: Path, checkers: Checkers) -> None:
+    from services.verifier.calibrate import main
+
+    rows = [json.loads(line) for line in (DATA / "apps-tiny-train.jsonl").read_text().splitlines()[:3]]
+    rows[1]["solutions"] = json.dumps(["print(0)\n"])  # a reference that fails its own tests
+    rows.append({"id": "slow", "question": "q", "input_output": {"inputs": ["\n"], "outputs": ["done\n"]},
+                 "solutions": ["import time\ntime.sleep(0.6)\nprint('done')\n"]})  # fmt: skip
+    src, dest = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert (
+        main(["--task", "apps", "--floor", "1", "--factor", "3", "--workers", "2", str(src), str(dest)]) == 0
+    )
+    out = {p["id"]: p for p in load_problems(dest, "apps")}
+    assert out["sum-two"]["answer"]["time_limit_s"] == 1.0  # fast: the floor
+    assert "time_limit_s" not in out["double"]["answer"]  # its reference fails: the limit is kept
+    assert 1.8 <= out["slow"]["answer"]["time_limit_s"] <= 6.0  # 3 x ~0.6 s
+    assert out["sum-two"]["question"] == rows[0]["question"]  # the rest of each line is unchanged
+    assert main(["--task", "apps", str(tmp_path / "missing.jsonl"), str(dest)]) == 2
