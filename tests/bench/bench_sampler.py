@@ -13,6 +13,7 @@
    *simulated fixed-latency backend* of tests/bench/sim_sampler.py: generation is a sleep per token,
    so on this 2-core machine the table measures the orchestration (queue, heartbeats, store writes,
    events), not a model. Each replica's GetStats says how many shards it did.
+   Both sides run with OMP_WAIT_POLICY=PASSIVE (see below).
 3. **Adaptive vs fixed K** (`--adaptive`): examples/arithmetic-demo.yaml through the local stack
    twice, as is and with `sampling.adaptive.enabled: true`: tokens generated, kept samples and test
    pass@1 per iteration, and wall time.
@@ -36,6 +37,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+# Measured here: on a 2-core machine with other processes busy, libgomp's default active spin-wait made
+# generate() called from the main thread 5-10x slower than the same call in a worker thread (where the
+# service runs it). Passive waiting, set before torch loads and inherited by the sampler processes,
+# removes that artefact from both sides of the service/raw comparison.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import shared  # noqa: E402,F401
 from shared.logs import quiet_model_libraries  # noqa: E402
@@ -383,7 +389,6 @@ def main() -> None:
     parser.add_argument("--skip-ratio", action="store_true", help="only the scaling table")
     args = parser.parse_args()
     quiet_model_libraries()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from shared.runconfig import parse_run_config
 
     config_yaml = args.config.read_text()

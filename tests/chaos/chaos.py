@@ -9,7 +9,8 @@ metrics. Exit status 0 only if the chaos run succeeded, its kept sets and counts
 the clean run's, and the kills covered every service and phase.
 
 How kills are placed: every second or two, a service not yet killed in this phase visit is chosen
-(the least-killed first, ties at random) and killed; it is restarted at once on the same port. A
+(the worker of the phase first, as it holds an in-flight job; then the least-killed, ties at
+random) and killed; it is restarted at once on the same port. A
 verify phase on arithmetic lasts milliseconds, so to land kills in it the verifier is killed while
 the last sample shard runs and held down until the run is in its verify phase; then other services
 are killed there and the verifier is restarted. A service is killed at most once per phase visit: a
@@ -67,6 +68,7 @@ FAST_REDELIVERY = {
     "RESTEM_TRAINER__ACK_WAIT_S": "6",
     "RESTEM_EVALUATOR__ACK_WAIT_S": "5",
 }
+WORKER = {"sample": "sampler", "verify": "verifier", "train": "trainer", "eval": "evaluator"}
 PER_VISIT = 3  # most kills in one visit of a phase (each service at most once)
 
 
@@ -152,6 +154,10 @@ class Chaos:
             candidates = [s for s in SERVICES if s not in killed | exclude]
             if len(killed) >= PER_VISIT or not candidates:
                 return
+            # The worker doing the phase's work first (it holds an in-flight job), then the least-killed.
+            if WORKER[phase] in candidates:
+                self._kill(WORKER[phase], phase, visit)
+                continue
             least = min(self.total(s) for s in candidates)
             self._kill(self.rng.choice([s for s in candidates if self.total(s) == least]), phase, visit)
 

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 from restem.events.v1 import events_pb2 as ev
 
+from services.verifier.checkers import Checkers
+from services.verifier.config import SandboxSettings
 from services.verifier.events import VerifyHandler
 from shared import keys
 from shared.bus import EventBus
@@ -31,7 +33,14 @@ async def verifier(nats_config, tmp_path):
     await bus.ensure_topology()
     store = LocalStore(tmp_path / "store")
     state = WorkerState("verifier")
-    handler = typed_handler(bus, "verify", ev.VerifyJob, VerifyHandler(bus, store), state, max_deliver=3)
+    handler = typed_handler(
+        bus,
+        "verify",
+        ev.VerifyJob,
+        VerifyHandler(bus, store, Checkers(SandboxSettings())),
+        state,
+        max_deliver=3,
+    )
     stop = asyncio.Event()
     events: list = []
     tasks = [
