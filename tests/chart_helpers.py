@@ -318,7 +318,7 @@ def local_stack_up(values_files: list[str], state: Path, timeout_s: float = 300.
                 env[p + "CACHE_DIR"] = str(state / "cache" / service)
             if service == "trainer":
                 env[p + "WORK_DIR"] = str(state / "work")
-            if service == "evaluator":
+            if service in ("evaluator", "trainer"):  # the trainer scores validation answers too
                 env[p + "VERIFIER_ADDRESS"] = addresses["verifier"]
             cmd = [sys.executable if c == "python" else c for c in ctr["command"]] + [
                 ctr["args"][0],
