@@ -110,7 +110,7 @@ async def _snapshot(e: Env) -> dict[str, Any]:
     return {"files": files, "runs": runs}
 
 
-async def _rejected(e: Env, call: Any, code: grpc.StatusCode, *words: str) -> str:
+async def _assert_rejected(e: Env, call: Any, code: grpc.StatusCode, *words: str) -> str:
     before = await _snapshot(e)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call
@@ -148,7 +148,9 @@ CONFIGS = [
 
 @pytest.mark.parametrize(("config", "code", "words"), CONFIGS, ids=[c[0][:28] for c in CONFIGS])
 async def test_start_run_rejects_bad_configs(env, config, code, words):
-    await _rejected(env, env.stub.StartRun(pb.StartRunRequest(config_yaml=config), timeout=10), code, *words)
+    await _assert_rejected(
+        env, env.stub.StartRun(pb.StartRunRequest(config_yaml=config), timeout=10), code, *words
+    )
 
 
 DATASETS = [
@@ -164,24 +166,24 @@ DATASETS = [
 @pytest.mark.parametrize(("train", "code", "words"), DATASETS, ids=[d[0] for d in DATASETS])
 async def test_start_run_rejects_bad_datasets_with_file_and_line(env, train, code, words):
     request = pb.StartRunRequest(config_yaml=_gsm8k(env.data, train))
-    await _rejected(env, env.stub.StartRun(request, timeout=10), code, *words)
+    await _assert_rejected(env, env.stub.StartRun(request, timeout=10), code, *words)
 
 
 async def test_start_run_rejects_an_oversized_config(env):
     big = BYSTANDER.replace("bystander", "big") + "# " + "x" * MAX_CONFIG_BYTES + "\n"
     call = env.stub.StartRun(pb.StartRunRequest(config_yaml=big), timeout=10)
-    await _rejected(env, call, INVALID, f"larger than {MAX_CONFIG_BYTES} bytes")
+    await _assert_rejected(env, call, INVALID, f"larger than {MAX_CONFIG_BYTES} bytes")
 
 
 async def test_an_oversized_request_is_refused_by_the_server(env):
     huge = "# " + "x" * (2 * 1024 * 1024)  # the fixture's server accepts 1 MiB messages
     call = env.stub.StartRun(pb.StartRunRequest(config_yaml=huge), timeout=10)
-    await _rejected(env, call, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max")
+    await _assert_rejected(env, call, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max")
 
 
 async def test_a_duplicate_run_name_is_refused(env):
     call = env.stub.StartRun(pb.StartRunRequest(config_yaml=BYSTANDER), timeout=10)
-    await _rejected(
+    await _assert_rejected(
         env, call, grpc.StatusCode.ALREADY_EXISTS, "a run named 'bystander' exists", "choose another"
     )
 
@@ -208,12 +210,14 @@ async def test_unknown_and_malformed_run_ids(env, rpc, run_id, code, words):
             return [r async for r in method(request, timeout=10)]
         return await method(request, timeout=10)
 
-    await _rejected(env, call(), code, *words)
+    await _assert_rejected(env, call(), code, *words)
 
 
 async def test_the_report_of_an_unfinished_run_is_not_there_yet(env):
     call = env.stub.GetReport(pb.GetReportRequest(run_id=env.bystander), timeout=10)
-    await _rejected(env, call, grpc.StatusCode.FAILED_PRECONDITION, "has not finished", "written at the end")
+    await _assert_rejected(
+        env, call, grpc.StatusCode.FAILED_PRECONDITION, "has not finished", "written at the end"
+    )
 
 
 async def test_cancelling_a_finished_run_changes_nothing(env):
@@ -221,7 +225,7 @@ async def test_cancelling_a_finished_run_changes_nothing(env):
     run_id = (await env.stub.StartRun(pb.StartRunRequest(config_yaml=config), timeout=10)).run_id
     await env.stub.CancelRun(pb.CancelRunRequest(run_id=run_id), timeout=10)
     call = env.stub.CancelRun(pb.CancelRunRequest(run_id=run_id), timeout=10)
-    await _rejected(env, call, grpc.StatusCode.FAILED_PRECONDITION, "already finished (cancelled)")
+    await _assert_rejected(env, call, grpc.StatusCode.FAILED_PRECONDITION, "already finished (cancelled)")
 
 
 # --- Verify -------------------------------------------------------------------------------------
@@ -242,7 +246,7 @@ def _item(task: str = "arithmetic", reference: str = "42") -> verifier_pb2.Verif
 )
 async def test_verify_rejects_bad_items(env, items, words):
     call = env.verifier.Verify(verifier_pb2.VerifyRequest(items=items), timeout=10)
-    await _rejected(env, call, INVALID, *words)
+    await _assert_rejected(env, call, INVALID, *words)
 
 
 # --- poison messages: a run fails with the reason, the others go on -------------------------------

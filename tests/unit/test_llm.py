@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel, LlamaConfig, LlamaForCausalLM
+from transformers import DistilBertConfig, DistilBertModel, LlamaForCausalLM
 
 from shared.llm import generation
 from shared.llm.checkpoint import (
@@ -43,6 +43,7 @@ from shared.llm.training import (
     weighted_nll,
 )
 from shared.models import BUILTIN_MODELS, ModelNotFound, resolve_model_source
+from tests.fixtures.models import smollm2_tokenizer, tiny_llama
 
 MESSAGES = [
     "What is 12 + 3?",
@@ -55,29 +56,14 @@ MESSAGES = [
 @pytest.fixture(scope="session")
 def tokenizer() -> Any:
     # Loading only the tokenizer from the shipped GGUF takes ~3 s and needs no network.
-    path = resolve_model_source("builtin:smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok = smollm2_tokenizer()
     tok.padding_side = "left"
     return tok
 
 
 def _tiny_model(tokenizer: Any, seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        initializer_range=0.5,  # large: peaked logits, so greedy argmax never hinges on float noise
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    # A large init range gives peaked logits, so greedy argmax never hinges on float noise.
+    return tiny_llama(tokenizer, seed, initializer_range=0.5, tie_word_embeddings=False).eval()
 
 
 @pytest.fixture(scope="module")

@@ -11,37 +11,23 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from services.trainer.core import examples_from_kept
 from services.trainer.validation import ValidationSet, make_validator
 from shared.llm.dataset import TokenizedSet, read_chunks, write_tokenized
 from shared.llm.generation import GenerationParams, TransformersGenerator, render_prompt
 from shared.llm.training import Hooks, TrainParams, encode_example, tokenize_examples, train_features
-from shared.models import resolve_model_source
+from tests.fixtures.models import smollm2_tokenizer, tiny_llama
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    path = resolve_model_source("builtin:smollm2-135m-instruct")
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return smollm2_tokenizer()
 
 
 def tiny(tokenizer: Any, seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return tiny_llama(tokenizer, seed)
 
 
 def kept_rows(tokenizer: Any, n: int = 10) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from shared.llm.checkpoint import load_for_inference, save_checkpoint
 from shared.llm.generation import render_prompt
@@ -28,31 +28,16 @@ from shared.llm.training import (
     tokenize_examples,
     train_reward_weighted,
 )
-from shared.models import resolve_model_source
+from tests.fixtures.models import smollm2_tokenizer, tiny_llama
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    path = resolve_model_source("builtin:smollm2-135m-instruct")
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return smollm2_tokenizer()
 
 
 def _tiny(tokenizer: Any, seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        tie_word_embeddings=tie,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return tiny_llama(tokenizer, seed, tie_word_embeddings=tie)
 
 
 @pytest.fixture(scope="module")
