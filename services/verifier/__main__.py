@@ -45,7 +45,12 @@ async def main_async(config_path: Path | None) -> None:
 
     async def worker(stop: asyncio.Event) -> None:
         await bus.run_worker(
-            "verify", handler, stop=stop, concurrency=cfg.concurrency, max_deliver=cfg.max_deliver
+            "verify",
+            handler,
+            stop=stop,
+            concurrency=cfg.concurrency,
+            ack_wait_s=cfg.ack_wait_s,
+            max_deliver=cfg.max_deliver,
         )
 
     try:

@@ -52,6 +52,8 @@ class VerifierConfig(StrictModel):
     """Verify jobs handled at once by this replica."""
     max_deliver: int = Field(default=5, ge=1, le=100)
     """Attempts per job before it is dead-lettered and the run fails."""
+    ack_wait_s: float = Field(default=20.0, gt=1)
+    """Seconds without a heartbeat before JetStream redelivers a job: how soon a killed replica's in-flight job is retried (live handlers send a heartbeat every third of it)."""
     max_items_per_request: int = Field(default=10_000, ge=1)
     """Largest Verify RPC batch."""
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
