@@ -78,7 +78,7 @@ bench-sampler: $(STAMP) ## Sampler service vs raw backend tokens/s (CPU), and 1/
 bench-adaptive: $(STAMP) ## Adaptive vs fixed-K sampling on the demo: tokens, kept samples, test pass@1 (~10 min)
 	$(BIN)/python tests/bench/bench_sampler.py --adaptive
 
-chaos: $(STAMP) ## Chaos test: a small run under >= 15 SIGKILLs of all five services in every phase vs a clean run (~15 min)
+chaos: $(STAMP) ## Chaos test: a small run under >= 15 SIGKILLs of all five services in every phase and 2 NATS crashes vs a clean run (~15 min)
 	$(BIN)/python tests/chaos/chaos.py $(CHAOS_ARGS)
 
 repro: $(STAMP) ## Regenerate the README's reproduction table and docs/repro/ plots (~20 min on 2 cores)

@@ -235,12 +235,7 @@ def up(
     state.mkdir(parents=True, exist_ok=True)
     port = free_port()
     nats_log = state / "logs" / "nats.log"
-    nats = _spawn(
-        [_nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(state / "nats")], nats_log
-    )
-    if not _wait_port(port, 10):
-        nats.kill()
-        raise StackError(f"nats-server did not start on port {port}:\n{_tail(nats_log)}")
+    nats = _start_nats(state, port, nats_log)
     url = f"nats://127.0.0.1:{port}"
     info: dict[str, Any] = {
         "nats": {"pid": nats.pid, "url": url, "log": str(nats_log)},
@@ -262,6 +257,38 @@ def up(
         down(state)
         raise
     return Stack(state, info)
+
+
+def _start_nats(state: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    nats = _spawn(
+        [_nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(state / "nats")], log_path
+    )
+    if not _wait_port(port, 10):
+        nats.kill()
+        raise StackError(f"nats-server did not start on port {port}:\n{_tail(log_path)}")
+    return nats
+
+
+def restart_nats(stack: Stack, *, down_s: float = 0.0) -> Stack:
+    """SIGKILL nats-server (a crash: nothing flushed on purpose), keep it down `down_s` seconds, and
+    start it again on the same port with the same JetStream storage.
+
+    Streams, consumers, unacked messages and the run-state KV live in that storage, so the services,
+    which reconnect for ever, find them again; what they published while NATS was down failed and
+    is retried by their own retry paths (a handler that could not publish is redelivered)."""
+    info = stack.info
+    pid = int(info["nats"]["pid"])
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10.0
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(down_s)
+    port = int(str(info["nats"]["url"]).rsplit(":", 1)[1])
+    nats = _start_nats(stack.state_dir, port, Path(info["nats"]["log"]))
+    info["nats"]["pid"] = nats.pid
+    (stack.state_dir / "stack.json").write_text(json.dumps(info, indent=2))
+    return stack
 
 
 def restart_service(stack: Stack, service: str, *, kill: bool = True, timeout_s: float = 120.0) -> Stack:

@@ -3,7 +3,8 @@
 Starts the local stack (bearer-token auth on), runs a small arithmetic config twice with the same
 seeds: once undisturbed, once while services are SIGKILLed at random moments and restarted (at
 least --kills kills, spread over all five services and the sample, verify, train and eval phases).
-It then compares each iteration's kept set (the filtered training data in the store) byte for byte,
+It also crashes nats-server (SIGKILL, down for 1-4 s, restarted on the same port and storage)
+--nats-restarts times in randomly chosen phases. It then compares each iteration's kept set (the filtered training data in the store) byte for byte,
 and the per-iteration sample / correct / kept counts, and prints a kills table and both runs'
 metrics. Exit status 0 only if the chaos run succeeded, its kept sets and counts are identical to
 the clean run's, and the kills covered every service and phase.
@@ -40,20 +41,29 @@ from restem.coordinator.v1 import coordinator_pb2 as pb  # noqa: E402
 from shared import keys  # noqa: E402
 from shared.auth import client_token  # noqa: E402
 from shared.client.client import RunClient  # noqa: E402
-from shared.client.stack import SERVICES, Stack, down, kill_service, restart_service, start_service, up  # noqa: E402
+from shared.client.stack import (  # noqa: E402
+    SERVICES,
+    Stack,
+    down,
+    kill_service,
+    restart_nats,
+    restart_service,
+    start_service,
+    up,
+)
 
 CONFIG = """
 name: {name}
 task:
   name: arithmetic
-  arithmetic: {{train: 16, validation: 8, test: 16, a_min: 1, a_max: 9, b_min: 1, b_max: 9}}
+  arithmetic: {{train: {train}, validation: {validation}, test: {test}, a_min: 1, a_max: 9, b_min: 1, b_max: 9}}
   seed: 0
 model:
   # A worked example: SmolLM2 then answers ~30 % of these in the checked format, so every
   # iteration keeps samples and trains (without it the kept sets are empty and no M-step runs).
   system_prompt: "You add numbers. Example: User: What is 2 + 3? End with 'The answer is N.' Assistant: 2 + 3 = 5. The answer is 5."
 em: {{iterations: {iterations}, cutoff: 2, shard_size: 4}}
-sampling: {{n: 8, max_new_tokens: 32, seed: 3}}
+sampling: {{n: {n}, max_new_tokens: 32, seed: 3}}
 training: {{epochs: 1, batch_size: 8}}
 """
 PHASES = {
@@ -67,6 +77,11 @@ FAST_REDELIVERY = {
     "RESTEM_SAMPLER__ACK_WAIT_S": "5",
     "RESTEM_TRAINER__ACK_WAIT_S": "6",
     "RESTEM_EVALUATOR__ACK_WAIT_S": "5",
+    "RESTEM_VERIFIER__ACK_WAIT_S": "5",
+}
+SIZES = {  # the run's size: `make chaos` (full) and the form `make test` runs (small)
+    "full": {"train": 16, "validation": 8, "test": 16, "n": 8},
+    "small": {"train": 8, "validation": 4, "test": 8, "n": 4},
 }
 WORKER = {"sample": "sampler", "verify": "verifier", "train": "trainer", "eval": "evaluator"}
 PER_VISIT = 3  # most kills in one visit of a phase (each service at most once)
@@ -98,6 +113,8 @@ class Chaos:
     visit_kills: dict[tuple[int, str], set[str]] = field(default_factory=dict)
     held: str | None = None
     next_at: float = 0.0
+    nats_phases: list[str] = field(default_factory=list)  # phases still due a NATS restart, in order
+    nats_restarts: list[str] = field(default_factory=list)  # phases NATS was restarted in
 
     def total(self, service: str | None = None) -> int:
         return sum(n for (s, _), n in self.kills.items() if service is None or s == service)
@@ -105,9 +122,12 @@ class Chaos:
     def phase_total(self, phase: str) -> int:
         return sum(n for (_, p), n in self.kills.items() if p == phase)
 
-    def done(self) -> bool:
+    def kills_done(self) -> bool:
         covered = all(self.total(s) for s in SERVICES) and all(self.phase_total(p) for p in PHASES.values())
         return covered and self.total() >= self.target
+
+    def done(self) -> bool:
+        return self.kills_done() and not self.nats_phases
 
     def _log(self, text: str) -> None:
         print(f"  [{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -129,20 +149,32 @@ class Chaos:
             start_service(self.stack, self.held)
             self.held = None
 
+    def _restart_nats(self, phase: str, iteration: int) -> None:
+        down_s = self.rng.uniform(1.0, 4.0)
+        self._log(f"SIGKILL nats-server in {phase} (iteration {iteration}); down for {down_s:.1f}s")
+        restart_nats(self.stack, down_s=down_s)
+        self.nats_phases.remove(phase)
+        self.nats_restarts.append(phase)
+        self.next_at = time.monotonic() + self.rng.uniform(0.5, 2.5)
+
     def step(self, run: pb.Run) -> None:
         """Maybe kill something, given the run's current state."""
         phase = PHASES.get(run.phase)
+        if phase in self.nats_phases and time.monotonic() >= self.next_at:
+            self._restart_nats(phase, run.iteration)
+            return
         if self.held is not None and phase != "sample":
             if phase == "verify":
                 self._kill_some(run, "verify", exclude={self.held}, most=2)
             self.release()
             return
-        if phase is None or self.done() or time.monotonic() < self.next_at:
+        if phase is None or self.kills_done() or time.monotonic() < self.next_at:
             return
         visit = (run.iteration, phase)
         killed = self.visit_kills.get(visit, set())
-        last_shard = run.progress.total > 0 and run.progress.done >= run.progress.total - 1
-        if phase == "sample" and last_shard and "verifier" not in killed and self.phase_total("verify") < 3:
+        # Held down from the first look at the sample phase, so the run is surely still verifying
+        # when the poll sees it there (arithmetic verifies in milliseconds otherwise).
+        if phase == "sample" and "verifier" not in killed and self.phase_total("verify") < 3:
             self._kill("verifier", phase, visit, hold=True)
             return
         self._kill_some(run, phase, exclude=set(), most=1)
@@ -234,37 +266,88 @@ def report(clean: RunResult, chaos_run: RunResult, chaos: Chaos) -> bool:
     covered = chaos.done()
     if chaos_run.run.error:
         print(f"chaos run error: {chaos_run.run.error}")
+    print(f"NATS restarts: {len(chaos.nats_restarts)} (in {', '.join(chaos.nats_restarts) or '-'}); "
+          f"not reached: {', '.join(chaos.nats_phases) or 'none'}")  # fmt: skip
     print(f"\nsurvived {chaos.total()} kills; coverage of all services and phases: {'yes' if covered else 'NO'}; "
           f"kept sets identical: {'yes' if same else 'NO'}")  # fmt: skip
     return same and covered
 
 
+@dataclass
+class Outcome:
+    clean: RunResult
+    chaos_run: RunResult
+    chaos: Chaos
+    passed: bool  # succeeded, identical kept sets and counts, every service and phase hit
+
+
+def chaos_test(
+    *,
+    kills: int,
+    nats_restarts: int,
+    iterations: int,
+    size: str,
+    seed: int,
+    timeout_s: float,
+    state: Path,
+) -> Outcome:
+    """The clean run, then the run under kills on the same stack, compared (and reported)."""
+    os.environ.update(FAST_REDELIVERY)
+    rng = random.Random(seed)
+    stack = up(state, auth=True)
+    try:
+        print(f"stack up in {state} (bearer-token auth on)")
+        sizes = SIZES[size]
+        clean = run_once(
+            stack, CONFIG.format(name="chaos-clean", iterations=iterations, **sizes), None, timeout_s
+        )
+        phases = list(PHASES.values())
+        chaos = Chaos(
+            stack,
+            kills,
+            rng,
+            next_at=time.monotonic() + 2,
+            nats_phases=[rng.choice(phases) for _ in range(nats_restarts)],
+        )
+        per_phase = math.ceil(kills / len(PHASES))
+        print(
+            f"clean run done in {clean.seconds:.0f}s; now with kills (~{per_phase} per phase) and "
+            f"NATS restarts in: {', '.join(chaos.nats_phases) or 'none'}"
+        )
+        config = CONFIG.format(name="chaos-kills", iterations=iterations, **sizes)
+        killed = run_once(stack, config, chaos, timeout_s)
+        return Outcome(clean, killed, chaos, report(clean, killed, chaos))
+    finally:
+        down(state)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=15, help="least number of kills (default 15)")
+    parser.add_argument("--kills", type=int, default=15, help="least number of service kills (default 15)")
+    parser.add_argument(
+        "--nats-restarts", type=int, default=2, help="nats-server crashes + restarts (default 2)"
+    )
     parser.add_argument("--iterations", type=int, default=2, help="EM iterations of the run (default 2)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="full", help="run size (default full)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the kill schedule (default: random)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
     parser.add_argument("--state-dir", type=Path, default=None, help="stack state dir (default: a temp dir)")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    print(f"chaos: >= {args.kills} kills, kill-schedule seed {seed}, {args.iterations} iterations")
-    os.environ.update(FAST_REDELIVERY)
-    state = args.state_dir or Path(tempfile.mkdtemp(prefix="restem-chaos-"))
-    stack = up(state, auth=True)
-    try:
-        print(f"stack up in {state} (bearer-token auth on)")
-        clean = run_once(
-            stack, CONFIG.format(name="chaos-clean", iterations=args.iterations), None, args.timeout
-        )
-        chaos = Chaos(stack, args.kills, random.Random(seed), next_at=time.monotonic() + 2)
-        per_phase = math.ceil(args.kills / len(PHASES))
-        print(f"clean run done in {clean.seconds:.0f}s; now with kills (~{per_phase} per phase)")
-        config = CONFIG.format(name="chaos-kills", iterations=args.iterations)
-        killed = run_once(stack, config, chaos, args.timeout)
-        return 0 if report(clean, killed, chaos) else 1
-    finally:
-        down(state)
+    print(
+        f"chaos: >= {args.kills} kills + {args.nats_restarts} NATS restarts, kill-schedule seed {seed}, "
+        f"{args.iterations} iterations ({args.size} run)"
+    )
+    outcome = chaos_test(
+        kills=args.kills,
+        nats_restarts=args.nats_restarts,
+        iterations=args.iterations,
+        size=args.size,
+        seed=seed,
+        timeout_s=args.timeout,
+        state=args.state_dir or Path(tempfile.mkdtemp(prefix="restem-chaos-")),
+    )
+    return 0 if outcome.passed else 1
 
 
 if __name__ == "__main__":

@@ -192,3 +192,27 @@ async def test_health_is_not_serving_while_the_store_is_unreachable(s3_store_con
         await _status_becomes(address, health_pb2.HealthCheckResponse.NOT_SERVING)
         await proxy.start()  # same port: the store is back
         await _status_becomes(address, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def test_health_follows_nats_and_the_api_works_again_after_a_nats_restart(
+    nats_server, nats_config, tmp_path
+):
+    async with (
+        services.coordinator(nats_config, tmp_path) as c,
+        grpc.aio.insecure_channel(c.address) as channel,
+    ):
+        stub = pb_grpc.RunServiceStub(channel)
+        before = (await stub.StartRun(pb.StartRunRequest(config_yaml=CONFIG), timeout=10)).run_id
+        await _status_becomes(c.address, health_pb2.HealthCheckResponse.SERVING)
+        nats_server.stop()
+        await _status_becomes(c.address, health_pb2.HealthCheckResponse.NOT_SERVING)
+        nats_server.start()  # same port, same JetStream storage
+        await _status_becomes(c.address, health_pb2.HealthCheckResponse.SERVING, timeout_s=30)
+        # The run state in the KV survived, and the API can start and read runs again.
+        run = (await stub.GetRun(pb.GetRunRequest(run_id=before), timeout=10)).run
+        assert run.run_id == before and run.status == pb.RUN_STATUS_RUNNING
+        second = CONFIG.replace("name: resumed", "name: after-restart")
+        after = (await stub.StartRun(pb.StartRunRequest(config_yaml=second), timeout=10)).run_id
+        assert after != before
+        listed = (await stub.ListRuns(pb.ListRunsRequest(), timeout=10)).runs
+        assert {r.run_id for r in listed} >= {before, after}
