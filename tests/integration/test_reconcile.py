@@ -30,6 +30,7 @@ from shared.infra import GrpcConfig
 from shared.service import StoreProbe
 from shared.store import S3Store, open_store
 from tests.fixtures import services
+from tests.fixtures.proxy import Proxy
 
 pytestmark = pytest.mark.integration
 
@@ -116,40 +117,6 @@ async def test_a_finished_run_without_its_report_gets_it_on_restart(nats_config,
 # --- health follows the store ------------------------------------------------------------------
 
 
-class _Proxy:
-    """A TCP forwarder in front of the S3 endpoint that can be cut and restored (a network outage)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self._conns: set[asyncio.StreamWriter] = set()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._conns |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in self._conns:
-            w.close()
-        self._conns.clear()
-        await self.server.wait_closed()
-
-
 @contextlib.asynccontextmanager
 async def _health_server(tmp_path: Path, probe: StoreProbe) -> AsyncIterator[str]:
     port_file = tmp_path / "port"
@@ -179,7 +146,7 @@ async def _status_becomes(address: str, want: int, timeout_s: float = 20.0) -> N
 
 async def test_health_is_not_serving_while_the_store_is_unreachable(s3_store_config, tmp_path):
     real_port = int(s3_store_config.endpoint.rsplit(":", 1)[1])
-    proxy = _Proxy(real_port)
+    proxy = Proxy(real_port)
     await proxy.start()
     cfg = s3_store_config.model_copy(update={"endpoint": f"127.0.0.1:{proxy.port}"})
     store = await asyncio.to_thread(open_store, cfg)
