@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import re
+import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from shared import abandon
 from shared.infra import NatsConfig
 from shared.kv import ConflictError, RunStateKV
 
@@ -73,6 +75,8 @@ class DeadLetter:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+AbandonIf = Callable[[str], Awaitable[bool]]  # run id -> is that run over (its jobs' work unwanted)?
+_ABANDON_POLL_S = 2.0  # how often a running job's run is looked up
 _Sub = JetStreamContext.PullSubscription
 
 
@@ -84,6 +88,7 @@ class _Policy:  # how one consumer retries and where its dead letters go
     backoff_s: tuple[float, ...]
     dlq_token: str  # job type, or "events"
     run_id_index: int  # position of the run id among the subject's tokens
+    abandon_if: AbandonIf | None = None  # jobs only: drop a job whose run is over
 
     def backoff(self, n: int) -> float:
         return float(self.backoff_s[min(n - 1, len(self.backoff_s) - 1)]) if self.backoff_s else 0.0
@@ -277,12 +282,18 @@ class EventBus:
         ack_wait_s: float = 60.0,
         max_deliver: int = 5,
         backoff_s: Sequence[float] = (1, 5, 15, 30),
+        abandon_if: AbandonIf | None = None,
     ) -> None:
-        """Handle `job_type` jobs until `stop` is set, then drain. Call ensure_topology first."""
+        """Handle `job_type` jobs until `stop` is set, then drain. Call ensure_topology first.
+
+        With `abandon_if`, a job whose run is over is not started, and a running one is abandoned
+        within `_ABANDON_POLL_S` (see `shared.abandon`); either way its message is terminated."""
         _check_job_type(job_type)
         if concurrency < 1 or max_deliver < 1 or ack_wait_s <= 0:
             raise ValueError("concurrency and max_deliver must be >= 1 and ack_wait_s > 0")
-        policy = _Policy(f"{job_type}-workers", ack_wait_s, max_deliver, tuple(backoff_s), job_type, 3)
+        policy = _Policy(
+            f"{job_type}-workers", ack_wait_s, max_deliver, tuple(backoff_s), job_type, 3, abandon_if
+        )
         consumer = api.ConsumerConfig(filter_subject=f"restem.jobs.{job_type}.>")
         await self._consume(self.jobs_stream, consumer, handler, stop, concurrency, policy)
 
@@ -393,9 +404,31 @@ class EventBus:
                 msg, delivery, policy, f"exceeded max_deliver={policy.max_deliver}; {why}"
             )
             return
+        if policy.abandon_if is not None and await self._run_over(policy.abandon_if, run_id):
+            log.info("dropping %s: its run %s is over", delivery.subject, run_id)
+            await self._settle(msg, "term")
+            return
         heartbeat = asyncio.create_task(self._keep_alive(msg, policy.ack_wait_s / 3))
+        flag = threading.Event()
         try:
-            await handler(delivery)
+            with abandon.scope(flag):
+                work: asyncio.Future[None] = asyncio.ensure_future(handler(delivery))
+            watcher = (
+                asyncio.create_task(self._watch_run(policy.abandon_if, run_id, flag, work))
+                if policy.abandon_if is not None
+                else None
+            )
+            try:
+                await work
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
+        except (asyncio.CancelledError, abandon.Abandoned):
+            if not flag.is_set():
+                raise  # the worker itself is being cancelled (shutdown), not the job
+            log.info("abandoned %s: its run %s is over", delivery.subject, run_id)
+            await self._settle(msg, "term")
+            return
         except PermanentError as err:
             await self._dead_letter(msg, delivery, policy, f"permanent error: {err}")
             return
@@ -416,6 +449,24 @@ class EventBus:
             await self._dead_letter(msg, delivery, policy, reason)
             return
         await self._settle(msg, "nak", delay=policy.backoff(n))
+
+    @staticmethod
+    async def _run_over(abandon_if: AbandonIf, run_id: str) -> bool:
+        try:
+            return bool(run_id) and await abandon_if(run_id)
+        except Exception as err:  # NATS down: keep working; the run state is looked up again later
+            log.debug("could not look up run %s: %s", run_id, err)
+            return False
+
+    async def _watch_run(
+        self, abandon_if: AbandonIf, run_id: str, flag: threading.Event, work: asyncio.Future[None]
+    ) -> None:
+        while not work.done():
+            await asyncio.sleep(_ABANDON_POLL_S)
+            if await self._run_over(abandon_if, run_id):
+                flag.set()  # first, so the thread's next check() raises and `work` is seen as abandoned
+                work.cancel()
+                return
 
     async def _keep_alive(self, msg: Msg, interval_s: float) -> None:
         # +WPI resets the server's ack_wait timer so a long handler (training) is not redelivered.

@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from restem.common.v1 import common_pb2
+from restem.coordinator.v1 import coordinator_pb2
 from restem.events.v1 import events_pb2
 
+from shared import abandon
 from shared.bus import Delivery, EventBus, PermanentError
 from shared.store import StoreUnavailable
 
@@ -85,6 +87,25 @@ async def _riding_out_store_outages(
         delay = min(delay * 2, 30.0) * random.uniform(0.75, 1.25)  # jitter: replicas must not retry in step
 
 
+_OVER = (
+    coordinator_pb2.RUN_STATUS_SUCCEEDED,
+    coordinator_pb2.RUN_STATUS_FAILED,
+    coordinator_pb2.RUN_STATUS_CANCELLED,
+)
+
+
+def run_is_over(bus: EventBus) -> Callable[[str], Awaitable[bool]]:
+    """`abandon_if` for `EventBus.run_worker`: the run's state in the KV bucket says it ended.
+
+    A run with no state is not over: a job is never dropped for a run this bus cannot see."""
+
+    async def over(run_id: str) -> bool:
+        entry = await bus.kv_get(run_id)
+        return entry is not None and coordinator_pb2.Run.FromString(entry[0]).status in _OVER
+
+    return over
+
+
 def typed_handler(
     bus: EventBus,
     job_type: str,
@@ -107,6 +128,8 @@ def typed_handler(
         started = time.monotonic()
         try:
             await _riding_out_store_outages(handle, job, job_type, job_id, store_outage_s)
+        except abandon.Abandoned:
+            raise  # the run is over: not a failure of this job (the bus terminates the message)
         except PermanentError as exc:
             state.jobs_failed += 1
             log.error("%s job %s failed permanently: %s", job_type, job_id, exc)

@@ -21,7 +21,7 @@ async def main_async(config_path: Path | None) -> None:
     from shared.logs import setup_logging
     from shared.service import run_service
     from shared.store import open_store
-    from shared.worker import WorkerState, typed_handler
+    from shared.worker import WorkerState, run_is_over, typed_handler
 
     from .config import EvaluatorConfig
     from .events import EvalHandler
@@ -48,7 +48,13 @@ async def main_async(config_path: Path | None) -> None:
 
     async def worker(stop: asyncio.Event) -> None:
         await bus.run_worker(
-            "eval", handler, stop=stop, concurrency=1, ack_wait_s=cfg.ack_wait_s, max_deliver=cfg.max_deliver
+            "eval",
+            handler,
+            stop=stop,
+            concurrency=1,
+            ack_wait_s=cfg.ack_wait_s,
+            max_deliver=cfg.max_deliver,
+            abandon_if=run_is_over(bus),
         )
 
     try:

@@ -39,7 +39,7 @@ async def main_async(config_path: Path | None, backend: Backend | None = None) -
     from shared.logs import setup_logging
     from shared.service import run_service
     from shared.store import open_store
-    from shared.worker import WorkerState, typed_handler
+    from shared.worker import WorkerState, run_is_over, typed_handler
 
     from .config import SamplerConfig
     from .events import SampleHandler
@@ -77,6 +77,7 @@ async def main_async(config_path: Path | None, backend: Backend | None = None) -
             concurrency=1,
             ack_wait_s=cfg.ack_wait_s,
             max_deliver=cfg.max_deliver,
+            abandon_if=run_is_over(bus),
         )
 
     await run_service("sampler", cfg.grpc, bus, [binding], [worker], store=store)

@@ -16,7 +16,7 @@ async def main_async(config_path: Path | None) -> None:
     from shared.logs import setup_logging
     from shared.service import run_service
     from shared.store import open_store
-    from shared.worker import WorkerState, typed_handler
+    from shared.worker import WorkerState, run_is_over, typed_handler
 
     from .checkers import Checkers
     from .config import VerifierConfig
@@ -35,7 +35,12 @@ async def main_async(config_path: Path | None) -> None:
     if cfg.sandbox.start_at_boot:
         await checkers.start()  # a pod that cannot sandbox fails here, before it takes work
     handler = typed_handler(
-        bus, "verify", ev.VerifyJob, VerifyHandler(bus, store, checkers), state, max_deliver=cfg.max_deliver
+        bus,
+        "verify",
+        ev.VerifyJob,
+        VerifyHandler(bus, store, checkers),
+        state,
+        max_deliver=cfg.max_deliver,
     )
     binding = ServiceBinding(
         verifier_pb2_grpc.add_VerifierServiceServicer_to_server,
@@ -51,6 +56,7 @@ async def main_async(config_path: Path | None) -> None:
             concurrency=cfg.concurrency,
             ack_wait_s=cfg.ack_wait_s,
             max_deliver=cfg.max_deliver,
+            abandon_if=run_is_over(bus),
         )
 
     try:

@@ -13,6 +13,8 @@ import pytest
 from nats.js import api
 from pydantic import SecretStr
 
+import shared.bus
+from shared import abandon
 from shared.bus import ConflictError, DeadLetter, Delivery, EventBus, PermanentError
 from shared.infra import NatsConfig
 
@@ -386,3 +388,47 @@ async def test_nats_restart_keeps_jobs_and_reconnects(bus: EventBus, nats_server
         async with running(lambda stop: bus.run_worker("sample", recorder(sampled), stop=stop)):
             await until(lambda: len(sampled) == 1, what="the pre-restart job")
     assert sampled[0].data == b"before" and trained[1].data == b"after"
+
+
+# ---------------------------------------------------------------------------- abandoning jobs of ended runs
+
+
+async def test_a_job_of_an_ended_run_is_dropped_and_a_running_one_abandoned(
+    bus: EventBus, nats_config: NatsConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared.bus, "_ABANDON_POLL_S", 0.1)
+    over: set[str] = {"ended"}
+    steps: dict[str, int] = {}
+    started: list[str] = []
+
+    async def is_over(run_id: str) -> bool:
+        return run_id in over
+
+    def long_loop(run_id: str) -> None:  # a generate/training loop in a thread, checking once per step
+        for _ in range(400):
+            abandon.check()
+            steps[run_id] = steps.get(run_id, 0) + 1
+            time.sleep(0.02)
+
+    async def handler(d: Delivery) -> None:
+        started.append(d.run_id)
+        await asyncio.to_thread(long_loop, d.run_id)
+
+    await bus.publish_job("sample", "ended", b"x", msg_id="s-ended")
+    await bus.publish_job("sample", "live", b"x", msg_id="s-live")
+    async with running(lambda stop: bus.run_worker("sample", handler, stop=stop, abandon_if=is_over, **FAST)):
+        await until(lambda: steps.get("live", 0) >= 5, what="the live job to be running")
+        over.add("live")  # the run is cancelled while its job runs
+        at_cancel = steps["live"]
+        await asyncio.sleep(1.0)
+        stopped_at = steps["live"]
+        await asyncio.sleep(0.5)
+        assert steps["live"] == stopped_at, "the thread kept working after the run ended"
+        assert stopped_at < at_cancel + 25  # stopped within ~ one poll, far from its 400 steps
+        await bus.publish_job("sample", "next", b"x", msg_id="s-next")
+        await until(lambda: steps.get("next", 0) >= 1, what="the worker to take the next job")
+        over.add("next")
+    assert "ended" not in started, "a job of a run that had ended was started"
+    assert started.count("live") == 1, "an abandoned job was delivered again"
+    assert await jobs_left(nats_config) == 0
+    assert await bus.dead_letters() == []
