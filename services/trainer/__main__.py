@@ -20,7 +20,7 @@ async def main_async(config_path: Path | None) -> None:
     from shared.logs import setup_logging
     from shared.service import run_service
     from shared.store import open_store
-    from shared.worker import WorkerState, typed_handler
+    from shared.worker import WorkerState, run_is_over, typed_handler
 
     from .config import TrainerConfig
     from .events import PrepareHandler, TrainHandler, TrainSettings
@@ -54,6 +54,7 @@ async def main_async(config_path: Path | None) -> None:
                 work_dir=cfg.work_dir,
                 device=device,
                 nproc=cfg.nproc,
+                sharding=cfg.sharding,
                 verifier_address=cfg.verifier_address,
                 verify_timeout_s=cfg.verify_timeout_s,
                 verify_token=server_token(cfg.grpc),
@@ -71,12 +72,22 @@ async def main_async(config_path: Path | None) -> None:
 
     async def prepare_worker(stop: asyncio.Event) -> None:
         await bus.run_worker(
-            "prepare", prepare, stop=stop, ack_wait_s=cfg.ack_wait_s, max_deliver=cfg.max_deliver
+            "prepare",
+            prepare,
+            stop=stop,
+            ack_wait_s=cfg.ack_wait_s,
+            max_deliver=cfg.max_deliver,
+            abandon_if=run_is_over(bus),
         )
 
     async def train_worker(stop: asyncio.Event) -> None:
         await bus.run_worker(
-            "train", train, stop=stop, ack_wait_s=cfg.ack_wait_s, max_deliver=cfg.max_deliver
+            "train",
+            train,
+            stop=stop,
+            ack_wait_s=cfg.ack_wait_s,
+            max_deliver=cfg.max_deliver,
+            abandon_if=run_is_over(bus),
         )
 
     await run_service("trainer", cfg.grpc, bus, [binding], [prepare_worker, train_worker], store=store)

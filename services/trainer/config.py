@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
 
@@ -27,6 +27,8 @@ class TrainerConfig(StrictModel):
     """Scratch space: the tokenised kept set, step states and checkpoints being written before upload."""
     nproc: int = Field(default=1, ge=1, le=64)
     """Training processes per M-step (one per GPU): >1 starts that many torchrun workers for each job, which share every batch (data parallel; rank 0 writes the checkpoint). 1 trains in the service process."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """How the `nproc` workers hold the model: `none` = each holds all of it (16 bytes/parameter with AdamW: up to ~3B on 80 GB GPUs; fastest for small models); `fsdp` = each holds 1/nproc of the weights, gradients and optimizer state (FSDP2; bf16 compute on CUDA), for models that do not fit one GPU. Needs nproc > 1; not with validation-driven stopping."""
     verifier_address: str = "127.0.0.1:50053"
     """host:port of the verifier's gRPC API, which scores the validation answers of validation-driven stopping."""
     verify_timeout_s: float = Field(default=60.0, gt=0)
@@ -37,3 +39,12 @@ class TrainerConfig(StrictModel):
     """Seconds without a heartbeat before a job is handed to another replica."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level."""
+
+    @model_validator(mode="after")
+    def _sharding_needs_workers(self) -> TrainerConfig:
+        if self.sharding == "fsdp" and self.nproc < 2:
+            raise ValueError(
+                "sharding: fsdp shards the model over the torchrun workers, but nproc is 1: set nproc "
+                "to the number of GPUs (>= 2), or sharding: none"
+            )
+        return self

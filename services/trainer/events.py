@@ -26,6 +26,7 @@ from typing import Any
 
 from restem.events.v1 import events_pb2 as ev
 
+from shared import abandon
 from shared.artifacts import CheckpointCache
 from shared.bus import EventBus, PermanentError
 from shared.jobparams import train_params
@@ -92,6 +93,7 @@ class TrainSettings:
     work_dir: Path
     device: str
     nproc: int = 1
+    sharding: str = "none"  # "fsdp": the nproc workers shard the weights (see shared.llm.distributed)
     verifier_address: str | None = None  # None: no validation-driven stopping possible
     verify_timeout_s: float = 60.0
     verify_token: str | None = None
@@ -110,6 +112,7 @@ class TrainHandler:
         last = [0.0]
 
         def on_step(step: int, total: int, loss: float) -> None:
+            abandon.check()  # called once per optimiser step: where a cancelled run's M-step stops
             now = time.monotonic()
             if step != total and now - last[0] < 1.0:
                 return  # at most one progress event per second
@@ -181,8 +184,11 @@ class TrainHandler:
 
     def _spec(self, job: ev.TrainJob, base_dir: Path, scratch: Path, states: StepStates) -> MStepSpec:
         from shared.llm.checkpoint import load_tokenizer
+        from shared.llm.distributed import NO_SHARDED_VALIDATION
         from shared.llm.training import pad_id_of
 
+        if self.settings.sharding == "fsdp" and job.HasField("validation") and job.validation.dataset_key:
+            raise ValueError(NO_SHARDED_VALIDATION)  # before minutes of tokenising, not after
         params = train_params(job.params)
         if job.HasField("validation") and job.validation.patience:
             params = replace(params, patience=job.validation.patience)
@@ -204,7 +210,9 @@ class TrainHandler:
     def _run(self, job: ev.TrainJob, spec: MStepSpec, states: StepStates, on_step: Any) -> dict[str, Any]:
         s = self.settings
         if s.nproc > 1:
-            env = worker_settings(s.device, s.store_config, s.verifier_address, s.verify_timeout_s)
+            env = worker_settings(
+                s.device, s.store_config, s.verifier_address, s.verify_timeout_s, s.sharding
+            )
             if s.verify_token:
                 env["RESTEM_TRAINER_VERIFY_TOKEN"] = s.verify_token
             return launch(spec, s.nproc, env, job.output_key, on_step)

@@ -6,7 +6,8 @@ for each M-step with ``nproc > 1`` it writes the ``MStepSpec`` to the job's scra
     python -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=N -m services.trainer.launch SPEC
 
 Each worker joins the process group (NCCL on CUDA with one GPU per local rank, gloo on CPU; see
-``shared.llm.distributed``) and runs ``mstep.execute`` with its rank. Only rank 0 writes: step states
+``shared.llm.distributed``) and runs ``mstep.execute`` with its rank and the trainer's ``sharding``
+(``none``: every rank holds the whole model; ``fsdp``: each holds a shard). Only rank 0 writes: step states
 go straight to the store (``StepStates``, opened from the store settings in the spec; the S3
 credentials travel in the environment, never in the file), progress lines to ``progress.jsonl``
 (which the service turns into TrainProgress events) and the consolidated checkpoint to ``out_dir``,
@@ -29,6 +30,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from shared import abandon
 
 from .mstep import SUMMARY, MStepSpec
 
@@ -75,6 +78,7 @@ def launch(
             seen = _relay(progress, seen, on_step)
             if rc is not None:
                 break
+            abandon.check()  # the run ended: the workers are killed below
             time.sleep(POLL_S)
     except BaseException:
         _kill(proc)
@@ -115,11 +119,12 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def worker_settings(
-    device: str, store: Any, verifier_address: str | None, verify_timeout_s: float
+    device: str, store: Any, verifier_address: str | None, verify_timeout_s: float, sharding: str = "none"
 ) -> dict[str, str]:
     """The environment of the workers: settings (no secrets) as JSON, S3 credentials as their usual variables."""
     settings = {
         "device": device,
+        "sharding": sharding,
         "store": store.model_dump(
             mode="json", exclude={"access_key", "secret_key", "access_key_file", "secret_key_file"}
         ),
@@ -176,7 +181,7 @@ def worker_main(spec_path: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(process)d %(name)s %(message)s")
     settings = json.loads(os.environ["RESTEM_TRAINER_WORKER"])
     spec = MStepSpec.load(spec_path)
-    dp, device = init_from_env(settings["device"])
+    dp, device = init_from_env(settings["device"], settings.get("sharding", "none"))
     on_step = on_state = None
     if dp.rank == 0:
         on_step, on_state = _rank0_hooks(spec_path, settings, os.environ["RESTEM_TRAINER_OUTPUT_KEY"])

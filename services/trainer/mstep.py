@@ -6,7 +6,9 @@ fetched) into a spec of plain paths and values. ``execute`` then trains, either 
 process (``nproc: 1``) or in each of the ``nproc`` processes torchrun starts (``launch``): the same
 code, with ``dp`` set in the second case. Rank 0 (or the only process) is the only one that writes:
 step states to the store through ``on_state`` and the consolidated checkpoint (plain safetensors, LoRA
-merged) to ``out_dir``, which the handler uploads.
+merged) to ``out_dir``, which the handler uploads. With sharded weights (``dp.sharding`` ``fsdp``)
+each rank loads the base into host memory and keeps only its shard on the device, and the trained
+weights are gathered to rank 0 (``distributed.consolidate``) before it writes the same checkpoint.
 """
 
 from __future__ import annotations
@@ -65,9 +67,12 @@ def execute(
     """Train as ``spec`` says; returns the TrainStats as a dict (rank 0 also writes ``out_dir``)."""
     from shared.llm.checkpoint import load_for_training, save_checkpoint
     from shared.llm.dataset import TokenizedSet
+    from shared.llm.distributed import consolidate
     from shared.llm.training import Hooks, train_features
 
-    model, tokenizer = load_for_training(Path(spec.base_dir), device)
+    sharded = dp is not None and dp.sharded
+    # sharded: the whole fp32 model never lands on one device; shard_model moves each rank's shard there
+    model, tokenizer = load_for_training(Path(spec.base_dir), "cpu" if sharded else device)
     validate = None
     if spec.validation is not None:
         if scorer is None:
@@ -81,10 +86,11 @@ def execute(
         validate=validate,
         scratch_dir=Path(spec.scratch_dir),
     )
+    params = train_params(spec)
     stats = train_features(
         model,
         cast(Sequence[dict[str, Any]], TokenizedSet(Path(spec.data_dir))),  # list-like (see dataset)
-        train_params(spec),
+        params,
         pad_id=spec.pad_id,
         device=device,
         hooks=hooks,
@@ -92,6 +98,8 @@ def execute(
         dp=dp,
     )
     result = asdict(stats)
+    if dp is not None and sharded:
+        model = consolidate(model, params, dp)  # every rank gathers; rank 0 gets the plain model
     if dp is None or dp.rank == 0:
         out = Path(spec.out_dir)
         save_checkpoint(model, tokenizer, out)  # LoRA: already merged, so a plain checkpoint

@@ -9,7 +9,8 @@ of each label position for ``token`` (w_i) or ``sample`` (w_i / n_i) normalisati
 Logits on target positions only: for models whose logits are just ``lm_head(final hidden state)``
 (``HEAD_ONLY_MODEL_TYPES``: no logit scaling or soft-capping), the decoder runs once and the output
 head is applied only to the positions that predict a completion token. Prompt positions (often most
-of a sequence) then cost no vocab-sized matmul and no B x T x V logits tensor is ever built. Other
+of a sequence) then cost no vocab-sized matmul and no B x T x V logits tensor is ever built; the
+two calls are one module call (``TargetLogits``), which FSDP needs to gather their weights. Other
 models go through their own forward with ``logits_to_keep`` (the head still runs on every position
 after the earliest completion token of the batch).
 """
@@ -85,16 +86,34 @@ def split_head(model: Any) -> tuple[Any, Any] | None:
     return get_decoder(), head
 
 
+class TargetLogits(torch.nn.Module):
+    """``head(decoder(**inputs).last_hidden_state)`` at the flat positions ``flat`` only, as ONE module call.
+
+    ``batch_loss`` wraps a plain model in one per batch (a few microseconds). A sharded run (FSDP, see
+    ``distributed``) wraps the model for good and shards the wrapper as its root: FSDP gathers a
+    module's parameters in that module's forward hooks, so the decoder and head must run inside the
+    root's forward rather than be called beside it. Only for models ``split_head`` accepts.
+    """
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, flat: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        split = split_head(self.model)
+        assert split is not None, "TargetLogits needs a model split_head accepts"
+        decoder, head = split
+        hidden = decoder(**inputs).last_hidden_state
+        return head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat))  # type: ignore[no-any-return]
+
+
 def _targets_only(
-    split: tuple[Any, Any], inputs: dict[str, Any], labels: torch.Tensor, tw: torch.Tensor, device: str
+    targets: TargetLogits, inputs: dict[str, Any], labels: torch.Tensor, tw: torch.Tensor, device: str
 ) -> torch.Tensor:
-    decoder, head = split
     target = labels[:, 1:] != IGNORE  # position t predicts labels[:, t + 1]
     rows, cols = target.nonzero(as_tuple=True)  # on the CPU: no device sync for the data-dependent size
     flat = (rows * labels.shape[1] + cols).to(device, non_blocking=True)
-    hidden = decoder(**inputs).last_hidden_state
-    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat)
-    nll = F.cross_entropy(head(picked).float(), labels[:, 1:][target].to(device), reduction="none")
+    nll = F.cross_entropy(targets(flat, **inputs).float(), labels[:, 1:][target].to(device), reduction="none")
     return (tw[:, 1:][target].to(device) * nll).sum()
 
 
@@ -123,10 +142,12 @@ def batch_loss(
         inputs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
     else:
         inputs["attention_mask"] = batch["attention_mask"].to(device, non_blocking=True)
-    split = split_head(model)
+    targets = model if isinstance(model, TargetLogits) else None
+    if targets is None and split_head(model) is not None:
+        targets = TargetLogits(model)
     with autocast(device):
-        if split is not None:
-            return _targets_only(split, inputs, labels, tw, device) / denom
+        if targets is not None:
+            return _targets_only(targets, inputs, labels, tw, device) / denom
         # Logits only from the position before the earliest completion token on (logits_to_keep=k: last k).
         first = int((labels != IGNORE).int().argmax(dim=1).min().item())
         keep = labels.shape[1] - max(first - 1, 0)

@@ -31,10 +31,13 @@ Validation-driven stopping (the paper's Algorithm 1): with a ``Hooks.validate`` 
 validation reward is measured after every epoch; the best epoch's weights are kept and training stops
 once ``patience`` epochs have passed without improving on it (see ``early_stop``). Data parallelism:
 with ``dp`` (one per torchrun process) each step's examples are shared among the ranks and their
-gradients summed (see ``distributed``). Larger-than-memory kept sets: ``features`` may be a
+gradients summed, every rank holding the whole model or (``dp.sharding`` ``fsdp``) a shard of it;
+see ``distributed``. A sharded run leaves ``model`` sharded: ``distributed.consolidate`` gathers the
+trained model to rank 0 for saving. Larger-than-memory kept sets: ``features`` may be a
 ``dataset.TokenizedSet`` (memory-mapped token ids) instead of a list.
 
-NOT covered: FSDP (sharded weights), mixed precision on CPU, LoRA adapters served unmerged.
+NOT covered: validation-driven stopping with sharded weights, mixed precision on CPU, LoRA adapters
+served unmerged.
 """
 
 from __future__ import annotations
@@ -52,14 +55,14 @@ from typing import Any, Literal
 
 import torch
 
-from shared.llm.distributed import DataParallel
+from shared.llm.distributed import NO_SHARDED_VALIDATION, DataParallel, clip_grad_norm_, shard_model
 from shared.llm.early_stop import EarlyStop
 from shared.llm.generation import encode_prompt
 from shared.llm.lora import apply_lora, merged
 from shared.llm.loss import batch_loss, weighted_nll
 from shared.llm.optim import lr_factor, make_optimizer
 from shared.llm.packing import IGNORE, check_packing, collate, epoch_steps, micro_batches, pack
-from shared.llm.train_state import Progress, StateMismatch, load_best, load_state, save_state
+from shared.llm.train_state import Progress, StateMismatch, capture, load_best, load_state, save_state
 
 __all__ = [
     "IGNORE",
@@ -211,7 +214,7 @@ def _loss_mass(f: dict[str, Any], normalisation: str) -> float:
     return float(f["weight"]) * n if normalisation == "token" else (float(f["weight"]) if n else 0.0)
 
 
-def _prepare_model(model: Any, params: TrainParams, device: str) -> Any:
+def _prepare_model(model: Any, params: TrainParams) -> Any:
     """The module to train: the model itself, or its LoRA wrapper; checks packing on it."""
     train_model = model
     if params.method == "lora":
@@ -225,14 +228,19 @@ def _prepare_model(model: Any, params: TrainParams, device: str) -> Any:
     if params.gradient_checkpointing:
         # non-reentrant: works when the inputs need no grad (frozen embeddings under LoRA)
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if params.packing:
-        check_packing(train_model, device, int(model.config.vocab_size))
+    if params.packing:  # where the weights are (a model to be sharded waits on the CPU)
+        check_packing(train_model, str(next(model.parameters()).device), int(model.config.vocab_size))
     train_model.train()
     return train_model
 
 
-def _finish_model(model: Any, train_model: Any, params: TrainParams) -> None:
-    """Leave ``model`` a plain trained model: LoRA merged in (in place), checkpointing off."""
+def _finish_model(model: Any, train_model: Any, params: TrainParams, dp: DataParallel | None) -> None:
+    """Leave ``model`` a plain trained model: LoRA merged in (in place), checkpointing off.
+
+    Not a sharded one: merging needs whole weights, so ``distributed.consolidate`` merges rank 0's gathered copy.
+    """
+    if dp is not None and dp.sharded:
+        return
     if params.method == "lora":
         merged(train_model)  # merge_and_unload swaps the LoRA layers of ``model`` for merged Linear ones
         for p in model.parameters():
@@ -245,7 +253,8 @@ def _finish_model(model: Any, train_model: Any, params: TrainParams) -> None:
 class _Loop:
     """What one optimiser step needs."""
 
-    model: Any
+    model: Any  # the model being trained (its parameters, their names in step states)
+    runner: Any  # the module batch_loss calls: the model, or its sharded root (see distributed)
     optimizer: torch.optim.Optimizer
     scheduler: Any
     features: Sequence[dict[str, Any]]  # a list, or a dataset.TokenizedSet
@@ -259,35 +268,49 @@ class _Loop:
 
     def step(self, indices: Sequence[int]) -> tuple[float, int, int]:
         """One optimiser step over the examples ``indices``: (loss, completion tokens, input tokens)."""
-        p = self.params
-        mine = list(indices) if self.dp is None else self.dp.shard(indices, self.lengths)
-        chunks = micro_batches(mine, self.lengths, p.micro_batch_size or p.batch_size) if mine else []
+        p, dp = self.params, self.dp
+        size = p.micro_batch_size or p.batch_size
+        chunks, most = micro_batches(indices, self.lengths, size), 0
+        if dp is not None:
+            chunks, most = dp.micro_batches(indices, self.lengths, size)
         # The whole step's denominator (every rank's examples): per-rank losses then sum to the step's loss.
         denom = sum(self.masses[i] for i in indices)
         loss_sum = torch.zeros((), device=self.device)
         for chunk in chunks:
-            feats = [self.features[i] for i in chunk]
-            batch = pack(feats, self.pad_id, p.max_seq_len) if p.packing else collate(feats, self.pad_id)
-            loss = batch_loss(self.model, batch, p.loss_normalisation, self.device, denominator=denom)
-            loss.backward()
-            loss_sum += loss.detach()
+            loss_sum += self._backward(chunk, denom)
+        if dp is not None and dp.sharded:
+            # Every forward/backward gathers and reduces: match the busiest rank with zero-weight batches.
+            shortest = min(indices, key=lambda i: (self.lengths[i], i))
+            for _ in range(most - len(chunks)):
+                self._backward([shortest], denom, scale=0.0)
         total_loss = float(loss_sum)
-        if self.dp is not None:
-            self.dp.all_reduce_grads(p_ for p_ in self.model.parameters() if p_.requires_grad)
-            total_loss = self.dp.sum([total_loss], self.device)[0]
+        trained = [p_ for p_ in self.model.parameters() if p_.requires_grad]
+        if dp is not None:
+            if not dp.sharded:
+                dp.all_reduce_grads(trained)
+            total_loss = dp.sum([total_loss], self.device)[0]
         if p.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.max_grad_norm)
+            clip_grad_norm_(trained, p.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total_loss, sum(self.completions[i] for i in indices), sum(self.lengths[i] for i in indices)
+
+    def _backward(self, chunk: Sequence[int], denom: float, scale: float = 1.0) -> torch.Tensor:
+        """Forward and backward of one micro-batch (its loss times ``scale``); the loss, detached."""
+        p = self.params
+        feats = [self.features[i] for i in chunk]
+        batch = pack(feats, self.pad_id, p.max_seq_len) if p.packing else collate(feats, self.pad_id)
+        loss = batch_loss(self.runner, batch, p.loss_normalisation, self.device, denominator=denom) * scale
+        loss.backward()
+        return loss.detach()
 
 
 def _resume(loop: _Loop, resume_from: Path | None, fingerprint: str) -> Progress:
     if resume_from is None:
         return Progress()
     try:
-        progress = load_state(resume_from, loop.model, loop.optimizer, loop.scheduler, fingerprint)
+        progress = load_state(resume_from, loop.model, loop.optimizer, loop.scheduler, fingerprint, loop.dp)
     except StateMismatch as exc:
         log.warning("not resuming: %s; training from step 0", exc)
         return Progress()
@@ -296,13 +319,13 @@ def _resume(loop: _Loop, resume_from: Path | None, fingerprint: str) -> Progress
 
 
 def _save(loop: _Loop, progress: Progress, fingerprint: str, hooks: Hooks, best: EarlyStop) -> None:
-    assert hooks.on_state is not None
+    state = capture(loop.model, loop.optimizer, loop.dp)  # sharded: every rank gathers, rank 0 gets it
+    if hooks.on_state is None or state is None:
+        return
     if hooks.scratch_dir is not None:
         hooks.scratch_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="restem-state-", dir=hooks.scratch_dir) as tmp:
-        save_state(
-            Path(tmp), loop.model, loop.optimizer, loop.scheduler, progress, fingerprint, best=best.best
-        )
+        save_state(Path(tmp), state, loop.scheduler, progress, fingerprint, best=best.best)
         hooks.on_state(progress.step, Path(tmp))
 
 
@@ -370,28 +393,33 @@ def train_features(
     if not len(features):
         raise ValueError("no training examples")
     hooks = hooks or Hooks()
+    sharded = dp is not None and dp.sharded
+    if sharded and hooks.validate is not None:
+        raise ValueError(NO_SHARDED_VALIDATION)
     lengths = list(getattr(features, "lengths", None) or [len(f["input_ids"]) for f in features])
     masses, completions = _masses(features, params.loss_normalisation)
     # Seeded before LoRA creates its adapters (their init draws from the global RNG), and dropout after;
     # every rank seeds alike, so LoRA adapters start identical on all of them.
     torch.manual_seed(params.seed)
-    train_model = _prepare_model(model, params, device)
+    train_model = _prepare_model(model, params)
     try:
-        optimizer = make_optimizer(train_model, params, device)
+        runner = shard_model(train_model, device) if sharded else train_model
+        optimizer = make_optimizer(train_model, params, device)  # sharded: over each rank's shards
         total = params.max_steps or params.epochs * math.ceil(len(features) / params.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, params))
         loop = _Loop(
-            train_model,
-            optimizer,
-            scheduler,
-            features,
-            lengths,
-            params,
-            device,
-            pad_id,
-            masses,
-            completions,
-            dp,
+            model=train_model,
+            runner=runner,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            features=features,
+            lengths=lengths,
+            params=params,
+            device=device,
+            pad_id=pad_id,
+            masses=masses,
+            completions=completions,
+            dp=dp,
         )
         fingerprint = _fingerprint(params, features)
         progress = _resume(loop, resume_from, fingerprint)
@@ -402,7 +430,7 @@ def train_features(
         seconds = max(time.perf_counter() - start, 1e-9)
         best.restore(progress)  # the best epoch's weights, not the last ones (validation on)
     finally:
-        _finish_model(model, train_model, params)
+        _finish_model(model, train_model, params, dp)
     rates = (progress.tokens - tokens_before) / seconds, input_tokens / seconds
     return _stats(progress, len(features), input_tokens, seconds, rates, resumed, params)
 
@@ -437,7 +465,9 @@ def _run(loop: _Loop, progress: Progress, total: int, fingerprint: str, hooks: H
         if hooks.validate is not None and (progress.step % per_epoch == 0 or progress.step == total):
             stop = best.observe(progress, hooks.validate())
         every = params.checkpoint_every_steps
-        if hooks.on_state is not None and every and progress.step % every == 0 and progress.step < total:
+        # sharded: rank 0 alone has on_state, but every rank takes part in gathering the state
+        saves = hooks.on_state is not None or (loop.dp is not None and loop.dp.sharded)
+        if saves and every and progress.step % every == 0 and progress.step < total:
             _save(loop, progress, fingerprint, hooks, best)
         if stop or (hooks.should_stop is not None and hooks.should_stop()):
             break

@@ -9,6 +9,11 @@ examples in the same order, same AdamW and clipping, in one process. Variants:
 - ``restem``: ``shared.llm.training.train_features`` with padded batches (logits on completion tokens only).
 - ``restem+packing``: the same with sequence packing (rows of ``--row-len`` tokens).
 
+Several processes (``--nproc N``): the script runs itself again under ``torch.distributed.run`` and the
+restem variants train data parallel over N ranks, once per ``--sharding`` (``none``: every rank holds
+the whole model; ``fsdp``: FSDP2 shards, see ``shared/llm/distributed.py``); tokens/s then counts every
+rank's tokens. ``hf`` is single-process only.
+
 Throughput = non-padding tokens (prompt + completion) per second, over the steps after ``--warmup``;
 on CUDA, MFU = 6 x parameters x tokens/s / peak bf16 FLOP/s (``--peak-tflops``, default 989 = H100 SXM
 dense; the 6N rule counts matmul FLOPs of the parameters only, not attention scores).
@@ -16,13 +21,16 @@ dense; the 6N rule counts matmul FLOPs of the parameters only, not attention sco
     python tests/bench/bench_trainer.py                                   # CPU: SmolLM2-135M shape, demo-like data
     python tests/bench/bench_trainer.py --device cuda --model smollm2-135m --batch 32 --prompt 64 512 \\
         --completion 32 512 --row-len 2048 --steps 12
+    python tests/bench/bench_trainer.py --model tiny --nproc 2 --sharding none fsdp --variants restem+packing
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from shared.llm.distributed import DataParallel, init_from_env
 from shared.llm.loss import autocast
 from shared.llm.packing import IGNORE, collate, epoch_steps
 from shared.llm.training import Hooks, TrainParams, train_features
@@ -97,10 +106,12 @@ def hf_loop(
     return stamps
 
 
-def restem_loop(model: Any, features: list[dict[str, Any]], params: TrainParams, device: str) -> list[float]:
+def restem_loop(
+    model: Any, features: list[dict[str, Any]], params: TrainParams, device: str, dp: DataParallel | None
+) -> list[float]:
     stamps: list[float] = []
     hooks = Hooks(on_step=lambda *_: stamps.append(time.perf_counter()))
-    train_features(model, features, params, pad_id=0, device=device, hooks=hooks)
+    train_features(model, features, params, pad_id=0, device=device, hooks=hooks, dp=dp)
     return stamps
 
 
@@ -115,8 +126,10 @@ def _measure(
     features: list[dict[str, Any]],
     steps: list[list[int]],
     step_tokens: list[int],
+    dp: DataParallel | None = None,
 ) -> float:
-    model = build_model(args.model, device, args.attn)
+    # sharded: built on the CPU, as the trainer loads it; train_features moves each rank's shard
+    model = build_model(args.model, "cpu" if dp is not None and dp.sharded else device, args.attn)
     if variant == "hf":
         stamps = hf_loop(model, features, steps, 1e-4, device)
     else:
@@ -124,9 +137,9 @@ def _measure(
             learning_rate=1e-4, batch_size=args.batch, max_steps=args.steps, seed=0, max_seq_len=args.row_len,
             packing=variant == "restem+packing", micro_batch_size=args.micro_batch, checkpoint_every_steps=0,
         )  # fmt: skip
-        stamps = restem_loop(model, features, params, device)
+        stamps = restem_loop(model, features, params, device, dp)
     del model
-    if device == "cuda":
+    if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return _rate(stamps, step_tokens, args.warmup)
 
@@ -134,6 +147,14 @@ def _measure(
 def run(args: argparse.Namespace) -> dict[str, float]:
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
+    dp: DataParallel | None = None
+    runs: list[tuple[str, DataParallel | None]] = [(v, None) for v in args.variants]
+    if args.nproc > 1:  # a torchrun worker (main started them)
+        if "hf" in args.variants:
+            raise SystemExit("--nproc > 1 measures the restem variants only: drop hf from --variants")
+        dp, device = init_from_env(device)
+        runs = [(v, replace(dp, sharding=s)) for v in args.variants for s in args.sharding]
+    say = print if dp is None or dp.rank == 0 else (lambda *a, **k: None)
     features = synthetic_features(args)
     lengths = [len(f["input_ids"]) for f in features]
     per_epoch = -(-len(features) // args.batch)
@@ -141,27 +162,32 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     steps = steps[: args.steps]
     step_tokens = [sum(lengths[i] for i in s) for s in steps]
     n_params = sum(p.numel() for p in build_model(args.model, "meta", "sdpa").parameters())
-    print(f"device {device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+    say(f"device {device} ({torch.cuda.get_device_name() if device.startswith('cuda') else f'{torch.get_num_threads()} threads'}), "
           f"model {args.model} ({n_params / 1e6:.1f}M parameters, attention {args.attn}), batch {args.batch}, "
-          f"{args.steps} steps ({args.warmup} warm-up), {sum(step_tokens) / args.steps:.0f} tokens/step")  # fmt: skip
+          f"{args.steps} steps ({args.warmup} warm-up), {sum(step_tokens) / args.steps:.0f} tokens/step"
+          + (f", {args.nproc} processes" if dp is not None else ""))  # fmt: skip
     rates: dict[str, float] = {}
     # Rounds alternate the variants and each keeps its best round: a neighbour process that steals the
     # CPU for a while then slows one round of one variant, not the comparison.
+    gpus = args.nproc if device.startswith("cuda") else 1  # MFU: per GPU
     for round_ in range(args.repeats):
-        for variant in args.variants:
-            rate = _measure(variant, args, device, features, steps, step_tokens)
-            rates[variant] = max(rate, rates.get(variant, 0.0))
-            mfu = 6 * n_params * rate / (args.peak_tflops * 1e12)
-            extra = f"  MFU {100 * mfu:5.1f} %" if device == "cuda" else ""
-            print(f"  round {round_ + 1}  {variant:<16} {rate:>10.0f} tokens/s{extra}", flush=True)
-    print("best of the rounds:")
-    for variant, rate in rates.items():
-        mfu = 6 * n_params * rate / (args.peak_tflops * 1e12)
-        extra = f"  MFU {100 * mfu:5.1f} % of {args.peak_tflops:.0f} TFLOP/s" if device == "cuda" else ""
-        print(f"  {variant:<16} {rate:>10.0f} tokens/s{extra}")
+        for variant, rank_dp in runs:
+            name = variant if rank_dp is None else f"{variant}/{rank_dp.sharding}"
+            rate = _measure(variant, args, device, features, steps, step_tokens, rank_dp)
+            rates[name] = max(rate, rates.get(name, 0.0))
+            mfu = 6 * n_params * rate / gpus / (args.peak_tflops * 1e12)
+            extra = f"  MFU {100 * mfu:5.1f} %" if device.startswith("cuda") else ""
+            say(f"  round {round_ + 1}  {name:<21} {rate:>10.0f} tokens/s{extra}", flush=True)
+    say("best of the rounds:")
+    for name, rate in rates.items():
+        mfu = 6 * n_params * rate / gpus / (args.peak_tflops * 1e12)
+        extra = (
+            f"  MFU {100 * mfu:5.1f} % of {args.peak_tflops:.0f} TFLOP/s" if device.startswith("cuda") else ""
+        )
+        say(f"  {name:<21} {rate:>10.0f} tokens/s{extra}")
     if "hf" in rates:
         for variant in [v for v in rates if v != "hf"]:
-            print(f"  ratio {variant} / hf = {rates[variant] / rates['hf']:.2f}")
+            say(f"  ratio {variant} / hf = {rates[variant] / rates['hf']:.2f}")
     return rates
 
 
@@ -186,7 +212,25 @@ def main() -> None:
     parser.add_argument("--row-len", type=int, default=512, help="max_seq_len: packed row length")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak for MFU (H100 SXM)")
     parser.add_argument("--variants", nargs="+", default=["hf", "restem", "restem+packing"])
-    run(parser.parse_args())
+    parser.add_argument("--nproc", type=int, default=1, help="training processes (torchrun workers)")
+    parser.add_argument(
+        "--sharding",
+        nargs="+",
+        choices=["none", "fsdp"],
+        default=["none"],
+        help="with --nproc > 1: each is measured",
+    )
+    args = parser.parse_args()
+    if args.nproc > 1 and "RANK" not in os.environ:  # start the workers, which run this script again
+        from torch.distributed import run as torchrun
+
+        launch = torchrun.parse_args(["--standalone", f"--nproc-per-node={args.nproc}", __file__])
+        launch.training_script_args = sys.argv[
+            1:
+        ]  # not through torchrun's parser: --nproc is ambiguous there
+        torchrun.run(launch)
+        return
+    run(args)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from restem.coordinator.v1 import coordinator_pb2 as pb
+from restem.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 from shared import keys
 from shared.client.client import RunClient
@@ -58,6 +61,43 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             os.environ.pop("RESTEM_TRAINER__ACK_WAIT_S", None)
         else:
             os.environ["RESTEM_TRAINER__ACK_WAIT_S"] = old
+
+
+def _trainer_active_jobs(stack: Stack) -> list[str]:
+    with grpc.insecure_channel(stack.address("trainer")) as channel:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        return list(stub.GetStats(trainer_pb2.GetStatsRequest(), timeout=10).stats.active_jobs)
+
+
+def test_cancelling_a_run_mid_m_step_stops_the_training_within_seconds(stack: Stack) -> None:
+    """Runs first in this module: the resume test after it shows the trainer takes new work."""
+    pytest.importorskip("peft", reason="the run trains LoRA adapters")
+    config = CONFIG.replace("name: e2e-resume", "name: e2e-cancel").replace(
+        "checkpoint_every_steps: 5", "checkpoint_every_steps: 2"
+    )
+    store = LocalStore(Path(stack.info["store"]["root"]))
+    with RunClient(stack.coordinator) as client:
+        run_id = client.start_run(config).run_id
+        for snapshot in client.watch_run(run_id, timeout_s=600):
+            assert snapshot.status != pb.RUN_STATUS_FAILED, snapshot.error
+            if snapshot.phase == pb.PHASE_TRAINING and snapshot.progress.done >= 3:
+                break
+        assert _trainer_active_jobs(stack), "the M-step is not running"
+        cancelled = client.cancel_run(run_id)
+        assert cancelled.status == pb.RUN_STATUS_CANCELLED
+    deadline = time.monotonic() + 15
+    while _trainer_active_jobs(stack):
+        assert time.monotonic() < deadline, "the trainer still holds the cancelled run's job"
+        time.sleep(0.2)
+    # The training thread stopped too: no step state is written any more, and no checkpoint.
+    ckpt = keys.checkpoint_key(run_id, 1)
+    time.sleep(3)
+    states = store.list(f"{ckpt}-state/")
+    time.sleep(8)  # ~8 more steps' time at this size if it were still training
+    assert store.list(f"{ckpt}-state/") == states
+    assert not store.dir_exists(ckpt), "the cancelled M-step still wrote its checkpoint"
+    log = Path(stack.info["services"]["trainer"]["log"]).read_text()
+    assert f"its run {run_id} is over" in log
 
 
 def test_a_killed_trainer_resumes_its_m_step_from_the_last_step_checkpoint(stack: Stack) -> None:
