@@ -307,7 +307,9 @@ def chaos_test(
             kills,
             rng,
             next_at=time.monotonic() + 2,
-            nats_phases=[rng.choice(phases) for _ in range(nats_restarts)],
+            # distinct phases while there are enough of them
+            nats_phases=[*rng.sample(phases, min(nats_restarts, len(phases)))]
+            + [rng.choice(phases) for _ in range(nats_restarts - len(phases))],
         )
         per_phase = math.ceil(kills / len(PHASES))
         print(
