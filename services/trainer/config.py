@@ -28,7 +28,7 @@ class TrainerConfig(StrictModel):
     nproc: int = Field(default=1, ge=1, le=64)
     """Training processes per M-step (one per GPU): >1 starts that many torchrun workers for each job, which share every batch (data parallel; rank 0 writes the checkpoint). 1 trains in the service process."""
     sharding: Literal["none", "fsdp"] = "none"
-    """How the `nproc` workers hold the model: `none` = each holds all of it (16 bytes/parameter with AdamW: up to ~3B on 80 GB GPUs; fastest for small models); `fsdp` = each holds 1/nproc of the weights, gradients and optimizer state (FSDP2; bf16 compute on CUDA), for models that do not fit one GPU. Needs nproc > 1; not with validation-driven stopping."""
+    """How the `nproc` workers hold the model: `none` = each holds all of it (16 bytes/parameter with AdamW: up to ~3B on 80 GB GPUs; fastest for small models); `fsdp` = each holds 1/nproc of the weights, gradients and optimizer state (FSDP2; bf16 compute on CUDA), for models that do not fit one GPU. Needs nproc > 1. Validation-driven stopping gathers the whole model on every GPU while it decodes (bf16: 2 bytes/parameter; see shared/llm/distributed.py)."""
     verifier_address: str = "127.0.0.1:50053"
     """host:port of the verifier's gRPC API, which scores the validation answers of validation-driven stopping."""
     verify_timeout_s: float = Field(default=60.0, gt=0)

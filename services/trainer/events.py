@@ -184,11 +184,8 @@ class TrainHandler:
 
     def _spec(self, job: ev.TrainJob, base_dir: Path, scratch: Path, states: StepStates) -> MStepSpec:
         from shared.llm.checkpoint import load_tokenizer
-        from shared.llm.distributed import NO_SHARDED_VALIDATION
         from shared.llm.training import pad_id_of
 
-        if self.settings.sharding == "fsdp" and job.HasField("validation") and job.validation.dataset_key:
-            raise ValueError(NO_SHARDED_VALIDATION)  # before minutes of tokenising, not after
         params = train_params(job.params)
         if job.HasField("validation") and job.validation.patience:
             params = replace(params, patience=job.validation.patience)

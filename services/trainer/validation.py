@@ -6,6 +6,9 @@ and settings, so the reward is the pass@1 the evaluator would report) and asks a
 answers are correct. The real scorer is the verifier's ``Verify`` gRPC API (``grpc_scorer``), exactly
 as the evaluator calls it; tests pass a fake one. In a data-parallel run each rank decodes every
 ``world``-th prompt and the counts are summed, so every rank gets the same reward and stops together.
+With sharded weights (``sharding: fsdp``) the training loop calls the callback with the whole model
+gathered on every rank (``distributed.unsharded``), so the ranks' decoding needs no collective
+however many forward passes each makes; the summed counts are the callback's only collective.
 """
 
 from __future__ import annotations

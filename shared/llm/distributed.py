@@ -36,17 +36,41 @@ would keep every unit's UNSHARDED fp32 gradient alive between micro-batches, i.e
 parameter of the whole model on every rank: the memory FSDP exists to save, for at most a third
 of the communication (the two all-gathers per micro-batch happen either way).
 
+Decoding during training (validation-driven stopping) under ``fsdp``: every rank decodes its own
+share of the validation prompts, so the ranks run different numbers of forward passes, while FSDP
+all-gathers a unit's weights in its forward pre-hook, a collective that would then not match across
+ranks (a deadlock). ``unsharded`` therefore gathers every unit's weights on every rank ONCE, keeps
+them through the forwards (``set_reshard_after_forward(False)``), and reshards after the block; the
+forwards inside it communicate nothing. Facts of FSDP2 (torch 2.13, ``fsdp/_fully_shard``) this
+rests on: ``FSDPParamGroup.unshard`` returns at once when the group is already unsharded and
+``wait_for_unshard`` when no all-gather is pending, so the pre-forward hook of a gathered unit issues
+no collective; its ``post_forward`` reshards only when ``reshard_after_forward`` is on; under
+``inference_mode`` no backward hooks are registered; ``reset_iter_state`` on the root reshards
+every unit locally and forgets the decoding forwards that ``post_forward`` recorded for backward
+prefetching (left there, the next backward would prefetch a unit with a stray all-gather). The
+sharded fp32 master weights are never written, so training continues exactly as without validation;
+the best epoch's weights are gathered from them, not from the bf16 copy (``early_stop``).
+The cost: the whole model on every rank while validation runs, in ``param_dtype`` (bf16 on CUDA:
+2 bytes per parameter, fp32 on CPU), on top of the sharded weights and AdamW state (12/world bytes
+per parameter) and the decoding's KV cache: on 80 GB GPUs roughly up to 8B parameters with 2 GPUs
+and 20B with 8. Beyond that, validation runs out of memory: drop the run's validation-driven stopping
+(``training.validation_stopping: false``). The greedy answers come from the bf16 weights on CUDA
+(as FSDP's training forward does), so they may differ slightly from ``none``'s fp32 decoding.
+Alternatives not taken: a plain unsharded copy of the model for decoding (the same memory plus a
+second model and a weight copy per validation), or decoding in lockstep (every rank the same number
+of forwards, each all-gathering every unit: a collective per generated token and layer).
+
 Not covered: loading the base weights on rank 0 only (every rank reads the checkpoint into host
-memory once, then keeps only its shard on the device), sharded (DCP) state files, CPU offload,
-tensor/pipeline parallelism, and decoding during training (validation-driven stopping needs
-``sharding: none``: the ranks would decode different prompts, so their collectives would not match).
+memory once, then keeps only its shard on the device), sharded (DCP) state files, CPU offload and
+tensor/pipeline parallelism.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -155,6 +179,31 @@ def shard_model(model: Any, device: str) -> torch.nn.Module:
     return root
 
 
+@contextlib.contextmanager
+def unsharded(root: torch.nn.Module) -> Iterator[None]:
+    """Collective on entry: the whole weights of every FSDP unit under ``root`` (``shard_model``'s
+    result) on every rank until the block ends, so the forwards inside it issue NO collective and the
+    ranks may run different numbers of them (see the module docstring). Resharding on exit is local.
+
+    Call it between optimiser steps, after the first one (FSDP initialises the root lazily in its
+    first forward), and only for forwards without gradients. Restores ``shard_model``'s settings:
+    the layers reshard after their forward, the root does not (FSDP's default for a root).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in root.modules() if isinstance(m, FSDPModule)]
+    try:
+        for unit in units:
+            unit.set_reshard_after_forward(False, recurse=False)
+        for unit in units:  # the same units in the same order on every rank: the all-gathers match
+            unit.unshard()
+        yield
+    finally:
+        cast(FSDPModule, root).reset_iter_state()  # reshard all, forget the forwards' prefetch order
+        for unit in units:
+            unit.set_reshard_after_forward(unit is not root, recurse=False)
+
+
 def clip_grad_norm_(params: Sequence[torch.nn.Parameter], max_norm: float) -> None:
     """Clip gradients to a total norm of ``max_norm``, the norm taken over every shard of every gradient."""
     from torch.distributed.tensor import DTensor
@@ -177,6 +226,14 @@ def full_weights(model: torch.nn.Module, trainable_only: bool = False) -> dict[s
 
     opts = _full_options(cpu_offload=True, ignore_frozen_params=trainable_only)
     return get_model_state_dict(model, options=opts)  # type: ignore[return-value]
+
+
+def full_trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Collective: the trainable parameters unsharded on rank 0's CPU ({} elsewhere), named as
+    ``named_parameters`` names them (tied weights once): the layout of the state files."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    weights = full_weights(model, trainable_only=True)
+    return {k: weights[k] for k in names} if weights else {}
 
 
 def _param_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
@@ -210,10 +267,9 @@ def load_full_state(
 ) -> None:
     """Collective: shard rank 0's unsharded ``weights`` (a subset of the parameters) and optimizer state
     (``full_optimizer_state``'s layout) into every rank; the other ranks pass empty dicts."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    opts = _full_options(broadcast_from_rank0=True, strict=False)
-    set_model_state_dict(model, cast(dict[str, Any], weights), options=opts)
+    load_full_weights(model, weights)
     by_name: dict[str, Any] = {}
     if optimizer_state:
         names = _param_names(model, optimizer)
@@ -223,14 +279,17 @@ def load_full_state(
                 {**g, "params": [names[i] for i in g["params"]]} for g in optimizer_state["param_groups"]
             ],
         }
+    opts = _full_options(broadcast_from_rank0=True, strict=False)
     set_optimizer_state_dict(model, optimizer, by_name, options=opts)
 
 
-NO_SHARDED_VALIDATION = (
-    "validation-driven stopping cannot run with sharded weights (the ranks would decode different "
-    "prompts, so FSDP's collectives would not match): set the trainer's sharding: none, or drop the "
-    "run's validation-driven stopping"
-)
+def load_full_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Collective: shard rank 0's unsharded ``weights`` (a subset of the parameters) into every rank;
+    the other ranks pass an empty dict."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    opts = _full_options(broadcast_from_rank0=True, strict=False)
+    set_model_state_dict(model, cast(dict[str, Any], weights), options=opts)
 
 
 def consolidate(model: Any, params: TrainParams, dp: DataParallel) -> Any:

@@ -11,25 +11,43 @@ itself): the M-step always produces a fine-tuned model, and choosing between the
 iterations is the coordinator's job (best iteration on validation). The rewards and the best epoch
 live in the step state's ``Progress`` and the best weights in the state directory (``train_state``),
 so a resumed M-step stops at the same epoch with the same weights.
+
+Sharded weights (``dp.sharding`` ``fsdp``): the best epoch's weights are gathered from the fp32 master
+shards to rank 0's CPU in the unsharded layout of the state files (``distributed.full_trainable``, a
+collective every rank joins: they all see the same summed reward, so they decide alike), and
+``restore`` shards them back into every rank. Rank 0's host then holds 4 bytes per trainable
+parameter, as it does while writing a step state; the other ranks hold nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from shared.llm.train_state import Progress, trainable
 
+if TYPE_CHECKING:
+    from shared.llm.distributed import DataParallel
+
 log = logging.getLogger("shared.llm.early_stop")
 
 
 class EarlyStop:
-    def __init__(self, patience: int, model: Any, best: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        patience: int,
+        model: Any,
+        best: dict[str, torch.Tensor] | None = None,
+        dp: DataParallel | None = None,
+    ) -> None:
         self.patience = patience
         self.model = model
-        self.best = best  # CPU copy of the best epoch's trainable weights; None until one is chosen
+        # CPU copy of the best epoch's trainable weights; None until one is chosen ({} on a sharded
+        # run's ranks but 0)
+        self.best = best
+        self.sharded = dp is not None and dp.sharded
 
     def observe(self, progress: Progress, reward: float) -> bool:
         """Record the reward of the epoch just finished; True when training should stop now."""
@@ -37,7 +55,7 @@ class EarlyStop:
         epoch = len(progress.val_rewards)
         if progress.best_epoch == 0 or reward > progress.val_rewards[progress.best_epoch - 1]:
             progress.best_epoch = epoch
-            self.best = {k: p.detach().to("cpu", copy=True) for k, p in trainable(self.model).items()}
+            self.best = self._snapshot()
         log.info(
             "validation reward after epoch %d: %.4f (best %.4f, epoch %d)",
             epoch, reward, progress.val_rewards[progress.best_epoch - 1], progress.best_epoch,
@@ -45,13 +63,27 @@ class EarlyStop:
         return epoch - progress.best_epoch >= self.patience
 
     def restore(self, progress: Progress) -> None:
-        """Load the best epoch's weights into the model when a later epoch was validated after it."""
-        if self.best is None or progress.best_epoch == len(progress.val_rewards):
+        """Load the best epoch's weights into the model when a later epoch was validated after it.
+
+        Sharded: a collective, decided on ``progress`` alone (the same on every rank).
+        """
+        if progress.best_epoch in (0, len(progress.val_rewards)):
             return
-        params = trainable(self.model)
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(self.best[name].to(p.device, p.dtype))
+        if self.sharded:
+            from shared.llm.distributed import load_full_weights
+
+            load_full_weights(self.model, self.best or {})
+        elif self.best is not None:
+            with torch.no_grad():
+                for name, p in trainable(self.model).items():
+                    p.copy_(self.best[name].to(p.device, p.dtype))
         log.info(
             "kept the weights of epoch %d (of %d validated)", progress.best_epoch, len(progress.val_rewards)
         )
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        if self.sharded:  # not the gathered compute copy (bf16 on CUDA): the fp32 master weights
+            from shared.llm.distributed import full_trainable
+
+            return full_trainable(self.model)
+        return {k: p.detach().to("cpu", copy=True) for k, p in trainable(self.model).items()}

@@ -33,11 +33,13 @@ once ``patience`` epochs have passed without improving on it (see ``early_stop``
 with ``dp`` (one per torchrun process) each step's examples are shared among the ranks and their
 gradients summed, every rank holding the whole model or (``dp.sharding`` ``fsdp``) a shard of it;
 see ``distributed``. A sharded run leaves ``model`` sharded: ``distributed.consolidate`` gathers the
-trained model to rank 0 for saving. Larger-than-memory kept sets: ``features`` may be a
+trained model to rank 0 for saving. With sharded weights, validation decodes inside
+``distributed.unsharded`` (the whole model gathered on every rank once, so the ranks' different
+numbers of decoding forwards need no collective) and the best epoch's weights are gathered to rank 0
+(see ``early_stop``). Larger-than-memory kept sets: ``features`` may be a
 ``dataset.TokenizedSet`` (memory-mapped token ids) instead of a list.
 
-NOT covered: validation-driven stopping with sharded weights, mixed precision on CPU, LoRA adapters
-served unmerged.
+NOT covered: mixed precision on CPU, LoRA adapters served unmerged.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from typing import Any, Literal
 
 import torch
 
-from shared.llm.distributed import NO_SHARDED_VALIDATION, DataParallel, clip_grad_norm_, shard_model
+from shared.llm.distributed import DataParallel, clip_grad_norm_, shard_model, unsharded
 from shared.llm.early_stop import EarlyStop
 from shared.llm.generation import encode_prompt
 from shared.llm.lora import apply_lora, merged
@@ -394,8 +396,6 @@ def train_features(
         raise ValueError("no training examples")
     hooks = hooks or Hooks()
     sharded = dp is not None and dp.sharded
-    if sharded and hooks.validate is not None:
-        raise ValueError(NO_SHARDED_VALIDATION)
     lengths = list(getattr(features, "lengths", None) or [len(f["input_ids"]) for f in features])
     masses, completions = _masses(features, params.loss_normalisation)
     # Seeded before LoRA creates its adapters (their init draws from the global RNG), and dropout after;
@@ -423,7 +423,9 @@ def train_features(
         )
         fingerprint = _fingerprint(params, features)
         progress = _resume(loop, resume_from, fingerprint)
-        best = EarlyStop(params.patience, loop.model, load_best(resume_from) if progress.step else None)
+        keeps_best = dp is None or not dp.sharded or dp.rank == 0  # sharded: rank 0 holds them gathered
+        kept = load_best(resume_from) if progress.step and keeps_best else None
+        best = EarlyStop(params.patience, loop.model, kept, dp)
         resumed, tokens_before = progress.step, progress.tokens
         start = time.perf_counter()
         input_tokens = _run(loop, progress, total, fingerprint, hooks, best)
@@ -463,7 +465,7 @@ def _run(loop: _Loop, progress: Progress, total: int, fingerprint: str, hooks: H
             hooks.on_step(progress.step, total, loss)
         stop = False
         if hooks.validate is not None and (progress.step % per_epoch == 0 or progress.step == total):
-            stop = best.observe(progress, hooks.validate())
+            stop = best.observe(progress, _validate(loop, hooks.validate))
         every = params.checkpoint_every_steps
         # sharded: rank 0 alone has on_state, but every rank takes part in gathering the state
         saves = hooks.on_state is not None or (loop.dp is not None and loop.dp.sharded)
@@ -472,6 +474,14 @@ def _run(loop: _Loop, progress: Progress, total: int, fingerprint: str, hooks: H
         if stop or (hooks.should_stop is not None and hooks.should_stop()):
             break
     return input_tokens
+
+
+def _validate(loop: _Loop, validate: Callable[[], float]) -> float:
+    """The validation reward of the model now; sharded: decoded with its whole weights on every rank."""
+    if loop.dp is None or not loop.dp.sharded:
+        return validate()
+    with unsharded(loop.runner):
+        return validate()
 
 
 def _bucketing(params: TrainParams) -> bool:

@@ -1,31 +1,40 @@
 """Multi-process M-steps on CPU (gloo): 2 torchrun workers train to the weights of 1 process with the
 same effective batch, rank 0 alone writes step states and the checkpoint, and a 2-process run resumes
 from a step state; the same with sharded weights (FSDP2), also for LoRA, with ranks that get fewer
-micro-batches than others. A TINY random-init Llama; the workers are real processes started by
-torchrun (~10 s per start on 2 cores, most of it the workers importing torch and transformers)."""
+micro-batches than others, and with validation-driven stopping (the ranks decode different prompts,
+the best epoch is kept; the verifier is a fake one on a real gRPC port). A TINY random-init Llama;
+the workers are real processes started by torchrun (~10 s per start on 2 cores, most of it the
+workers importing torch and transformers)."""
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import torch
 from pydantic import ValidationError
+from restem.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from services.trainer.config import TrainerConfig
-from services.trainer.core import examples_from_kept
-from services.trainer.events import TrainHandler, TrainSettings
 from services.trainer.launch import launch, worker_settings
 from services.trainer.mstep import MStepSpec, execute
 from services.trainer.state import StepStates
+from services.trainer.validation import ValidationSet, grpc_scorer
 from shared.infra import StoreConfig
-from shared.llm.checkpoint import save_checkpoint
+from shared.llm.checkpoint import load_for_training, save_checkpoint
 from shared.llm.distributed import DataParallel
-from shared.llm.training import Hooks, TrainParams, tokenize_examples, train_features
+from shared.llm.generation import GenerationParams, TransformersGenerator, render_prompt
+from shared.llm.training import TrainParams
 from shared.models import resolve_model_source
 from shared.store import LocalStore
 from tests.fixtures.models import tiny_llama
@@ -148,16 +157,60 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: s
         torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=0, msg=f"{what}: {k}")
 
 
+class ScheduledVerifier(verifier_pb2_grpc.VerifierServiceServicer):
+    """A fake verifier on a real gRPC port: in epoch k a reference is correct iff it is in
+    ``correct[k]``, k counted per reference (each epoch scores every problem once, on whichever rank
+    decoded it). Records every call as [(epoch, reference, completion), ...]."""
+
+    def __init__(self, correct: list[set[str]]) -> None:
+        self.correct = correct
+        self.seen: Counter[str] = Counter()
+        self.calls: list[list[tuple[int, str, str]]] = []
+        self.lock = threading.Lock()
+
+    def Verify(self, request: Any, context: Any) -> Any:
+        with self.lock:
+            call = []
+            for item in request.items:
+                call.append((self.seen[item.reference_json], item.reference_json, item.completion))
+                self.seen[item.reference_json] += 1
+            self.calls.append(call)
+        verdicts = [verifier_pb2.Verdict(correct=ref in self.correct[epoch]) for epoch, ref, _ in call]
+        return verifier_pb2.VerifyResponse(verdicts=verdicts)
+
+
+@pytest.fixture
+def verifier() -> Iterator[tuple[ScheduledVerifier, str]]:
+    """A ScheduledVerifier (schedule set by the test) and its address."""
+    fake = ScheduledVerifier([])
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    verifier_pb2_grpc.add_VerifierServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield fake, f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+def _validation_set(tokenizer: Any) -> ValidationSet:
+    """Three problems: with 2 ranks, rank 0 decodes problems 0 and 2, rank 1 problem 1."""
+    problems = [{"id": f"p{i}", "question": f"What is {i} + 10?", "answer": 10 + i} for i in range(3)]
+    render = partial(render_prompt, tokenizer)
+    return ValidationSet.build(
+        "arithmetic", problems, render, GenerationParams(greedy=True, max_new_tokens=4)
+    )
+
+
 def _fsdp_gradients(rank: int, port: int) -> None:
     """One rank: the summed sharded gradients of a step with uneven micro-batches equal the
-    single-process gradient (raises in the rank otherwise)."""
+    single-process gradient; then, as validation does between steps, decoding forwards inside
+    ``unsharded`` (raises in the rank otherwise)."""
     import copy
     import os
 
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
 
-    from shared.llm.distributed import shard_model
+    from shared.llm.distributed import shard_model, unsharded
     from shared.llm.loss import batch_loss
     from shared.llm.packing import IGNORE, pack
 
@@ -193,10 +246,30 @@ def _fsdp_gradients(rank: int, port: int) -> None:
         assert isinstance(p, DTensor) and p.to_local().shape[0] <= half  # sharded, not replicated
         assert isinstance(p.grad, DTensor)
         torch.testing.assert_close(p.grad.full_tensor(), expected[name].grad, atol=1e-6, rtol=1e-5, msg=name)
+
+    # Inside ``unsharded`` every rank has the whole weights and runs its own number of forwards (rank 1
+    # three, rank 0 one; a collective among them would deadlock the ranks), with the reference's logits.
+    def up() -> torch.Tensor:  # re-read every time: FSDP swaps the parameter object
+        return model.model.layers[0].mlp.up_proj.weight
+
+    with unsharded(runner), torch.inference_mode():
+        assert not isinstance(up(), DTensor)
+        assert up().shape == expected["model.layers.0.mlp.up_proj.weight"].shape
+        for f in features[: 1 + 2 * rank]:
+            tokens = torch.tensor([f["input_ids"]])
+            torch.testing.assert_close(model(input_ids=tokens).logits, reference(input_ids=tokens).logits)
+    # after it every unit is sharded again, and a training forward reshards the layers once they ran
+    # (the root keeps its weights for the backward): shard_model's settings are back
+    assert all(isinstance(p, DTensor) for p in model.parameters())
+    loss = batch_loss(runner, pack(features[:1], 0, 64), "token", "cpu", denominator=denom)
+    assert isinstance(up(), DTensor) and not isinstance(model.model.embed_tokens.weight, DTensor)
+    loss.backward()
+    assert all(isinstance(p, DTensor) for p in model.parameters())
     dist.destroy_process_group()
 
 
-def test_fsdp_gradients_sum_to_the_single_process_gradient() -> None:
+@pytest.mark.timeout(300)  # a collective among the decoding forwards deadlocks the ranks: fail, not hang
+def test_fsdp_gradients_sum_to_the_single_process_gradient_and_decoding_between_steps_is_local() -> None:
     import socket
 
     import torch.multiprocessing as mp
@@ -245,16 +318,28 @@ def test_fsdp_trains_like_one_process_and_resumes_from_its_state(tmp_path: Path)
     _assert_same(run.weights("alone"), two_w, "resumed in one process")
 
 
-def test_fsdp_trains_lora_with_gradient_checkpointing_like_one_process(tmp_path: Path) -> None:
+def test_fsdp_trains_lora_with_gradient_checkpointing_and_validation_like_one_process(
+    tmp_path: Path, verifier: tuple[ScheduledVerifier, str]
+) -> None:
+    fake, address = verifier
     tokenizer = _tokenizer()
     run = Setup(tmp_path, tokenizer, tiny(tokenizer), 8)
     params = TrainParams(
         learning_rate=1e-2, batch_size=4, micro_batch_size=1, max_steps=3, max_seq_len=256, method="lora",
         lora_r=4, lora_alpha=8.0, lora_dropout=0.0, gradient_checkpointing=True,
     )  # fmt: skip
-    execute(run.spec(params, "one"), "cpu")
-    two = launch(run.spec(params, "two"), 2, run.env, "runs/r/ckpt")
+    # validated after step 2 (epoch 1) and step 3 (the last, epoch 2 cut short): epoch 1 is better,
+    # so both runs keep the adapters of step 2 (gathered from the shards and sharded back under FSDP)
+    vset = _validation_set(tokenizer)
+    fake.correct = [{vset.references[1]}, set()]
+    one_spec = replace(run.spec(params, "one"), validation=asdict(vset))
+    one = execute(one_spec, "cpu", scorer=grpc_scorer(address, "arithmetic", None, 10.0))
+    fake.seen.clear()
+    env = worker_settings("cpu", StoreConfig(kind="local", root=tmp_path / "store"), address, 10.0, "fsdp")
+    two = launch(replace(run.spec(params, "two"), validation=asdict(vset)), 2, env, "runs/r/ckpt")
     assert two["method"] == "lora" and two["steps"] == 3
+    for stats in (one, two):
+        assert stats["validation_rewards"] == pytest.approx([1 / 3, 0.0]) and stats["best_epoch"] == 1
     base_w, two_w = load_file(run.base / "model.safetensors"), run.weights("two")
     assert two_w.keys() == base_w.keys()  # merged: a plain checkpoint without adapters
     q = "model.layers.0.self_attn.q_proj.weight"
@@ -262,28 +347,81 @@ def test_fsdp_trains_lora_with_gradient_checkpointing_like_one_process(tmp_path:
     _assert_same(two_w, run.weights("one"), "lora fsdp vs one process")
 
 
-def test_fsdp_is_refused_where_it_cannot_work(tmp_path: Path) -> None:
+def test_fsdp_is_refused_where_it_cannot_work() -> None:
     with pytest.raises(ValidationError, match="set nproc to the number of GPUs"):
         TrainerConfig(sharding="fsdp", nproc=1)
     assert TrainerConfig(sharding="fsdp", nproc=2).sharding == "fsdp"
-    # validation-driven stopping: the handler refuses the job before it reads the kept set ...
-    from restem.events.v1 import events_pb2 as ev
 
-    settings = TrainSettings(
-        work_dir=tmp_path, device="cpu", nproc=2, sharding="fsdp", verifier_address="v:1"
-    )
-    handler = TrainHandler(None, LocalStore(tmp_path / "store"), None, settings)  # type: ignore[arg-type]
-    job = ev.TrainJob(
-        kept_key="absent.jsonl", validation=ev.TrainValidation(task="arithmetic", dataset_key="v")
-    )
-    with pytest.raises(ValueError, match="set the trainer's sharding: none"):
-        handler._train(job, tmp_path, lambda *_: None)
-    # ... and so does the training loop, before any collective
+
+# --- validation-driven stopping with sharded weights ---------------------------------------------
+
+
+@pytest.mark.timeout(300)  # a collective among the decoding forwards deadlocks the ranks: fail, not hang
+def test_fsdp_validation_keeps_the_same_epoch_and_weights_as_one_process(
+    tmp_path: Path, verifier: tuple[ScheduledVerifier, str]
+) -> None:
+    fake, address = verifier
     tokenizer = _tokenizer()
-    features = tokenize_examples(tokenizer, examples_from_kept(kept_rows(tokenizer, 2)), 256)
-    hooks = Hooks(validate=lambda: 1.0)
-    with pytest.raises(ValueError, match="set the trainer's sharding: none"):  # before any collective
-        train_features(
-            tiny(tokenizer), features, TrainParams(), pad_id=0, device="cpu", hooks=hooks,
-            dp=DataParallel(rank=0, world=2, sharding="fsdp"),
-        )  # fmt: skip
+    run = Setup(tmp_path, tokenizer, tiny_llama(tokenizer, tie_word_embeddings=True), 8)
+    vset = _validation_set(tokenizer)
+    a, b, c = vset.references
+    # Rewards 1/3, 2/3, 1/3, 2/3 (a tie keeps epoch 2), then 1/3 for the resumed epoch 5. Epoch 2's
+    # correct answers are one of each rank's, so the reward needs both ranks' counts.
+    fake.correct = [{a}, {a, b}, {c}, {b, c}, {c}]
+    # 8 examples, batch 4: 2 steps per epoch, up to 6 epochs; patience 2 stops after epoch 4. A state
+    # every 2 steps: the last one (step 8) holds epoch 4's weights and epoch 2's as the best.
+    params = TrainParams(
+        learning_rate=1e-3, batch_size=4, epochs=6, patience=2, max_seq_len=256, checkpoint_every_steps=2
+    )
+
+    def spec(name: str, resume: Path | None = None) -> MStepSpec:
+        return replace(run.spec(params, name, resume), validation=asdict(vset))
+
+    scorer = grpc_scorer(address, "arithmetic", None, 10.0)
+    single = execute(spec("one"), "cpu", scorer=scorer)
+    fake.seen.clear()
+    fake.calls.clear()
+    env = worker_settings("cpu", StoreConfig(kind="local", root=tmp_path / "store"), address, 10.0, "fsdp")
+    two = launch(spec("two"), 2, env, "runs/r/ckpt")
+
+    rewards = [1 / 3, 2 / 3, 1 / 3, 2 / 3]
+    for stats in (single, two):
+        assert stats["validation_rewards"] == pytest.approx(rewards)
+        assert (stats["best_epoch"], stats["epochs"], stats["steps"]) == (2, 4, 8)
+    # each rank scored its own share every epoch: rank 0 problems 0 and 2, rank 1 problem 1. Rank 0's
+    # two prompts share a prefix that gets a forward pass of its own, so the ranks ran different
+    # numbers of forwards: had any of them been a collective, the ranks would have deadlocked.
+    shares = sorted(sorted((epoch, ref) for epoch, ref, _ in call) for call in fake.calls)
+    assert shares == sorted([[(e, a), (e, c)] for e in range(4)] + [[(e, b)] for e in range(4)])
+
+    one_w, two_w = run.weights("one"), run.weights("two")
+    moved = max(float((one_w[k] - load_file(run.base / "model.safetensors")[k]).abs().max()) for k in one_w)
+    assert moved > 1e-3  # training changed the weights, so agreeing below is not vacuous
+    _assert_same(two_w, one_w, "fsdp vs one process, both epoch 2's weights")
+
+    # rank 0's last state: epoch 4's weights, and epoch 2's (the checkpoint) gathered as the best
+    states = StepStates(LocalStore(tmp_path / "store"), "runs/r/ckpt")
+    assert states.committed_steps() == [8]
+    resume = states.fetch_latest(tmp_path / "resume")
+    assert resume is not None
+    best, last = load_file(resume / "best.safetensors"), load_file(resume / "trainable.safetensors")
+    assert best.keys() == last.keys() and set(best) <= set(two_w)
+    _assert_same(best, {k: two_w[k] for k in best}, "the gathered best state")
+    assert max(float((last[k] - best[k]).abs().max()) for k in best) > 1e-3  # so the restore mattered
+
+    # the answers decoded under FSDP in epoch 2 are those the kept model decodes (same per-rank batches)
+    kept, kept_tokenizer = load_for_training(tmp_path / "two" / "out" / "checkpoint", "cpu")
+    generator = TransformersGenerator(kept, kept_tokenizer, device="cpu")
+    epoch_2 = [call for call in fake.calls if call[0][0] == 1]
+    assert len(epoch_2) == 2
+    for call in epoch_2:
+        prompts = [vset.prompts[vset.references.index(ref)] for _, ref, _ in call]
+        decoded = generator.generate(prompts, GenerationParams(**vset.params))
+        assert [o[0].text for o in decoded] == [text for _, _, text in call]
+
+    # the sharded run's state resumes in one process: epoch 5 does not beat epoch 2, which is kept
+    assert set(fake.seen.values()) == {4}  # the next call scores epoch 5
+    alone = execute(spec("alone", resume), "cpu", scorer=scorer)
+    assert alone["resumed_from_step"] == 8 and alone["validation_rewards"] == pytest.approx([*rewards, 1 / 3])
+    assert (alone["best_epoch"], alone["steps"]) == (2, 10)
+    _assert_same(run.weights("alone"), two_w, "resumed in one process")
