@@ -144,7 +144,7 @@ class SamplingConfig(StrictModel):
     stop: list[str] = Field(default_factory=list)
     """Extra stop strings (the task adds its own answer pattern)."""
     seed: int = Field(default=0, ge=0)
-    """Base seed; each shard derives its own from it, the iteration and the shard index."""
+    """Base seed; sample i of problem p in iteration t is drawn with a seed hashed from (this, t, p, i), whatever shard, batch or adaptive round draws it."""
     adaptive: AdaptiveSampling = Field(default_factory=AdaptiveSampling)
     """Adaptive sampling in rounds (off by default: fixed K is the paper's policy and the reference)."""
 

@@ -12,6 +12,13 @@ comes back), so all of them have the same number of samples so far: one `n` and 
 `first_index` describe a whole round. The plan is a function of the verdicts, which are a function
 of the seeded samples, so a replayed round plans the same jobs.
 
+Rounds draw exactly the samples fixed K would: every shard of an iteration carries the iteration's
+seed, and the sampler seeds sample `i` of problem `p` from (that seed, `p`, `i`) alone
+(`shared.seeds.sample_seeds`), so round 2's samples 4..7 are fixed K's samples 4..7. An adaptive
+run therefore differs from the fixed-K run only in the samples it skips: until some problem stops
+early, both runs keep the same samples and train the same checkpoint (on CPU; GPU kernels may
+add float noise).
+
 Not handled here: reading samples and verdicts (the coordinator's event adapter does the I/O) and
 publishing the jobs (`core.on_round_planned`).
 """

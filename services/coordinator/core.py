@@ -12,7 +12,6 @@ Not handled here: reading samples and verdicts for the filter (the adapter does 
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from restem.events.v1 import events_pb2 as ev
 
 from shared import keys
 from shared.runconfig import TASK_DEFAULTS, LoraConfig, RunConfig
+from shared.seeds import derive_seed
 from shared.tasks import stop_patterns
 
 from . import adaptive
@@ -64,12 +64,6 @@ class Decision:
 
 def plan_shards(problem_ids: Sequence[str], shard_size: int) -> list[list[str]]:
     return [list(problem_ids[i : i + shard_size]) for i in range(0, len(problem_ids), shard_size)]
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from the run seed and a position, stable across processes and Python versions."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 @dataclass(frozen=True)
@@ -303,7 +297,12 @@ def sample_job(
     k: int | None = None,
     first_index: int = 0,
 ) -> Job:
-    """Shard `index` of the iteration's E-step: `k` samples per problem (default: the first round's)."""
+    """Shard `index` of the iteration's E-step: `k` samples per problem (default: the first round's).
+
+    The seed is the iteration's, not the shard's: the sampler seeds sample `i` of problem `p` with
+    `shared.seeds.sample_seeds(seed, [p], ...)`, so a sample is the same whichever shard or adaptive
+    round draws it (a fixed-K run and an adaptive one share their first samples).
+    """
     n = it.iteration
     params = common_pb2.SamplingParams(
         n=k if k is not None else adaptive.first_round_n(cfg.sampling),
@@ -313,7 +312,7 @@ def sample_job(
         max_new_tokens=cfg.sampling.max_new_tokens,
         stop=cfg.sampling.stop,
         stop_regex=stop_patterns(cfg.task.name),
-        seed=derive_seed(cfg.sampling.seed, n, index),
+        seed=derive_seed(cfg.sampling.seed, n),
     )
     job = ev.SampleJob(
         run_id=run.run_id,

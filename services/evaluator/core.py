@@ -3,7 +3,10 @@
 A result record is one line of `iter-<n>/eval/<split>.jsonl`:
 `{problem_id, completion, extracted, correct, rule, num_tokens}` for the greedy answer, plus, when
 the job asks for a sampled evaluation, `samples: [{extracted, correct, num_tokens}]` — kept per
-problem so any metric can be recomputed later. Metric definitions live in `shared.metrics`.
+problem so any metric can be recomputed later. Sample j of a problem is drawn with the seed of
+(`evaluation.seed`, problem id, j) (`shared.seeds.sample_seeds`, passed by the event adapter): the
+same for every checkpoint, so iterations are compared on equal terms, and independent of how the
+split is batched. Metric definitions live in `shared.metrics`.
 """
 
 from __future__ import annotations

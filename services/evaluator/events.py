@@ -16,6 +16,7 @@ from restem.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 from shared.artifacts import CheckpointCache, DatasetCache
 from shared.bus import EventBus, PermanentError
 from shared.jobparams import generation_params
+from shared.seeds import sample_seeds
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import CODE_TASKS, dumps_jsonl, loads_jsonl, user_message
 
@@ -99,9 +100,10 @@ class EvalHandler:
         completions = [o[0] for o in outs]
         rows = result_rows(problems, completions, await self._verify(job.task, problems, completions))
         if job.sample_params.n > 0:
-            sampled = await asyncio.to_thread(
-                generator.generate, prompts, generation_params(job.sample_params)
-            )
+            params = generation_params(job.sample_params)
+            # per (problem, index) seeds: pass@k does not depend on how the split is batched
+            seeds = sample_seeds(job.sample_params.seed, [p["id"] for p in problems], params.n)
+            sampled = await asyncio.to_thread(generator.generate, prompts, params, seeds=seeds)
             repeated = [p for p, o in zip(problems, sampled, strict=True) for _ in o]
             verdicts = await self._verify(job.task, repeated, [c for o in sampled for c in o])
             attach_samples(rows, sampled, verdicts)

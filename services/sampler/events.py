@@ -1,8 +1,11 @@
 """Sample jobs from the work queue: generate K completions per problem of a shard.
 
 Idempotent: a shard whose samples object already exists (a redelivery after the write) is only
-re-announced, never regenerated, so its samples are counted once. Generation runs in a thread so
-the event loop keeps the job's heartbeat (`in_progress`) going.
+re-announced, never regenerated, so its samples are counted once; a shard regenerated after a crash
+before the write draws the same samples, because sample `i` of problem `p` is seeded from (job seed,
+`p`, `i`) alone (`shared.seeds.sample_seeds`). The same rule makes a sample independent of the shard
+and adaptive round it lands in. Generation runs in a thread so the event loop keeps the job's
+heartbeat (`in_progress`) going.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from restem.events.v1 import events_pb2 as ev
 from shared.artifacts import CheckpointCache, DatasetCache
 from shared.bus import EventBus, PermanentError
 from shared.jobparams import generation_params
+from shared.seeds import sample_seeds
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import dumps_jsonl, loads_jsonl
 
@@ -48,7 +52,9 @@ class SampleHandler:
         prompts = render_prompts(
             generator.tokenizer, job.task, problems, chat=fmt.chat_template, system=fmt.system_prompt or None
         )
-        completions = await asyncio.to_thread(generator.generate, prompts, generation_params(job.params))
+        params = generation_params(job.params)
+        seeds = sample_seeds(job.params.seed, job.problem_ids, params.n, job.first_index)
+        completions = await asyncio.to_thread(generator.generate, prompts, params, seeds=seeds)
         return sample_rows(job.iteration, problems, prompts, completions, job.first_index)
 
     async def __call__(self, job: ev.SampleJob) -> None:

@@ -4,11 +4,16 @@
 returning K `Completion`s per prompt), so the sampler's job path is the same for both. The
 mapping, both ways:
 
-* restem `GenerationParams` -> one `vllm.SamplingParams` per prompt: n, temperature (0 for greedy),
-  top_k (restem's 0 = off is vLLM's -1), top_p, max_tokens, stop strings with
-  `include_stop_str_in_output=True` (restem keeps the stop in the text), and a seed per prompt
-  derived from the shard's seed, so a redelivered shard draws the same samples (up to GPU kernel
-  non-determinism) and prompts of a shard do not share one random stream.
+* restem `GenerationParams` + per-sample seeds -> one request per (prompt, sample index), each with
+  its own `vllm.SamplingParams`: n=1, the sample's seed (`generate(..., seeds=)`, the transformers
+  backend's contract: a hash of the job seed, the problem id and the sample index), temperature (0
+  for greedy), top_k (restem's 0 = off is vLLM's -1), top_p, max_tokens, stop strings with
+  `include_stop_str_in_output=True` (restem keeps the stop in the text). A sample's draws then
+  depend on its seed alone (vLLM keeps a generator per seeded request), not on the shard, round or
+  batch it is in, so a redelivered shard, a re-sharded one and an adaptive round draw the same
+  samples as fixed K (up to GPU kernel non-determinism). vLLM's `n>1` would share one stream among a
+  prompt's samples; the K requests of a prompt instead share its KV cache through prefix caching.
+  Draws are not the transformers backend's: the two backends agree on the contract, not the tokens.
 * Prompts go in as token ids from `encode_prompt`, the encoding the trainer and the transformers
   backend use (vLLM's own tokenisation would add a second BOS to a chat-templated prompt).
 * `RequestOutput.outputs[i]` (`CompletionOutput`) -> `Completion(text, num_tokens, finish_reason)`:
@@ -37,7 +42,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.llm.generation import Completion, GenerationParams, _cut, _StopMatcher, encode_prompt
+from shared.llm.generation import (
+    Completion,
+    GenerationParams,
+    _cut,
+    _StopMatcher,
+    check_seeds,
+    encode_prompt,
+)
 
 from .config import VllmSettings
 
@@ -57,10 +69,10 @@ def import_vllm() -> Any:
         ) from exc
 
 
-def sampling_kwargs(params: GenerationParams, prompt_index: int) -> dict[str, Any]:
-    """`vllm.SamplingParams` keyword arguments for one prompt of a shard."""
+def sampling_kwargs(params: GenerationParams, seed: int) -> dict[str, Any]:
+    """`vllm.SamplingParams` keyword arguments for one sample (one request) with its seed."""
     return {
-        "n": params.n,
+        "n": 1,
         "temperature": 0.0 if params.greedy else params.temperature,
         "top_k": params.top_k if params.top_k > 0 and not params.greedy else -1,
         "top_p": 1.0 if params.greedy else params.top_p,
@@ -68,7 +80,7 @@ def sampling_kwargs(params: GenerationParams, prompt_index: int) -> dict[str, An
         "stop": list(params.stop) or None,
         "include_stop_str_in_output": True,
         "skip_special_tokens": True,
-        "seed": (params.seed + prompt_index) % _SEED_MOD,
+        "seed": seed % _SEED_MOD,
     }
 
 
@@ -126,16 +138,28 @@ class VllmGenerator:
         prompts: Sequence[str],
         params: GenerationParams,
         *,
+        seeds: Sequence[Sequence[int]] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> list[list[Completion]]:
-        """``params.n`` completions for each prompt, in prompt order (one engine call per shard)."""
-        requests = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts]
-        sampling = [self._vllm.SamplingParams(**sampling_kwargs(params, i)) for i in range(len(prompts))]
+        """``params.n`` completions for each prompt, in prompt order (one engine call per shard).
+
+        ``seeds[i][j]`` seeds sample j of prompt i, as in `TransformersGenerator.generate`.
+        """
+        row_seeds = check_seeds(seeds, len(prompts), params)
+        requests, sampling = [], []
+        for prompt, per in zip(prompts, row_seeds, strict=True):
+            ids = encode_prompt(self.tokenizer, prompt)
+            for seed in per:  # vLLM returns outputs in request order
+                requests.append({"prompt_token_ids": list(ids)})
+                sampling.append(self._vllm.SamplingParams(**sampling_kwargs(params, seed)))
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        if len(outputs) != len(prompts):
-            raise RuntimeError(f"vLLM returned {len(outputs)} results for {len(prompts)} prompts")
+        if len(outputs) != len(requests) or any(len(out.outputs) != 1 for out in outputs):
+            raise RuntimeError(
+                f"vLLM returned {len(outputs)} results for {len(requests)} one-sample requests"
+            )
         matcher = _StopMatcher.from_params(params)
-        results = [[to_completion(o, self.tokenizer, matcher) for o in out.outputs] for out in outputs]
+        flat = [to_completion(out.outputs[0], self.tokenizer, matcher) for out in outputs]
+        results = [flat[i : i + params.n] for i in range(0, len(flat), params.n)]
         if on_progress is not None:
             on_progress(len(prompts) * params.n)
         return results

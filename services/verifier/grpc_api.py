@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 import grpc
@@ -15,19 +15,40 @@ from shared.worker import WorkerState
 from .checkers import BadProblem, Checkers, SandboxUnavailable
 from .config import VerifierConfig
 
+REFERENCE_CACHE_BYTES = 16 * 1024 * 1024
+"""Reference JSON kept parsed across requests (a client sends a problem's K samples in several)."""
+
 
 class VerifierApi(verifier_pb2_grpc.VerifierServiceServicer):
     def __init__(self, config: VerifierConfig, state: WorkerState, checkers: Checkers) -> None:
         self.config = config
         self.state = state
         self.checkers = checkers
+        # The same parsed object for the same JSON: Checkers then finds the problem by identity
+        # instead of re-serialising and hashing it (APPS references can be megabytes).
+        self._references: OrderedDict[str, Any] = OrderedDict()
+        self._reference_bytes = 0
+
+    def _reference(self, text: str) -> Any:
+        """The parsed reference; raises json.JSONDecodeError."""
+        hit = self._references.get(text)
+        if hit is not None:
+            self._references.move_to_end(text)
+            return hit
+        value = json.loads(text)
+        if len(text) <= REFERENCE_CACHE_BYTES // 4:
+            self._references[text] = value
+            self._reference_bytes += len(text)
+            while self._reference_bytes > REFERENCE_CACHE_BYTES:
+                old, _ = self._references.popitem(last=False)
+                self._reference_bytes -= len(old)
+        return value
 
     async def _parse(
         self, request: verifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext
     ) -> dict[str, list[tuple[int, Any, str]]]:
         """Items grouped by task as (index, reference, completion); aborts on a malformed item."""
         by_task: dict[str, list[tuple[int, Any, str]]] = defaultdict(list)
-        parsed: dict[str, Any] = {}  # the samples of one problem share one reference object
         for i, item in enumerate(request.items):
             if item.task not in TASKS_WITH_CHECKERS:
                 await context.abort(
@@ -35,9 +56,8 @@ class VerifierApi(verifier_pb2_grpc.VerifierServiceServicer):
                     f"items[{i}].task '{item.task}' has no checker; use one of {', '.join(TASKS_WITH_CHECKERS)}",
                 )
             try:
-                reference = parsed.get(item.reference_json)
-                if reference is None:
-                    reference = parsed[item.reference_json] = json.loads(item.reference_json)
+                # The samples of one problem share one reference object, within and across requests.
+                reference = self._reference(item.reference_json)
             except json.JSONDecodeError:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"items[{i}].reference_json is not valid JSON"

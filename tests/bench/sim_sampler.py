@@ -43,15 +43,21 @@ class SimulatedFixedLatencyGenerator:
         prompts: Sequence[str],
         params: GenerationParams,
         *,
+        seeds: Sequence[Sequence[int]] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> list[list[Completion]]:
+        """The text names each sample's seed, so tests can see which seed a sample was drawn with."""
         tokens = min(self.tokens_per_sample, params.max_new_tokens)
         time.sleep(len(prompts) * params.n * tokens * self.token_latency_s)
         if on_progress is not None:
             on_progress(len(prompts) * params.n)
         return [
             [
-                Completion(text=f"simulated {i}.{k}", num_tokens=tokens, finish_reason="length")
+                Completion(
+                    text=f"simulated {i}.{k}" if seeds is None else f"simulated seed {seeds[i][k]}",
+                    num_tokens=tokens,
+                    finish_reason="length",
+                )
                 for k in range(params.n)
             ]
             for i in range(len(prompts))

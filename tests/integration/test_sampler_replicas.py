@@ -1,5 +1,6 @@
 """Sampler replicas on one work queue over a real nats-server and store: they split the shards, each
-shard is generated once, and a later adaptive round numbers its samples after the earlier ones.
+shard is generated once, and a later adaptive round numbers its samples after the earlier ones and
+draws them with the seeds of (iteration seed, problem, index), as any shard would.
 
 The model is the benchmark's simulated fixed-latency backend (tests/bench/sim_sampler.py): the
 orchestration is what is under test, and it makes a shard take a known time.
@@ -18,6 +19,7 @@ from services.sampler.events import SampleHandler
 from shared import keys
 from shared.artifacts import CheckpointCache
 from shared.bus import EventBus
+from shared.seeds import sample_seeds
 from shared.store import LocalStore
 from shared.tasks import dumps_jsonl, loads_jsonl
 from shared.worker import WorkerState, typed_handler
@@ -26,6 +28,7 @@ from tests.bench.sim_sampler import SimulatedFixedLatencyGenerator
 pytestmark = pytest.mark.integration
 RUN = "replicas-000001"
 SHARDS = 8
+SEED = 7  # the iteration's, shared by all its shards (derive_seed(sampling.seed, iteration))
 
 
 def _job(shard: int, ids: list[str], first_index: int = 0) -> ev.SampleJob:
@@ -38,7 +41,7 @@ def _job(shard: int, ids: list[str], first_index: int = 0) -> ev.SampleJob:
         dataset_key=keys.dataset_key(RUN, "train"),
         problem_ids=ids,
         policy_key="models/sim",
-        params=common_pb2.SamplingParams(n=2, temperature=0.7, max_new_tokens=8, seed=shard),
+        params=common_pb2.SamplingParams(n=2, temperature=0.7, max_new_tokens=8, seed=SEED),
         output_key=keys.samples_key(RUN, 1, shard),
         prompt_format=common_pb2.PromptFormat(chat_template=False),
         first_index=first_index,
@@ -99,4 +102,9 @@ async def test_two_replicas_split_the_shards_and_a_round_continues_the_numbering
     assert sum(s.jobs_done for s in states) == SHARDS + 1  # and no shard was generated twice
     rows = loads_jsonl(store.get_bytes(keys.samples_key(RUN, 1, SHARDS)))
     assert [r["sample_id"] for r in rows] == ["i1/p1/2", "i1/p1/3", "i1/p3/2", "i1/p3/3"]
+    # the simulated backend names each sample's seed: a function of the problem and index only
+    seeds = sample_seeds(SEED, ["p1", "p3"], 2, first_index=2)
+    assert [r["completion"] for r in rows] == [f"simulated seed {s}" for per in seeds for s in per]
+    shards = [loads_jsonl(store.get_bytes(keys.samples_key(RUN, 1, shard))) for shard in range(SHARDS)]
+    assert all(shard == shards[0] for shard in shards)  # same problems, whichever replica drew them
     assert {s.to_proto().backend for s in states} == {"simulated-fixed-latency"}

@@ -310,6 +310,111 @@ def test_tests_are_not_in_the_candidates_memory(grader: CodeGrader) -> None:
         assert _grade(grader, scan, problem)[0] is Status.PASSED
 
 
+@pytest.fixture(scope="module")
+def one_worker() -> Iterator[SandboxPool]:
+    """One worker, so every HumanEval job meets the same tester process."""
+    with SandboxPool(PoolConfig(workers=1)) as p:
+        yield p
+
+
+def _tester_pid(pool: SandboxPool) -> int:
+    tester = pool.workers[0].tester
+    assert tester is not None and tester.alive()
+    return tester.proc.pid
+
+
+def test_candidates_cannot_see_or_signal_the_tester(one_worker: SandboxPool) -> None:
+    g = CodeGrader(one_worker)
+    assert g.grade(HE, "    return a + b\n").status is Status.PASSED
+    tester = _tester_pid(one_worker)
+    # Signals every process it can see (and -1), then answers; anything visible besides itself
+    # and the zygote (pid 1) would turn its answers wrong.
+    hostile = """    return a + b + EXTRA
+import os, signal
+_me = os.getpid()
+_seen = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+for _pid in [*_seen, -1]:
+    for _sig in (signal.SIGSTOP, signal.SIGKILL):
+        try:
+            if _pid not in (_me, 1):
+                os.kill(_pid, _sig)
+        except OSError:
+            pass
+EXTRA = len(_seen - {_me, 1})
+"""
+    v = g.grade(HE, hostile)
+    assert (v.status, v.rule) == (Status.PASSED, "all-tests-passed"), v.detail
+    assert _tester_pid(one_worker) == tester, "the tester was replaced"
+    assert g.grade(HE, "    return a - b\n").rule == "test-0-assertion-failed"
+    assert _tester_pid(one_worker) == tester
+
+
+def test_a_test_that_exits_gets_a_fresh_tester(one_worker: SandboxPool) -> None:
+    g = CodeGrader(one_worker)
+    exits = CodeProblem("he-exit", "humaneval", prompt=HE.prompt, test="def check(candidate):\n    raise SystemExit(3)\n",
+                        entry_point="add")  # fmt: skip
+    assert g.grade(HE, "    return a + b\n").correct
+    before = _tester_pid(one_worker)
+    v = g.grade(exits, "    return a + b\n")
+    assert (v.status, v.rule) == (Status.RUNTIME_ERROR, "test-0-exit-3")
+    assert one_worker.workers[0].tester is None, "a tester whose test exited must not serve again"
+    assert g.grade(HE, "    return a + b\n").correct
+    assert _tester_pid(one_worker) != before
+    assert one_worker.health().restarts == 0, "the zygote was not at fault"
+
+
+def test_dataset_code_changes_do_not_outlive_their_job(one_worker: SandboxPool) -> None:
+    # The tester runs many jobs: builtins and the recursion limit a test changes are restored.
+    meddling = CodeProblem(
+        "he-meddle", "humaneval", prompt=HE.prompt, entry_point="add",
+        test="import builtins, sys\nbuiltins.abs = lambda x: 0\nsys.setrecursionlimit(60)\n"
+             "def check(candidate):\n    assert candidate(1, 2) == 3\n",
+    )  # fmt: skip
+    g = CodeGrader(one_worker)
+    assert g.grade(meddling, "    return a + b\n").correct
+    deep = "def f(n):\n    return n and f(n - 1)\nf(500)\n"
+    probe = CodeProblem(
+        "he-probe", "humaneval", prompt=HE.prompt, entry_point="add",
+        test=deep + "def check(candidate):\n    assert abs(candidate(0.5, 0.25) - 1) > 0\n",
+    )  # fmt: skip
+    v = g.grade(probe, "    return a + b\n")
+    assert v.correct, v.detail  # abs() is real again and 500 frames fit again
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter is x86_64 only")
+def test_signal_rules_cover_sigqueue_and_fcntl_owner() -> None:
+    """With the signal rules (the mode without a pid namespace), a child can signal only itself:
+    rt_sigqueueinfo and SIGIO via fcntl(F_SETOWN/F_SETSIG) included, not just kill()."""
+    import ctypes
+    import fcntl
+
+    from services.verifier.sandbox import seccomp
+
+    parent = os.getpid()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            seccomp.install(os.getpid())
+            libc = ctypes.CDLL(None, use_errno=True)
+            info = ctypes.create_string_buffer(128)
+            results = [libc.syscall(129, parent, 0, info), libc.syscall(129, os.getpid(), 0, info)]
+            for cmd, arg in ((fcntl.F_SETOWN, parent), (10, 0), (fcntl.F_GETFL, 0)):
+                try:
+                    results.append(fcntl.fcntl(r, cmd, arg) * 0)
+                except PermissionError:
+                    results.append(-1)
+            os.write(w, repr(results).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    got = os.read(r, 1000).decode()
+    os.close(r)
+    # sigqueue to the parent denied, to itself allowed; F_SETOWN and F_SETSIG denied; F_GETFL allowed
+    assert got == repr([-1, 0, -1, -1, 0])
+
+
 @pytest.mark.parametrize(
     ("problem", "code", "why"),
     [
@@ -349,6 +454,8 @@ def test_rlimits_fallback_still_blocks_network_and_bounds_forks() -> None:
         assert g.grade(DOUBLE, "import os\nwhile True:\n    os.fork()\n").status is Status.RUNTIME_ERROR
         env = f"import os\nprint(int(input()) * 2 + sum({CANARY!r} in v for v in os.environ.values()))\n"
         assert g.grade(DOUBLE, env).status is Status.PASSED
+        assert g.grade(HE, "    return a + b\n").status is Status.PASSED  # its tester runs there too
+        assert g.grade(HE, "    return a * b\n").rule == "test-0-assertion-failed"
         assert p.health().state == "SERVING"
 
 
@@ -379,7 +486,9 @@ def test_workers_are_recycled_and_the_queue_pushes_back() -> None:
         assert p.health().restarts >= 2 and p.health().state == "SERVING"
         gate = threading.Event()
         first = p.submit(lambda s: gate.wait(10))
-        time.sleep(0.2)  # the worker holds the first job; one more fits in the queue
+        deadline = time.monotonic() + 10
+        while p.health().queue_depth and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the worker holds the first job; then one more fits in the queue
         second = p.submit(lambda s: True)
         with pytest.raises(PoolBusy):
             p.submit(lambda s: True)

@@ -7,6 +7,7 @@ from restem.events.v1 import events_pb2 as ev
 from services.coordinator import adaptive, core
 from shared.configio import ConfigError
 from shared.runconfig import parse_run_config
+from shared.seeds import derive_seed, sample_seeds
 
 IDS = [f"p{i}" for i in range(6)]
 
@@ -102,7 +103,7 @@ def _run_to_filtering(cfg):
     return run, d.jobs
 
 
-def test_rounds_run_as_more_shards_with_fresh_ids_seeds_and_sample_numbers():
+def test_rounds_run_as_more_shards_with_fresh_ids_and_sample_numbers():
     cfg = _cfg()
     run, first = _run_to_filtering(cfg)
     assert [j.message.params.n for j in first] == [4, 4] and run.iterations[-1].sampling_rounds == 1
@@ -114,7 +115,8 @@ def test_rounds_run_as_more_shards_with_fresh_ids_seeds_and_sample_numbers():
     assert [list(j.message.problem_ids) for j in d.jobs] == [["p1", "p2", "p4", "p5"], ["p0"]]
     assert {j.message.first_index for j in d.jobs} == {4} and {j.message.params.n for j in d.jobs} == {4}
     every = [*first, *d.jobs]
-    assert len({j.job_id for j in every}) == 4 and len({j.message.params.seed for j in every}) == 4
+    assert len({j.job_id for j in every}) == 4
+    assert {j.message.params.seed for j in every} == {derive_seed(cfg.sampling.seed, 1)}  # the iteration's
     # the same plan again (a redelivered event) gives the same jobs; applied twice it is ignored
     run2, _ = _run_to_filtering(cfg)
     again = core.on_round_planned(run2, cfg, 1, plan)
@@ -132,3 +134,32 @@ def test_fixed_k_jobs_are_unchanged_by_the_adaptive_code():
     run, first = _run_to_filtering(cfg)
     assert [j.message.params.n for j in first] == [8, 8]
     assert {j.message.first_index for j in first} == {0} and run.iterations[-1].sampling_rounds == 0
+
+
+def _sample_seeds_of(jobs):
+    """(problem, index) -> the seed the sampler draws that sample with."""
+    out = {}
+    for job in jobs:
+        m = job.message
+        per_problem = sample_seeds(m.params.seed, m.problem_ids, m.params.n, m.first_index)
+        for pid, seeds in zip(m.problem_ids, per_problem, strict=True):
+            for index, seed in enumerate(seeds, start=m.first_index):
+                assert (pid, index) not in out  # no sample is drawn twice
+                out[pid, index] = seed
+    return out
+
+
+def test_adaptive_rounds_draw_the_samples_fixed_k_would_draw():
+    """Same problem and index -> same seed, whatever the shard, round or shard size (issue 5)."""
+    _, fixed = _run_to_filtering(_cfg("{enabled: false}"))
+    cfg = _cfg(shard_size=3)  # other shards too
+    run, first = _run_to_filtering(cfg)
+    plan = adaptive.RoundPlan(n=4, first_index=4, problem_ids=["p5", "p1", "p2"])
+    rounds = _sample_seeds_of([*first, *core.on_round_planned(run, cfg, 1, plan).jobs])
+    fixed_seeds = _sample_seeds_of(fixed)
+    assert len(fixed_seeds) == 6 * 8 and len(rounds) == 6 * 4 + 3 * 4
+    assert rounds == {key: fixed_seeds[key] for key in rounds}
+    assert len(set(fixed_seeds.values())) == len(fixed_seeds)  # yet every sample has its own
+    # the next iteration draws afresh
+    later = core.sample_job(run, cfg, run.iterations.add(iteration=2), 0, ["p0"]).message
+    assert sample_seeds(later.params.seed, ["p0"], 1) != [[fixed_seeds["p0", 0]]]

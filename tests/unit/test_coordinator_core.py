@@ -83,10 +83,11 @@ def test_a_whole_iteration_of_decisions():
             splits,
             train_ids,
         )
-    # iteration 1 samples from the base, in 3 shards of <= 8 problems with distinct seeds
+    # iteration 1 samples from the base, in 3 shards of <= 8 problems with the iteration's seed (the
+    # sampler derives each sample's own from it, the problem and the index: shard-independent)
     assert run.phase == pb.PHASE_SAMPLING and run.iteration == 1
     assert [len(j.message.problem_ids) for j in d.jobs] == [8, 8, 4]
-    assert len({j.message.params.seed for j in d.jobs}) == 3
+    assert {j.message.params.seed for j in d.jobs} == {core.derive_seed(cfg.sampling.seed, 1)}
     assert {j.message.policy_key for j in d.jobs} == {"models/base"}
     for shard in range(3):
         done = ev.SampleDone(

@@ -43,6 +43,7 @@ from shared.llm.training import (
     weighted_nll,
 )
 from shared.models import BUILTIN_MODELS, ModelNotFound, resolve_model_source
+from shared.seeds import sample_seeds
 from tests.fixtures.models import smollm2_tokenizer, tiny_llama
 
 MESSAGES = [
@@ -222,6 +223,106 @@ def test_sampling_shape_order_and_seed(model: Any, tokenizer: Any, prompts: list
     assert other != first
     texts = {c.text for r in first for c in r}
     assert len(texts) > len(prompts)  # the n samples of a prompt differ
+
+
+@pytest.mark.parametrize("top_k,top_p", [(20, 0.9), (0, 1.0), (0, 0.8)])  # the three draw paths
+def test_a_sample_is_the_same_in_any_round_shard_or_batch(
+    model: Any, tokenizer: Any, prompts: list[str], top_k: int, top_p: float
+) -> None:
+    """(problem, index) decides a sample: fixed K = adaptive rounds = any sharding and batching."""
+    ids = ["p0", "p1", "p2", "p3"]
+    params = GenerationParams(n=8, temperature=1.0, top_k=top_k, top_p=top_p, max_new_tokens=10)
+    half = GenerationParams(**{**params.__dict__, "n": 4})
+    batched = TransformersGenerator(model, tokenizer, device="cpu")  # all 32 rows in one batch
+    fixed = batched.generate(prompts, params, seeds=sample_seeds(5, ids, 8))
+    assert all(len({c.text for c in per}) > 1 for per in fixed)  # real draws, not a peaked argmax
+    # adaptive: round 1 draws indices 0-3 of every problem, round 2 indices 4-7 of two of them
+    assert batched.generate(prompts, half, seeds=sample_seeds(5, ids, 4)) == [per[:4] for per in fixed]
+    again = batched.generate([prompts[3], prompts[1]], half, seeds=sample_seeds(5, ["p3", "p1"], 4, 4))
+    assert again == [fixed[3][4:], fixed[1][4:]]
+    # other shards and batches: one prompt per batch (no shared-prefix pass), reversed order
+    alone = TransformersGenerator(model, tokenizer, device="cpu", max_batch_sequences=3)
+    assert alone.generate(prompts[::-1], params, seeds=sample_seeds(5, ids[::-1], 8)) == fixed[::-1]
+    assert batched.generate(prompts, params, seeds=sample_seeds(6, ids, 8)) != fixed  # the job seed counts
+
+
+def test_default_seeds_follow_the_prompt_position_and_bad_seeds_are_refused(
+    model: Any, tokenizer: Any, prompts: list[str]
+) -> None:
+    generator = TransformersGenerator(model, tokenizer, device="cpu")
+    params = GenerationParams(n=2, temperature=1.0, max_new_tokens=6, seed=3)
+    assert generator.generate(prompts, params) == generator.generate(
+        prompts, params, seeds=sample_seeds(3, range(len(prompts)), 2)
+    )
+    with pytest.raises(ValueError, match="n=2 seeds for each of the 4 prompts"):
+        generator.generate(prompts, params, seeds=[[1, 2]] * 3)
+    with pytest.raises(ValueError, match="n=2 seeds"):
+        generator.generate(prompts, params, seeds=[[1, 2, 3]] * 4)
+
+
+def _seeds(rows: int) -> torch.Tensor:
+    return torch.tensor(sample_seeds(0, ["p"], rows)[0])
+
+
+def test_sampling_keeps_the_temperature_top_k_top_p_distribution() -> None:
+    logits = torch.tensor([2.0, 0.5, 1.0, -1.0, 1.5, 0.0])
+    params = GenerationParams(temperature=0.5, top_k=4, top_p=0.9)
+    rows = 20_000
+    drawn = torch.cat(
+        [generation._next_tokens(logits.repeat(rows, 1), params, _seeds(rows), t) for t in (0, 7)]
+    )
+    # expected by masking, independently: top-4 = tokens 0, 4, 2, 1; top-p 0.9 drops token 1
+    top4 = (logits[[0, 4, 2, 1]] / 0.5).softmax(-1)
+    assert top4[:2].sum() < 0.9 <= top4[:3].sum()  # so the third stays and the fourth goes
+    expected = torch.zeros(6)
+    kept = torch.tensor([0, 4, 2])
+    expected[kept] = (logits[kept] / 0.5).softmax(-1)
+    observed = torch.bincount(drawn, minlength=6).float() / len(drawn)
+    assert observed[[1, 3, 5]].sum() == 0
+    assert torch.allclose(observed, expected, atol=0.01), (observed, expected)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+def test_the_two_level_race_over_the_vocabulary_keeps_the_distribution(top_p: float) -> None:
+    # 600 ids: two full blocks of 256 and a padded one; the mass is spread over all three blocks
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(600, generator=gen) * 2
+    params = GenerationParams(temperature=0.8, top_k=0, top_p=top_p)
+    rows = 40_000
+    drawn = generation._next_tokens(logits.repeat(rows, 1), params, _seeds(rows), 3)
+    probs = (logits / 0.8).softmax(-1)
+    if top_p < 1:
+        order = probs.argsort(descending=True)
+        ranked = probs[order]
+        kept = order[(ranked.cumsum(-1) - ranked) < top_p]
+        probs = torch.zeros_like(probs).index_put_((kept,), probs[kept])
+        probs /= probs.sum()
+    observed = torch.bincount(drawn, minlength=600).float() / rows
+    assert observed[probs == 0].sum() == 0  # the top-p cut holds
+    blocks = [slice(0, 256), slice(256, 512), slice(512, 600)]
+    assert all(abs(observed[b].sum() - probs[b].sum()) < 0.01 for b in blocks)
+    heavy = probs.argsort(descending=True)[:5]
+    assert torch.allclose(observed[heavy], probs[heavy], atol=0.01), (observed[heavy], probs[heavy])
+    assert 0.5 * (observed - probs).abs().sum() < 0.05  # total variation, mostly sampling noise
+
+
+def test_a_draw_depends_on_the_winner_alone_not_on_the_other_candidates() -> None:
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randn(1000, 40, generator=gen)
+    ids = torch.randperm(5000, generator=gen)[:40].repeat(1000, 1)
+    keys = generation._step_keys(_seeds(1000), 0)
+    winners = ids.gather(1, generation._race(scores, ids, keys)[:, None]).squeeze(1)
+    flip = torch.arange(39, -1, -1)  # the candidates in another order
+    assert torch.equal(
+        ids[:, flip].gather(1, generation._race(scores[:, flip], ids[:, flip], keys)[:, None]).squeeze(1),
+        winners,
+    )
+    # a candidate that did not win leaves (e.g. moved across a top-k cut by rounding): no row changes
+    loser = (ids != winners[:, None]).float().argmax(dim=1, keepdim=True)
+    fewer = scores.scatter(1, loser, float("-inf"))
+    assert torch.equal(ids.gather(1, generation._race(fewer, ids, keys)[:, None]).squeeze(1), winners)
+    other_step = ids.gather(1, generation._race(scores, ids, generation._step_keys(_seeds(1000), 1))[:, None])
+    assert (other_step.squeeze(1) != winners).float().mean() > 0.5  # every step draws afresh
 
 
 def _first_stop(tokenizer: Any, ids: list[int], found: Any) -> tuple[str, int]:

@@ -5,8 +5,10 @@ gpu_memory_utilization=..., enable_prefix_caching=..., dtype=..., max_model_len=
 `LLM.get_tokenizer()`, `LLM.generate(prompts, sampling_params, use_tqdm=...)` returning one
 `RequestOutput` per prompt whose `outputs` are `CompletionOutput(index, text, token_ids,
 cumulative_logprob, logprobs, finish_reason, stop_reason)`, and `SamplingParams` with vLLM's keyword
-names (an unknown keyword is a TypeError, as with the real class). The completions are scripted:
-what is tested is restem's side of the mapping. tests/gpu/test_vllm_gpu.py runs the real engine.
+names (an unknown keyword is a TypeError, as with the real class). The completions are scripted, or,
+with no script, a function of the request's prompt and seed (what a seeded vLLM request is: its own
+generator). What is tested is restem's side of the mapping. tests/gpu/test_vllm_gpu.py runs the real
+engine.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from shared.artifacts import CheckpointCache
 from shared.infra import StoreConfig
 from shared.llm.generation import GenerationParams, encode_prompt, render_prompt
 from shared.models import resolve_model_source
+from shared.seeds import sample_seeds
 from shared.store import open_store
 from shared.worker import WorkerState
 
@@ -106,7 +109,10 @@ class LLM:
         for i, (prompt, sp) in enumerate(zip(prompts, sampling_params, strict=True)):
             outs = []
             for k in range(sp.n):
-                text, reason, stop_reason = self.script[(i * sp.n + k) % len(self.script)]
+                if self.script:
+                    text, reason, stop_reason = self.script[(i * sp.n + k) % len(self.script)]
+                else:  # unscripted: the draw is the request's own, from its prompt and seed
+                    text, reason, stop_reason = f"{len(prompt['prompt_token_ids'])}/{sp.seed}", "length", None
                 ids = tok(text, add_special_tokens=False)["input_ids"]
                 if stop_reason is None and reason == "stop":
                     ids.append(tok.eos_token_id)  # vLLM keeps the EOS token in token_ids
@@ -129,12 +135,11 @@ def test_restem_params_become_vllm_sampling_params(fake_vllm: Any) -> None:
     params = GenerationParams(
         n=8, temperature=0.7, top_k=40, top_p=0.9, max_new_tokens=40, stop=("\n\n",), seed=1234
     )
-    kwargs = [sampling_kwargs(params, i) for i in range(3)]
-    sp = fake_vllm.SamplingParams(**kwargs[0])  # every keyword is one the real class takes
-    assert (sp.n, sp.temperature, sp.top_k, sp.top_p, sp.max_tokens) == (8, 0.7, 40, 0.9, 40)
+    kwargs = sampling_kwargs(params, 2**63 + 5)
+    sp = fake_vllm.SamplingParams(**kwargs)  # every keyword is one the real class takes
+    # one request per sample: n=1 with that sample's own seed (folded into vLLM's int64)
+    assert (sp.n, sp.seed, sp.temperature, sp.top_k, sp.top_p, sp.max_tokens) == (1, 5, 0.7, 40, 0.9, 40)
     assert sp.stop == ["\n\n"] and sp.include_stop_str_in_output  # restem keeps the stop string
-    assert [k["seed"] for k in kwargs] == [1234, 1235, 1236]  # one stream per prompt, from the shard's seed
-    assert sampling_kwargs(params, 1) == kwargs[1]  # a redelivered shard asks for the same draws
     greedy = sampling_kwargs(GenerationParams(greedy=True, top_k=40, top_p=0.5, max_new_tokens=8), 0)
     assert (greedy["temperature"], greedy["top_k"], greedy["top_p"], greedy["stop"]) == (0.0, -1, 1.0, None)
     assert sampling_kwargs(GenerationParams(top_k=0), 0)["top_k"] == -1  # restem's "off" is vLLM's -1
@@ -162,9 +167,29 @@ def test_outputs_become_restem_completions_with_regex_stops_cut(fake_vllm: Any, 
     assert (outs[1].text, outs[1].num_tokens) == ("The answer is 3", n_eos)  # EOS counted, as transformers
     assert outs[2].text == "I think\n\n"
     sent, sampling = llm.calls[0]
-    # the prompt goes in as restem's own token ids: vLLM's tokenisation would double the chat BOS
-    assert sent == [{"prompt_token_ids": encode_prompt(tokenizer, prompts[0])}]
-    assert [s.n for s in sampling] == [5]
+    # the prompt goes in as restem's own token ids (vLLM's tokenisation would double the chat BOS),
+    # once per sample, each request with n=1 and the default seeds of sample_seeds(params.seed, ...)
+    assert sent == [{"prompt_token_ids": encode_prompt(tokenizer, prompts[0])}] * 5
+    assert [s.n for s in sampling] == [1] * 5
+    assert [s.seed for s in sampling] == sample_seeds(params.seed, [0], 5)[0]
+
+
+def test_a_sample_depends_on_its_seed_not_on_the_round_or_shard(fake_vllm: Any, tokenizer: Any) -> None:
+    gen = VllmGenerator(fake_vllm, fake_vllm.LLM(model="ckpt"), tokenizer)
+    prompts = [render_prompt(tokenizer, q) for q in ("What is 1 + 2?", "What is 10 + 20?", "Hi")]
+    ids = ["p0", "p1", "p2"]
+
+    def texts(which: list[int], n: int, first_index: int = 0) -> list[list[str]]:
+        seeds = sample_seeds(99, [ids[i] for i in which], n, first_index)
+        outs = gen.generate([prompts[i] for i in which], GenerationParams(n=n), seeds=seeds)
+        return [[c.text for c in per] for per in outs]
+
+    fixed = texts([0, 1, 2], 8)
+    assert all(len(set(per)) == 8 for per in fixed)  # every sample its own draw
+    assert texts([0, 1, 2], 4) == [per[:4] for per in fixed]  # adaptive round 1
+    assert texts([2, 0], 4, first_index=4) == [fixed[2][4:], fixed[0][4:]]  # round 2, other shard order
+    with pytest.raises(ValueError, match="n=4 seeds for each of the 2 prompts"):
+        gen.generate(prompts[:2], GenerationParams(n=4), seeds=[[1, 2, 3, 4]])
 
 
 def test_the_engine_is_built_from_the_checkpoint_directory_with_the_settings(fake_vllm: Any) -> None:

@@ -3,8 +3,9 @@
 Layout: `pool` (the parent side: workers, bounded queue, recycling, health, verdict cache),
 `envelope` (bubblewrap / unshare / rlimits-only, detection, what is active), `zygote` and
 `runners` (the code that runs *inside* the envelope, shipped as source over a pipe at start),
-`seccomp` (the in-child syscall filter), `codec` (plain values and frames across the boundary),
-`judge` (grading jobs that turn what the sandbox reports into verdicts, in the parent).
+`tester` (HumanEval's tests, in an envelope of their own), `seccomp` (the in-child syscall
+filter), `codec` (plain values and frames across the boundary), `judge` (grading jobs that turn
+what the sandbox reports into verdicts, in the parent).
 
 What is isolated (bwrap mode, the default where the kernel allows user namespaces):
 - network: none (an empty network namespace) and `socket()` denied by seccomp in every mode;
@@ -19,9 +20,11 @@ What is isolated (bwrap mode, the default where the kernel allows user namespace
 - resources: per-program RLIMIT_CPU, address space, stack, file size, open files and processes
   (counted per user namespace, and as a non-root uid: the process limit does not bind root),
   the wall-clock kill of the process group, and stdout/stderr caps enforced while it runs;
-- grading: in the trusted parent, on plain data; HumanEval tests run in a separate process that
-  never executes model code, and their expected values are wiped from the zygote before any
-  untrusted process is forked.
+- grading: in the trusted parent, on plain data; HumanEval tests run in a tester process in an
+  envelope of its own (another pid namespace, and another uid when the service is root), which
+  never executes model code and which the candidate can reach only through a pipe of plain values;
+  their expected values never enter the zygote's envelope. A custom checker's expected output is
+  wiped from the zygote before any untrusted process is forked.
 
 The `unshare` and `rlimits` fallbacks keep the limits, seccomp and the grading design but not the
 filesystem view (the host is readable as the sandbox uid), and `rlimits` has no namespaces at all:

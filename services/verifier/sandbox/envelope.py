@@ -16,7 +16,9 @@ Modes, strongest first (`auto` takes the first that starts here and says so in `
 
 In every mode children get rlimits (CPU, address space, stack, file size, open files, processes),
 a new session, seccomp (x86_64) and a per-job directory; the zygote keeps the process tree in
-check (see `zygote`). The interpreter inside is the system Python (`/usr/bin/python3`) when it has
+check (see `zygote`). HumanEval's tester runs in an envelope of its own, of the same mode, as
+another uid when the service is root (see `tester`). Each envelope gets one end of a Unix socket
+pair besides its protocol pipes: the pool passes a job's pipe ends over it. The interpreter inside is the system Python (`/usr/bin/python3`) when it has
 the service's major.minor version, else the service's own; it runs with `-I -S -B`.
 """
 
@@ -37,7 +39,12 @@ from typing import Any
 from services.verifier.sandbox import seccomp
 
 MODES = ("auto", "bwrap", "unshare", "rlimits")
-_SANDBOX_MODULES = ("codec", "seccomp", "runners", "zygote")
+_SANDBOX_MODULES = {
+    "zygote": ("codec", "seccomp", "runners", "zygote"),
+    "tester": ("codec", "seccomp", "tester"),
+}
+TESTER_UID_OFFSET = 1 << 16
+"""A worker's tester runs as its worker's uid plus this, when the service is root."""
 _PACKAGE = "services.verifier.sandbox"
 # Reads the module sources from stdin, registers them under their package names, starts the zygote.
 _LOADER = """
@@ -87,6 +94,8 @@ class EnvelopeSpec:
     preload: tuple[str, ...] = ()
     warmup: str = ""
     seccomp: bool = True
+    main: str = "zygote"
+    """What runs inside: `zygote` (forks the programs) or `tester` (HumanEval tests)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,10 @@ class Protections:
     identity: str
     seccomp: str
     rlimits: str = "CPU, address space, stack, file size, open files, processes, no core dumps"
+    tests: str = (
+        "HumanEval tests run in a separate envelope of the same mode that no model code runs in; "
+        "candidates reach them only through a pipe of plain values"
+    )
     not_covered: tuple[str, ...] = field(
         default=(
             "kernel exploits (use gVisor in production)",
@@ -209,7 +222,7 @@ def _count_threads(uid: int) -> int:
     return total
 
 
-def _zygote_config(spec: EnvelopeSpec, work_root: str) -> dict[str, object]:
+def _config(spec: EnvelopeSpec, work_root: str, channel_fd: int) -> dict[str, object]:
     root = running_as_root()
     drop = spec.uid if (spec.mode is Mode.RLIMITS and root) else None
     own_uid = os.getuid() if not root else spec.uid
@@ -222,21 +235,21 @@ def _zygote_config(spec: EnvelopeSpec, work_root: str) -> dict[str, object]:
         "drop_uid": drop,
         # Without a pid namespace and with the service's own uid, children could signal the
         # service and other workers: only then do they need seccomp's signal rules.
-        "kill_filter": spec.mode is Mode.RLIMITS and not root,
+        "kill_filter": spec.mode is Mode.RLIMITS and not root and spec.main == "zygote",
         "nproc_base": base,
         "seccomp": spec.seccomp,
         "sys_path": [_bound_path(spec, p) for p in spec.sys_path],
         "preload": list(spec.preload),
         "warmup": spec.warmup,
+        "fd_channel": channel_fd,
     }
 
 
-def bootstrap_payload(spec: EnvelopeSpec, work_root: str) -> bytes:
+def bootstrap_payload(spec: EnvelopeSpec, work_root: str, channel_fd: int) -> bytes:
     here = Path(__file__).parent
-    modules = [[f"{_PACKAGE}.{m}", (here / f"{m}.py").read_text()] for m in _SANDBOX_MODULES]
-    body = json.dumps(
-        {"modules": modules, "main": f"{_PACKAGE}.zygote", "config": _zygote_config(spec, work_root)}
-    ).encode()
+    modules = [[f"{_PACKAGE}.{m}", (here / f"{m}.py").read_text()] for m in _SANDBOX_MODULES[spec.main]]
+    config = _config(spec, work_root, channel_fd)
+    body = json.dumps({"modules": modules, "main": f"{_PACKAGE}.{spec.main}", "config": config}).encode()
     return len(body).to_bytes(4, "big") + body
 
 
@@ -250,8 +263,9 @@ def make_work_root(spec: EnvelopeSpec) -> str:
     return path
 
 
-def launch(spec: EnvelopeSpec, work_root: str) -> subprocess.Popen[bytes]:
-    """Start one zygote in the envelope; the caller sends the payload and waits for `ready`."""
+def launch(spec: EnvelopeSpec, work_root: str, channel_fd: int) -> subprocess.Popen[bytes]:
+    """Start one envelope (its fd `channel_fd` stays open inside); the caller sends the payload
+    and waits for `ready`."""
     python = spec.python or sandbox_python()
     interp = [python, "-I", "-S", "-B", "-c", _LOADER]
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work_root}
@@ -267,7 +281,13 @@ def launch(spec: EnvelopeSpec, work_root: str) -> subprocess.Popen[bytes]:
             # Same uid as the service: hide our /proc/<pid>/environ and memory from the children.
             ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
     if spec.mode is not Mode.RLIMITS and running_as_root():
-        as_uid = {"user": spec.uid, "group": spec.uid, "extra_groups": []}
+        if shutil.which("setpriv"):
+            # setpriv changes the uid rather than Popen(user=...): Popen then starts the child with
+            # vfork, which runs no pthread_atfork handlers there. gRPC's crash (SIGSEGV) a child
+            # forked while its threads are busy, and envelopes start while RPCs are served.
+            argv = ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups", "--", *argv]
+        else:
+            as_uid = {"user": spec.uid, "group": spec.uid, "extra_groups": []}
     return subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
@@ -276,6 +296,7 @@ def launch(spec: EnvelopeSpec, work_root: str) -> subprocess.Popen[bytes]:
         env=env,
         cwd=work_root,
         start_new_session=True,
+        pass_fds=(channel_fd,),
         **as_uid,
     )
 

@@ -5,7 +5,9 @@ function that gets a `Session` (exclusive use of one zygote) and may run several
 it, e.g. one per test; every call has a deadline, and a zygote that misses one, dies or answers
 garbage is killed and replaced (the job gets `SandboxError`, which graders turn into an
 INTERNAL_ERROR verdict). Zygotes are also recycled after `recycle_after` jobs, so slow leaks
-inside one cannot accumulate.
+inside one cannot accumulate. A worker's first HumanEval job also starts its tester (`tester`, an
+envelope of its own); for each HumanEval program the pool makes the two pipes between the tester
+and the candidate and passes their ends to both envelopes over their fd sockets.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import queue
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from services.verifier.sandbox import envelope
@@ -57,7 +60,7 @@ class Limits:
     max_processes: int = 16
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(vars(self))  # flat fields: asdict's deep copy costs more than the job's framing
 
 
 COMMON_MODULES = (
@@ -79,7 +82,8 @@ class PoolConfig:
     mode: str = "auto"
     """auto | bwrap | unshare | rlimits (an explicit mode that cannot start is an error)."""
     uid_base: int = 61000
-    """Worker i runs untrusted code as uid_base + i when the service is root."""
+    """Worker i runs untrusted code as uid_base + i when the service is root, and its HumanEval
+    tester as uid_base + i + `envelope.TESTER_UID_OFFSET` (never a uid that runs model code)."""
     tmp_mb: int = 64
     recycle_after: int = 2000
     start_timeout_s: float = 30.0
@@ -146,27 +150,37 @@ class RunResult:
         return next(iter(self.procs.values()))
 
 
-class _Zygote:
-    """One envelope process and its frame protocol; every read has a deadline."""
+class _Envelope:
+    """One envelope process (a zygote or a tester): its frame protocol on stdin/stdout and its end
+    of the socket pair that carries file descriptors; every read has a deadline."""
 
     def __init__(self, spec: EnvelopeSpec, start_timeout_s: float, launcher: ThreadPoolExecutor) -> None:
         self.spec = spec
+        self.name = spec.main
         self.work_root = envelope.make_work_root(spec)
+        self.channel, theirs = socket.socketpair()
         # bwrap's --die-with-parent is PR_SET_PDEATHSIG, which fires when the *thread* that
-        # started it exits: every zygote is started by the pool's one long-lived launcher thread.
-        self.proc = launcher.submit(envelope.launch, spec, self.work_root).result(timeout=start_timeout_s)
+        # started it exits: every envelope is started by the pool's one long-lived launcher thread.
+        try:
+            self.proc = launcher.submit(envelope.launch, spec, self.work_root, theirs.fileno()).result(
+                timeout=start_timeout_s
+            )
+            payload = envelope.bootstrap_payload(spec, self.work_root, theirs.fileno())
+        finally:
+            theirs.close()
         self.jobs = 0
         self._stderr: list[bytes] = []
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._stderr_done = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_done.start()
         try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(envelope.bootstrap_payload(spec, self.work_root))
-            self.proc.stdin.flush()
-            self.ready = self._recv(time.monotonic() + start_timeout_s)
-        except (OSError, SandboxError) as exc:
+            self._write(payload)
+            self.ready = self.recv(time.monotonic() + start_timeout_s)
+        except SandboxError as exc:
             self.kill()
+            self._stderr_done.join(1.0)  # what it said before it died
             raise SandboxError(
-                f"{spec.mode} sandbox did not start: {exc}; stderr: {self.stderr_tail()}"
+                f"{spec.mode} sandbox ({self.name}) did not start: {exc}; exit status "
+                f"{self.proc.returncode}; stderr: {self.stderr_tail()}"
             ) from None
 
     def _drain_stderr(self) -> None:
@@ -177,43 +191,63 @@ class _Zygote:
     def stderr_tail(self) -> str:
         return b"".join(self._stderr).decode("utf-8", "replace")[-2000:]
 
-    def request(self, header: dict[str, Any], secret: bytes | None, timeout_s: float) -> dict[str, Any]:
-        body = json.dumps({**header, "secret_len": len(secret or b"")}).encode()
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        fd = self.proc.stdin.fileno()
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            raise SandboxError(f"{self.name} is gone: {exc}") from None
+
+    def send(self, header: dict[str, Any], secret: bytes | None = None, fds: tuple[int, ...] = ()) -> None:
+        """One request: `fds` over the socket first, then the header frame and the secret frame."""
+        body = json.dumps({**header, "secret_len": len(secret or b""), "fds": len(fds)}).encode()
         frames = len(body).to_bytes(4, "big") + body
         if secret:
             frames += len(secret).to_bytes(4, "big") + secret
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(frames)
-            self.proc.stdin.flush()
-        except OSError as exc:
-            raise SandboxError(f"zygote is gone: {exc}") from None
-        return self._recv(time.monotonic() + timeout_s)
+        if fds:
+            try:
+                socket.send_fds(self.channel, [b"F"], list(fds))
+            except OSError as exc:
+                raise SandboxError(f"{self.name} is gone: {exc}") from None
+        self._write(frames)
 
-    def _read(self, n: int, deadline: float) -> bytes:
+    def request(self, header: dict[str, Any], secret: bytes | None, timeout_s: float) -> dict[str, Any]:
+        self.send(header, secret)
+        return self.recv(time.monotonic() + timeout_s)
+
+    def recv(self, deadline: float) -> dict[str, Any]:
+        """One reply frame. The protocol is strictly request/reply, so a read never takes more
+        than this frame: most replies arrive whole in the first read."""
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         buf = bytearray()
-        while len(buf) < n:
+        need = 4
+        while len(buf) < need:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise SandboxError("zygote did not answer in time")
-            chunk = os.read(fd, n - len(buf))
+                raise SandboxError(f"{self.name} did not answer in time")
+            chunk = os.read(fd, max(need - len(buf), 1 << 16))
             if not chunk:
-                raise SandboxError(f"zygote exited (stderr: {self.stderr_tail()})")
+                raise SandboxError(f"{self.name} exited (stderr: {self.stderr_tail()})")
             buf += chunk
-        return bytes(buf)
-
-    def _recv(self, deadline: float) -> dict[str, Any]:
-        size = int.from_bytes(self._read(4, deadline), "big")
-        if size > _REPLY_LIMIT:
-            raise SandboxError("zygote sent an oversized frame")
+            if need == 4 and len(buf) >= 4:
+                need = 4 + int.from_bytes(buf[:4], "big")
+                if need - 4 > _REPLY_LIMIT:
+                    raise SandboxError(f"{self.name} sent an oversized frame")
+        if len(buf) > need:
+            raise SandboxError(f"{self.name} sent more than one frame")
         try:
-            reply = json.loads(self._read(size, deadline))
+            reply = json.loads(bytes(buf[4:need]))
         except ValueError:
-            raise SandboxError("zygote sent a malformed frame") from None
+            raise SandboxError(f"{self.name} sent a malformed frame") from None
         if not isinstance(reply, dict) or "error" in reply:
-            raise SandboxError(f"zygote error: {reply!r:.300}")
+            raise SandboxError(f"{self.name} error: {reply!r:.300}")
         return reply
 
     def kill(self) -> None:
@@ -224,32 +258,101 @@ class _Zygote:
         for stream in (self.proc.stdin, self.proc.stdout):
             with contextlib.suppress(OSError):
                 stream and stream.close()
+        self.channel.close()
         shutil.rmtree(self.work_root, ignore_errors=True)
 
 
-class Session:
-    """A job's exclusive handle on one zygote."""
+_NO_REPORT = ProcResult(None, None, None, None, "", 0, "", None)
 
-    def __init__(self, zygote: _Zygote, grace_s: float) -> None:
+
+class Session:
+    """A job's exclusive handle on one worker: its zygote and, for HumanEval, its tester."""
+
+    def __init__(self, worker: _Worker, zygote: _Envelope, grace_s: float) -> None:
+        self._worker = worker
         self._zygote = zygote
         self._grace = grace_s
         self.broken = False
 
     def run(self, spec: dict[str, Any], limits: Limits, secret: bytes | None = None) -> RunResult:
+        """One program. A `humaneval` spec needs `secret`: its prompt and test, which go to the
+        tester only; the result's procs are then `tester` (its report) and `candidate`."""
         if self.broken:
             raise SandboxError("this session's zygote was replaced after an earlier failure")
         wire = {**spec, "limits": limits.as_dict()}
+        deadline = time.monotonic() + limits.wall_s + self._grace
+        humaneval = spec.get("mode") == "humaneval"
+        tester = self._start_test(spec, limits, secret or b"", wire) if humaneval else None
         try:
-            raw = self._zygote.request({"op": "run", "spec": wire}, secret, limits.wall_s + self._grace)
+            if tester is None:
+                self._zygote.send({"op": "run", "spec": wire}, secret)
+            raw = self._zygote.recv(deadline)
             self._zygote.jobs += 1
             procs = {role: ProcResult.parse(p) for role, p in dict(raw["procs"]).items()}
-            return RunResult(bool(raw["timed_out"]), bool(raw["output_limit"]), float(raw["wall_s"]), procs)
+            result = RunResult(bool(raw["timed_out"]), bool(raw["output_limit"]), float(raw["wall_s"]), procs)
         except SandboxError:
-            self.broken = True
+            self._break()
             raise
         except (KeyError, TypeError, ValueError) as exc:
-            self.broken = True
+            self._break()
             raise SandboxError(f"zygote sent an unexpected reply: {exc!r}") from None
+        if tester is not None:
+            result.procs = {"tester": self._test_result(tester, deadline), **result.procs}
+        return result
+
+    def _break(self) -> None:
+        """The zygote failed mid-job: it is replaced after this job, and the tester with it (it may
+        hold an unread reply of this job)."""
+        self.broken = True
+        self._worker.drop_tester()
+
+    def _start_test(
+        self, spec: dict[str, Any], limits: Limits, secret: bytes, wire: dict[str, Any]
+    ) -> _Envelope:
+        """Send the test to the tester and the program to the zygote, with fresh pipes between them.
+
+        A tester found dead when the job is sent (it may exit between jobs) is replaced once;
+        the zygote has not been sent anything by then."""
+        head = {"op": "test", "entry_point": spec["entry_point"], "memory_mb": limits.memory_mb}
+        for attempt in (1, 2):
+            tester = self._worker.ensure_tester()
+            req_r, req_w = os.pipe()
+            resp_r, resp_w = os.pipe()
+            try:
+                try:
+                    tester.send(head, secret, (req_w, resp_r))
+                except SandboxError:
+                    self._worker.drop_tester()
+                    if attempt == 2:
+                        raise
+                    continue
+                try:
+                    self._zygote.send({"op": "run", "spec": wire}, None, (req_r, resp_w))
+                except SandboxError:
+                    self._break()
+                    raise
+                return tester
+            finally:
+                for fd in (req_r, req_w, resp_r, resp_w):
+                    os.close(fd)  # only the two envelopes hold the pipes now: EOF means one has gone
+        raise AssertionError("unreachable")
+
+    def _test_result(self, tester: _Envelope, deadline: float) -> ProcResult:
+        """The tester's report as a process result (exit code as a one-shot tester would have had)."""
+        try:
+            reply = tester.recv(deadline)
+        except SandboxError as exc:
+            self._worker.drop_tester()
+            return replace(_NO_REPORT, stderr=str(exc)[:500])
+        tester.jobs += 1
+        if reply.get("restart") or tester.jobs >= self._worker.pool.config.recycle_after:
+            self._worker.drop_tester()
+        report = reply.get("report")
+        return replace(
+            _NO_REPORT,
+            exit_code=int(reply.get("exit_code", 1)),
+            report=report if isinstance(report, dict) and report else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -270,21 +373,36 @@ class PoolHealth:
 class _Worker:
     def __init__(self, pool: SandboxPool, index: int) -> None:
         self.pool, self.index = pool, index
-        self.zygote: _Zygote | None = None
+        self.zygote: _Envelope | None = None
+        self.tester: _Envelope | None = None
         self.failing = False
         self.thread = threading.Thread(target=self._loop, name=f"sandbox-{index}", daemon=True)
 
     def spec(self) -> EnvelopeSpec:
         return replace(self.pool.base_spec, uid=self.pool.config.uid_base + self.index)
 
-    def ensure(self) -> _Zygote:
+    def ensure_tester(self) -> _Envelope:
+        """The HumanEval tester, started on the first HumanEval job (a pool may never need one)."""
+        if self.tester is None or not self.tester.alive():
+            self.drop_tester()
+            base = self.spec()
+            spec = replace(base, uid=base.uid + envelope.TESTER_UID_OFFSET, main="tester", warmup="")
+            self.tester = _Envelope(spec, self.pool.config.start_timeout_s, self.pool.launcher)
+        return self.tester
+
+    def drop_tester(self) -> None:
+        if self.tester is not None:
+            self.tester.kill()
+            self.tester = None
+
+    def ensure(self) -> _Envelope:
         if self.zygote is None or self.zygote.proc.poll() is not None:
             if self.zygote is not None:
                 self.pool.count("restarts")
                 self.zygote.kill()
             self.zygote = None
             try:
-                self.zygote = _Zygote(self.spec(), self.pool.config.start_timeout_s, self.pool.launcher)
+                self.zygote = _Envelope(self.spec(), self.pool.config.start_timeout_s, self.pool.launcher)
             except SandboxError:
                 self.failing = True
                 self.pool.count("start_failures")
@@ -293,6 +411,7 @@ class _Worker:
         return self.zygote
 
     def retire(self) -> None:
+        self.drop_tester()
         if self.zygote is not None:
             self.zygote.kill()
             self.zygote = None
@@ -311,7 +430,7 @@ class _Worker:
     def _run(self, job: Callable[[Session], Any], future: Future[Any]) -> None:
         session: Session | None = None
         try:
-            session = Session(self.ensure(), self.pool.config.grace_s)
+            session = Session(self, self.ensure(), self.pool.config.grace_s)
             future.set_result(job(session))
         except BaseException as exc:
             future.set_exception(exc)
@@ -417,7 +536,10 @@ class SandboxPool:
         return self.submit(job, block_s=block_s).result(timeout=timeout_s)
 
     async def arun(self, job: Callable[[Session], T], *, block_s: float = 30.0) -> T:
-        future = await asyncio.to_thread(self.submit, job, block_s=block_s)
+        try:
+            future = self.submit(job)  # room in the queue: no thread hop (the common case)
+        except PoolBusy:
+            future = await asyncio.to_thread(self.submit, job, block_s=block_s)
         return await asyncio.wrap_future(future)
 
     def health(self) -> PoolHealth:

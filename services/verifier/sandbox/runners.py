@@ -7,15 +7,12 @@ library only. Roles:
 - `call` (APPS call-based): exec the code, call `fn_name` (or `Solution().fn_name`) once with the
   decoded arguments, write the *encoded* return value to the report fd. The parent compares.
 - `candidate` (HumanEval, untrusted): exec prompt + completion, then answer call requests from the
-  tester over a pipe with encoded return values. It never sees the test code.
-- `tester` (HumanEval, trusted dataset code): exec prompt + test and run `check(candidate)` where
-  `candidate` is a proxy that calls into the candidate process. No model code runs here, so a
-  completion cannot patch the checker, override `__eq__` on what the test compares, or exit early
-  and look like a pass: only plain values come back, decoded into exact builtin types.
+  tester (`tester`, in its own envelope) over a pipe with encoded return values. It never sees
+  the test code.
 - `checker`: a problem's own output checker (multi-answer problems), on plain strings.
 - `math`: math-verify on a gold and a predicted answer string.
 
-Fds: 0 stdin, 1 stdout, 2 stderr, 3 report (one frame), 4/5 the candidate/tester pipes.
+Fds: 0 stdin, 1 stdout, 2 stderr, 3 report (one frame), 4/5 the candidate's requests/answers.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ import builtins
 import contextlib
 import io
 import json
-import marshal
 import os
 import re
 import sys
@@ -37,10 +33,6 @@ REPORT_FD, REQ_FD, RESP_FD = 3, 4, 5
 _DECIMAL = re.compile(r"-?\d*\.\d+")
 FRAME_LIMIT = 64 * 1024 * 1024
 _OOM_REPORT = b'{"error":"MemoryError","message":""}'
-
-
-class CandidateError(Exception):
-    """The candidate raised, exited, or returned something that is not plain data."""
 
 
 # The pid child_main runs as. A judged program may fork; its descendants share the report
@@ -137,48 +129,6 @@ def run_candidate(spec: dict[str, Any]) -> None:
         codec.write_frame(RESP_FD, json.dumps(reply).encode())
 
 
-def _candidate_proxy(entry: str) -> Any:
-    def candidate(*args: Any) -> Any:
-        try:
-            codec.write_frame(REQ_FD, json.dumps({"args": codec.encode(list(args))}).encode())
-            reply = json.loads(codec.read_frame(RESP_FD, FRAME_LIMIT))
-        except (EOFError, BrokenPipeError) as exc:
-            raise CandidateError("the candidate process exited before answering") from exc
-        if "error" in reply:
-            raise CandidateError(reply["error"])
-        try:
-            return codec.decode(reply["value"])
-        except (codec.CodecError, KeyError) as exc:
-            raise CandidateError(f"malformed answer: {exc}") from None
-
-    candidate.__name__ = entry
-    return candidate
-
-
-def run_tester(spec: dict[str, Any], secret: bytes) -> None:
-    glb = _fresh_globals("__tester__")
-    # The parent sends prompt and test compiled (marshal): no compile in this fresh process.
-    prompt_code, test_code = marshal.loads(secret)
-    # The prompt is dataset code (helpers such as HumanEval/38's encode_cyclic live there).
-    exec(prompt_code, glb)
-    proxy = _candidate_proxy(spec["entry_point"])
-    # Some tests call the entry point by name (HumanEval/33); in the original harness that name is
-    # the completion's function, so here it is the proxy too.
-    glb[spec["entry_point"]] = proxy
-    exec(test_code, glb)
-    try:
-        glb["check"](proxy)
-    except CandidateError as exc:
-        _report({"failed": "CandidateError", "message": str(exc)[:500]})
-        return
-    except AssertionError as exc:
-        tb = traceback.extract_tb(exc.__traceback__)
-        line = next((f.lineno for f in reversed(tb) if f.filename == "<test>"), None)
-        _report({"failed": "AssertionError", "line": line, "message": str(exc)[:300]})
-        return
-    _report({"passed": True})
-
-
 def run_checker(spec: dict[str, Any], secret: bytes) -> None:
     payload = json.loads(secret)
     glb = _fresh_globals("__checker__")
@@ -223,8 +173,6 @@ def child_main(spec: dict[str, Any], role: str, secret: bytes) -> NoReturn:
             run_call(spec)
         elif role == "candidate":
             run_candidate(spec)
-        elif role == "tester":
-            run_tester(spec, secret)
         elif role == "checker":
             run_checker(spec, secret)
         elif role == "math":

@@ -8,9 +8,10 @@ What it blocks, returning EPERM so the program sees an ordinary OSError:
 - `ptrace`, `process_vm_readv/writev`, `kcmp`, `pidfd_send_signal`, `pidfd_getfd`: no reading or
   steering other processes;
 - with `own_pid` (the mode without a pid namespace, where the sandbox shares a uid with the
-  service): `kill`/`tkill`/`tgkill` unless aimed at the child itself or its own process group. In a
-  pid namespace this is not needed: the zygote is pid 1, which signals from inside cannot kill,
-  and nothing else outside the job is visible;
+  service): `kill`/`tkill`/`tgkill`/`rt_sigqueueinfo`/`rt_tgsigqueueinfo` unless aimed at the child
+  itself or its own process group, and `fcntl` F_SETOWN/F_SETOWN_EX/F_SETSIG (SIGIO to a chosen
+  process). In a pid namespace this is not needed: the zygote is pid 1, which signals from inside
+  cannot kill, and nothing else outside the job (the HumanEval tester included) is visible;
 - namespace and mount calls (`unshare`, `setns`, `mount`, `pivot_root`, `chroot`, `clone` with
   namespace flags; `clone3` answers ENOSYS so libc falls back to `clone`, whose flags are checked);
 - kernel attack surface a judge never needs: bpf, perf_event_open, userfaultfd, io_uring, keyrings,
@@ -53,7 +54,10 @@ _DENY = {
     442: "mount_setattr",
 }  # fmt: skip
 _CLONE, _CLONE3 = 56, 435
-_KILL_CALLS = (62, 200, 234)  # kill, tkill, tgkill: first argument is the target
+_KILL_CALLS = (62, 200, 234, 129, 297)  # kill, tkill, tgkill, rt_(tg)sigqueueinfo: arg 0 is the target
+_FCNTL = 72
+_FCNTL_OWNER_CMDS = (8, 10, 15)  # F_SETOWN, F_SETSIG, F_SETOWN_EX: SIGIO/SIGURG to a chosen process
+_ARG1_LO = 24
 _NS_FLAGS = 0x7E020000  # CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
 
 
@@ -95,6 +99,11 @@ def build_filter(own_pid: int | None) -> bytes:
         for target in allowed:
             prog += [_ins(_JEQ, target, 0, 1), _ins(_RET, _RET_ALLOW)]
         prog += [_ins(_RET, deny)]
+    if own_pid is not None:  # fcntl: the owner commands are denied, every other one allowed
+        cmds = _FCNTL_OWNER_CMDS
+        prog += [_ins(_JEQ, _FCNTL, 0, 3 + len(cmds)), _ins(_LD_ABS, _ARG1_LO)]
+        prog += [_ins(_JEQ, cmd, len(cmds) - i, 0) for i, cmd in enumerate(cmds)]
+        prog += [_ins(_RET, _RET_ALLOW), _ins(_RET, deny)]
     prog.append(_ins(_RET, _RET_ALLOW))
     return b"".join(prog)
 

@@ -1,17 +1,21 @@
 """The warm worker that runs inside the envelope and forks one limited child per program.
 
-Started once per pool worker (by `envelope.bootstrap_command`), it answers frames from the pool
-on its protocol fds. For each `run` it forks the processes of one program (see `runners`), each in
-a new session with rlimits, a non-root uid, seccomp and a private working directory; it reads
-their output *while they run* and kills them at the output cap or the wall-clock deadline; then
-it kills every process left in the sandbox (as pid 1 of its pid namespace with `kill(-1)`, else as
-a child subreaper by walking its children) and removes what the program wrote.
+Started once per pool worker (by `envelope.launch`), it answers frames from the pool on its
+protocol fds. For each `run` it forks the process of one program (see `runners`) in a new session
+with rlimits, a non-root uid, seccomp and a private working directory; it reads its output *while
+it runs* and kills it at the output cap or the wall-clock deadline; then it kills every process
+left in the sandbox (as pid 1 of its pid namespace with `kill(-1)`, else as a child subreaper by
+walking its children) and removes what the program wrote.
 
-Secrets: a HumanEval test (which holds the expected values) or a checker's expected output arrive
-as a separate frame read into a bytearray that is zeroed right after the trusted child is forked
-and before any untrusted child is, so model code never finds them in the zygote's memory.
-Not hidden from model code: other programs' code and test *inputs* this zygote handled before
-(they are not secret; expected outputs never enter the sandbox for stdin and call problems).
+A HumanEval program is one process here, the candidate: the tests run in the tester's own
+envelope (`tester`), and this zygote only receives the candidate's two pipe ends over its fd
+socket, so the expected values never enter this envelope at all.
+
+Secrets: a custom checker's expected output arrives as a separate frame read into a bytearray that
+is zeroed right after the trusted checker child is forked, so model code forked later never finds
+it in the zygote's memory. Not hidden from model code: other programs' code and test *inputs*
+this zygote handled before (they are not secret; expected outputs never enter the sandbox for
+stdin and call problems).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import gc
 import json
 import os
 import resource
+import select
 import shutil
 import signal
+import socket
 import stat
 import sys
 import time
@@ -46,6 +52,8 @@ class Zygote:
         self.secret = bytearray(0)
         self.jobs = 0
         self.root = config["work_root"]
+        self.channel = socket.socket(fileno=int(config["fd_channel"]))
+        self.devnull = os.open(os.devnull, os.O_RDONLY)  # stdin of programs given none
 
     # -- protocol -------------------------------------------------------------------------
     def serve(self) -> None:
@@ -56,11 +64,12 @@ class Zygote:
             except EOFError:
                 return
             secret_len = self._read_secret(header.get("secret_len", 0))
+            fds = self._read_fds(int(header.get("fds", 0)))
             op = header.get("op")
             if op == "ping":
                 self._send({"pong": True, "jobs": self.jobs})
             elif op == "run":
-                self._send(self.run(header["spec"], secret_len))
+                self._send(self.run(header["spec"], secret_len, fds))
             else:
                 self._send({"error": f"unknown op {op!r}"})
 
@@ -78,6 +87,17 @@ class Zygote:
         codec.read_exact_into(self.proto_in, self.secret, size)
         return size
 
+    def _read_fds(self, count: int) -> list[int]:
+        """File descriptors the pool passed for this job (the candidate's channel to its tester)."""
+        if count <= 0:
+            return []
+        _, fds, _, _ = socket.recv_fds(self.channel, 1, count)
+        if len(fds) != count:
+            for fd in fds:
+                os.close(fd)
+            raise RuntimeError(f"expected {count} file descriptors, got {len(fds)}")
+        return fds
+
     def _wipe_secret(self, size: int) -> None:
         if size <= 0:
             return
@@ -87,45 +107,48 @@ class Zygote:
         return bool(self.cfg.get("seccomp")) and seccomp.supported()
 
     # -- one program ----------------------------------------------------------------------
-    def run(self, spec: dict[str, Any], secret_len: int) -> dict[str, Any]:
+    def run(self, spec: dict[str, Any], secret_len: int, fds: list[int]) -> dict[str, Any]:
         self.jobs += 1
         jobdir = os.path.join(self.root, f"job-{self.jobs}")
         os.mkdir(jobdir, 0o700)
         if self.cfg.get("drop_uid") is not None:
             os.chown(jobdir, self.cfg["drop_uid"], self.cfg["drop_uid"])
         started = time.monotonic()
-        procs: list[Proc] = []
+        proc: Proc | None = None
         timed_out = over = False
         try:
-            procs = self._spawn_all(spec, jobdir, secret_len)
-            timed_out, over = supervise(procs, started + float(spec["limits"]["wall_s"]), spec["limits"])
+            proc = self._spawn_program(spec, jobdir, secret_len, fds)
+            timed_out, over = supervise(proc, started + float(spec["limits"]["wall_s"]), spec["limits"])
         finally:
             self._wipe_secret(secret_len)
-            sweep(self.pid1, procs)
+            for fd in fds:  # only those no child was forked with (the list is emptied then)
+                os.close(fd)
+            sweep(self.pid1, proc)
             self._clean(jobdir)
+        assert proc is not None  # _spawn_program returned, or we did not get here
         return {
             "wall_s": time.monotonic() - started,
             "timed_out": timed_out,
             "output_limit": over,
-            "procs": {p.role: p.result() for p in procs},
+            "procs": {proc.role: proc.result()},
         }
 
-    def _spawn_all(self, spec: dict[str, Any], jobdir: str, secret_len: int) -> list[Proc]:
+    def _spawn_program(self, spec: dict[str, Any], jobdir: str, secret_len: int, fds: list[int]) -> Proc:
         mode = spec["mode"]
         if mode == "humaneval":
-            req_r, req_w = os.pipe()
-            resp_r, resp_w = os.pipe()
-            tester = self._spawn(spec, "tester", jobdir, secret_len, {4: req_w, 5: resp_r}, primary=True)
-            self._wipe_secret(secret_len)  # before the untrusted child exists
+            # The tester runs in its own envelope; `fds` are the candidate's ends of its channel.
+            if len(fds) != 2:
+                raise RuntimeError("a humaneval job needs the candidate's two pipe ends")
             _precompile(spec["prompt"] + spec["code"], "<candidate>")
-            cand = self._spawn(spec, "candidate", jobdir, 0, {4: req_r, 5: resp_w}, primary=False)
-            for fd in (req_r, req_w, resp_r, resp_w):
+            cand = self._spawn(spec, "candidate", jobdir, 0, {4: fds[0], 5: fds[1]})
+            for fd in fds:
                 os.close(fd)
-            return [tester, cand]
+            fds.clear()
+            return cand
         role = {"stdin": "program", "call": "call", "checker": "checker", "math": "math"}[mode]
         if role in ("program", "call"):
             _precompile(spec["code"], "<solution>")
-        return [self._spawn(spec, role, jobdir, secret_len, {}, primary=True)]
+        return self._spawn(spec, role, jobdir, secret_len, {})
 
     def _spawn(
         self,
@@ -134,12 +157,12 @@ class Zygote:
         jobdir: str,
         secret_len: int,
         extra: dict[int, int],
-        primary: bool,
     ) -> Proc:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         rep_r, rep_w = os.pipe()
-        stdin_fd = _stdin_fd(spec.get("stdin") if role in ("program", "call") else None)
+        data = spec.get("stdin") if role in ("program", "call") else None
+        stdin_fd = self.devnull if data is None else _stdin_fd(data)
         pid = os.fork()
         if pid == 0:
             try:
@@ -152,9 +175,11 @@ class Zygote:
                 os.write(2, f"sandbox setup failed: {exc!r}\n".encode())
             finally:
                 os._exit(70)
-        for fd in (out_w, err_w, rep_w, stdin_fd):
+        for fd in (out_w, err_w, rep_w):
             os.close(fd)
-        return Proc(pid, role, primary, out_r, err_r, rep_r)
+        if stdin_fd != self.devnull:
+            os.close(stdin_fd)
+        return Proc(pid, role, out_r, err_r, rep_r)
 
     def _clean(self, jobdir: str) -> None:
         def unlock(func: Any, path: str, _exc: Any) -> None:
@@ -164,7 +189,10 @@ class Zygote:
                 os.chmod(path, stat.S_IRWXU)
             func(path)
 
-        shutil.rmtree(jobdir, onerror=unlock)
+        try:
+            os.rmdir(jobdir)  # the usual case: the program wrote nothing
+        except OSError:
+            shutil.rmtree(jobdir, onerror=unlock)
         for root in self.cfg.get("sweep_roots", []):
             for entry in os.scandir(root):
                 if entry.is_dir(follow_symlinks=False):
@@ -188,9 +216,7 @@ def _precompile(code: str, filename: str) -> None:
         runners.PRECOMPILED[key] = runners.compile_source(code, filename)
 
 
-def _stdin_fd(data: str | None) -> int:
-    if data is None:
-        return os.open(os.devnull, os.O_RDONLY)
+def _stdin_fd(data: str) -> int:
     fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
     os.write(fd, data.encode("utf-8", "surrogateescape"))
     os.lseek(fd, 0, os.SEEK_SET)
@@ -236,8 +262,8 @@ def prepare_child(
 class Proc:
     """One forked child as the zygote sees it: its pipes, what it wrote, how it ended."""
 
-    def __init__(self, pid: int, role: str, primary: bool, out: int, err: int, rep: int) -> None:
-        self.pid, self.role, self.primary = pid, role, primary
+    def __init__(self, pid: int, role: str, out: int, err: int, rep: int) -> None:
+        self.pid, self.role = pid, role
         self.pidfd = os.pidfd_open(pid)
         self.fds = {out: "stdout", err: "stderr", rep: "report"}
         self.data: dict[str, bytearray] = {
@@ -282,46 +308,41 @@ def _report_text(raw: bytes) -> str:
     return raw[4:].decode("utf-8", "replace") if size == len(raw) - 4 else ("!" if raw else "")
 
 
-def supervise(procs: list[Proc], deadline: float, limits: dict[str, Any]) -> tuple[bool, bool]:
-    """Read every pipe while the children run; stop at the primary's exit, the cap or the deadline."""
-    import select
-
+def supervise(proc: Proc, deadline: float, limits: dict[str, Any]) -> tuple[bool, bool]:
+    """Read the program's pipes while it runs; stop at its exit, the output cap or the deadline."""
     cap = {"stdout": int(limits["output_bytes"]), "stderr": int(limits["output_bytes"]), "report": 1 << 26}
     poller = select.poll()
-    owners: dict[int, tuple[Proc, str]] = {}
-    for p in procs:
-        poller.register(p.pidfd, select.POLLIN)
-        for fd, name in p.fds.items():
-            poller.register(fd, select.POLLIN)
-            owners[fd] = (p, name)
-    primary = next(p for p in procs if p.primary)
+    poller.register(proc.pidfd, select.POLLIN)
+    open_fds = dict(proc.fds)
+    for fd in open_fds:
+        poller.register(fd, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             return True, False
         for fd, _ev in poller.poll(max(1, int(left * 1000))):
-            if fd in owners:
-                proc, name = owners[fd]
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    poller.unregister(fd)
-                    del owners[fd]
-                    continue
-                proc.seen[name] += len(chunk)
-                if proc.seen[name] > cap[name]:
-                    return False, True
-                if name != "stderr" or len(proc.data[name]) < 4 * STDERR_KEEP:
-                    proc.data[name] += chunk
-            else:
+            name = open_fds.get(fd)
+            if name is None:
+                poller.unregister(fd)  # the pidfd: it exited
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 poller.unregister(fd)
-        if primary.reap(block=False):
-            _drain(owners, cap)
+                del open_fds[fd]
+                continue
+            proc.seen[name] += len(chunk)
+            if proc.seen[name] > cap[name]:
+                return False, True
+            if name != "stderr" or len(proc.data[name]) < 4 * STDERR_KEEP:
+                proc.data[name] += chunk
+        if proc.reap(block=False):
+            _drain(proc, open_fds, cap)
             return False, False
 
 
-def _drain(owners: dict[int, tuple[Proc, str]], cap: dict[str, int]) -> None:
-    """What the exited primary left in its pipes (non-blocking: a live grandchild may hold them)."""
-    for fd, (proc, name) in owners.items():
+def _drain(proc: Proc, open_fds: dict[int, str], cap: dict[str, int]) -> None:
+    """What the exited program left in its pipes (non-blocking: a live grandchild may hold them)."""
+    for fd, name in open_fds.items():
         os.set_blocking(fd, False)
         while True:
             try:
@@ -334,15 +355,14 @@ def _drain(owners: dict[int, tuple[Proc, str]], cap: dict[str, int]) -> None:
             proc.data[name] += chunk
 
 
-def sweep(pid1: bool, procs: list[Proc], budget_s: float = 5.0) -> None:
+def sweep(pid1: bool, proc: Proc | None, budget_s: float = 5.0) -> None:
     """Kill and reap every process the job left behind, escaped sessions included."""
     deadline = time.monotonic() + budget_s
-    for p in procs:
-        for target in (-p.pid, p.pid):  # its process group first, then itself
+    if proc is not None:
+        for target in (-proc.pid, proc.pid):  # its process group first, then itself
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(target, signal.SIGKILL)
-    for p in procs:
-        p.reap(block=True)
+        proc.reap(block=True)
     while time.monotonic() < deadline:
         victims = [-1] if pid1 else _children()
         for pid in victims:
@@ -357,9 +377,9 @@ def sweep(pid1: bool, procs: list[Proc], budget_s: float = 5.0) -> None:
         time.sleep(0.0005)
     else:
         raise RuntimeError("could not sweep the job's processes")
-    for p in procs:
-        os.close(p.pidfd)
-        for fd in p.fds:
+    if proc is not None:
+        os.close(proc.pidfd)
+        for fd in proc.fds:
             os.close(fd)
 
 
