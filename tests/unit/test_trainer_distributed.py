@@ -8,6 +8,7 @@ workers importing torch and transformers)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -200,10 +201,10 @@ def _validation_set(tokenizer: Any) -> ValidationSet:
     )
 
 
-def _fsdp_gradients(rank: int, port: int) -> None:
+def _fsdp_gradients(rank: int, port: int, out_dir: str) -> None:
     """One rank: the summed sharded gradients of a step with uneven micro-batches equal the
     single-process gradient; then, as validation does between steps, decoding forwards inside
-    ``unsharded`` (raises in the rank otherwise)."""
+    ``unsharded`` (raises in the rank otherwise). Writes what it checked to ``out_dir``."""
     import copy
     import os
 
@@ -241,11 +242,13 @@ def _fsdp_gradients(rank: int, port: int) -> None:
     for _ in range(most - len(chunks)):
         (batch_loss(runner, pack(features[:1], 0, 64), "token", "cpu", denominator=denom) * 0.0).backward()
     expected = dict(reference.named_parameters())
+    checked = {"grads": 0, "decoded": 0}
     for name, p in model.named_parameters():
         half = -(-p.shape[0] // 2)
         assert isinstance(p, DTensor) and p.to_local().shape[0] <= half  # sharded, not replicated
         assert isinstance(p.grad, DTensor)
         torch.testing.assert_close(p.grad.full_tensor(), expected[name].grad, atol=1e-6, rtol=1e-5, msg=name)
+        checked["grads"] += 1
 
     # Inside ``unsharded`` every rank has the whole weights and runs its own number of forwards (rank 1
     # three, rank 0 one; a collective among them would deadlock the ranks), with the reference's logits.
@@ -258,6 +261,7 @@ def _fsdp_gradients(rank: int, port: int) -> None:
         for f in features[: 1 + 2 * rank]:
             tokens = torch.tensor([f["input_ids"]])
             torch.testing.assert_close(model(input_ids=tokens).logits, reference(input_ids=tokens).logits)
+            checked["decoded"] += 1
     # after it every unit is sharded again, and a training forward reshards the layers once they ran
     # (the root keeps its weights for the backward): shard_model's settings are back
     assert all(isinstance(p, DTensor) for p in model.parameters())
@@ -266,10 +270,13 @@ def _fsdp_gradients(rank: int, port: int) -> None:
     loss.backward()
     assert all(isinstance(p, DTensor) for p in model.parameters())
     dist.destroy_process_group()
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(checked))
 
 
 @pytest.mark.timeout(300)  # a collective among the decoding forwards deadlocks the ranks: fail, not hang
-def test_fsdp_gradients_sum_to_the_single_process_gradient_and_decoding_between_steps_is_local() -> None:
+def test_fsdp_gradients_sum_to_the_single_process_gradient_and_decoding_between_steps_is_local(
+    tmp_path: Path,
+) -> None:
     import socket
 
     import torch.multiprocessing as mp
@@ -277,7 +284,11 @@ def test_fsdp_gradients_sum_to_the_single_process_gradient_and_decoding_between_
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_fsdp_gradients, args=(port,), nprocs=2)  # raises when a rank's assertion fails
+    mp.spawn(_fsdp_gradients, args=(port, str(tmp_path)), nprocs=2)  # raises when a rank's check fails
+    # Both ranks got through every check (a rank that skipped its loops would report zeros).
+    done = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [d["grads"] for d in done] == [done[0]["grads"]] * 2 and done[0]["grads"] > 0
+    assert [d["decoded"] for d in done] == [1, 3]
 
 
 def test_fsdp_trains_like_one_process_and_resumes_from_its_state(tmp_path: Path) -> None:
