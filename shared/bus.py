@@ -139,7 +139,7 @@ class EventBus:
         bus = cls(config, name)
         bus._nc = await bus._connect_with_retry()
         bus._js = bus._nc.jetstream()
-        bus._kv = RunStateKV(bus._js, bus.runs_bucket)
+        bus._kv = RunStateKV(bus._nc, bus._js, bus.runs_bucket)
         return bus
 
     async def _connect_with_retry(self) -> NATS:

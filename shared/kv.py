@@ -4,16 +4,18 @@ Keys are run ids, values are opaque bytes (the coordinator's serialized run stat
 optimistic: `update` succeeds only if the caller read the latest revision, so two coordinators
 cannot silently overwrite each other; the loser gets `ConflictError`, re-reads and retries.
 
-Not covered: deletes and TTLs (runs are kept), and watching several keys at once.
+Not covered: deleting runs and TTLs (runs are kept), and watching several keys at once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import AsyncGenerator
 
 import nats.js.errors as jserr
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
@@ -31,8 +33,8 @@ class ConflictError(Exception):
 class RunStateKV:
     """Thin typed wrapper over one JetStream KV bucket (`{prefix}_runs`)."""
 
-    def __init__(self, js: JetStreamContext, bucket: str) -> None:
-        self._js = js
+    def __init__(self, nc: NATS, js: JetStreamContext, bucket: str, *, api_prefix: str = "$JS.API") -> None:
+        self._nc, self._js, self._api = nc, js, api_prefix
         self._bucket = bucket
         self._kv: KeyValue | None = None
 
@@ -85,11 +87,32 @@ class RunStateKV:
             raise ConflictError(f"key {key!r} is no longer at revision {revision}") from err
 
     async def keys(self) -> list[str]:
-        kv = await self._bucket_handle()
-        try:
-            return sorted(await kv.keys())
-        except jserr.NoKeysError:  # nats-py signals an empty bucket with an exception
-            return []
+        """Every key with a stored value, sorted, read from the stream's subject index.
+
+        Not nats-py's ``KeyValue.keys()``: that one starts a watcher and decides "no more keys"
+        from the consumer's pending count, which is already 0 once the server has pushed the
+        messages but before the client has read them; under load it returned an empty list for
+        a bucket that had keys (a duplicate run name was accepted, CI run of 2026-11-25).
+        """
+        await self._bucket_handle()
+        stream, prefix = f"KV_{self._bucket}", f"$KV.{self._bucket}."
+        found: list[str] = []
+        while True:  # the server pages subject details (at most 100,000 per reply)
+            body = json.dumps({"subjects_filter": f"{prefix}>", "offset": len(found)}).encode()
+            reply = await self._nc.request(f"{self._api}.STREAM.INFO.{stream}", body, timeout=5.0)
+            info = json.loads(reply.data)
+            if "error" in info:
+                jserr.APIError.from_error(info["error"])  # raises
+            page = (info.get("state") or {}).get("subjects") or {}
+            found.extend(subject[len(prefix) :] for subject in page)
+            if not page or len(found) >= int(info.get("total") or 0):
+                break
+        keys = []
+        for key in sorted(found):
+            # A deleted or purged key keeps its marker message; only keys with a value count.
+            if await self.get(key) is not None:
+                keys.append(key)
+        return keys
 
     async def watch(self, key: str) -> AsyncGenerator[tuple[bytes, int], None]:
         """Current value first (if any), then every update; deletes are skipped.

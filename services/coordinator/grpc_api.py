@@ -45,6 +45,10 @@ class RunApi(pb_grpc.RunServiceServicer):
     def __init__(self, config: CoordinatorConfig, orchestrator: Orchestrator) -> None:
         self.config = config
         self.orc = orchestrator
+        # Names of runs being started right now: two concurrent StartRuns with one name must not
+        # both pass the check before either run record exists.
+        self._starting: set[str] = set()
+        self._name_lock = asyncio.Lock()
 
     async def _validated(
         self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
@@ -84,14 +88,33 @@ class RunApi(pb_grpc.RunServiceServicer):
                 sft_train = sft_rows(cfg.task.name, splits["train"])
             except DatasetError as exc:
                 await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if cfg.name is not None:
-            for other in await self._all_runs():
-                if other.name == cfg.name:
-                    await _abort(
-                        context,
-                        grpc.StatusCode.ALREADY_EXISTS,
-                        f"a run named '{cfg.name}' exists ({other.run_id}); choose another name",
-                    )
+        if cfg.name is None:
+            return await self._start(request, cfg, splits, model_key, sft_train)
+        async with self._name_lock:
+            holders = [o.run_id for o in await self._all_runs() if o.name == cfg.name]
+            if cfg.name in self._starting:
+                holders.append("being started now")
+            if not holders:
+                self._starting.add(cfg.name)
+        if holders:
+            await _abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"a run named '{cfg.name}' exists ({holders[0]}); choose another name",
+            )
+        try:
+            return await self._start(request, cfg, splits, model_key, sft_train)
+        finally:
+            self._starting.discard(cfg.name)
+
+    async def _start(
+        self,
+        request: pb.StartRunRequest,
+        cfg: RunConfig,
+        splits: Any,
+        model_key: str,
+        sft_train: Any,
+    ) -> pb.StartRunResponse:
         run_id = new_run_id(cfg)
         store = self.orc.store
         await asyncio.to_thread(store.put_bytes, keys.config_key(run_id), request.config_yaml.encode())

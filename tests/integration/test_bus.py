@@ -336,6 +336,25 @@ async def test_kv_create_get_update_keys_watch(bus: EventBus) -> None:
     assert seen == [(b"v2", rev2), (b"v3", rev3), (b"v4", rev4)]
 
 
+async def test_kv_keys_lists_a_key_as_soon_as_it_is_written_and_skips_deleted_ones(
+    bus: EventBus, nats_config: NatsConfig
+) -> None:
+    # Read-after-write, many times over: nats-py's own keys() could miss a fresh key (its watcher
+    # trusts a pending count of 0 before the pushed messages are read), which let a duplicate run
+    # name through under load.
+    for i in range(40):
+        await bus.kv_create(f"run-{i:02d}", b"x" * 2000)
+        assert await bus.kv_keys() == [f"run-{j:02d}" for j in range(i + 1)]
+    other = await nats.connect(nats_config.url)
+    try:
+        handle = await other.jetstream().key_value(bus.runs_bucket)
+        await handle.delete("run-07")
+        await handle.purge("run-08")
+    finally:
+        await other.close()
+    assert await bus.kv_keys() == [f"run-{j:02d}" for j in range(40) if j not in (7, 8)]
+
+
 # ---------------------------------------------------------------------------- connection
 
 

@@ -177,3 +177,17 @@ async def test_watch_streams_progress_until_the_run_ends(api):
     assert seen[0].phase == pb.PHASE_PREPARING
     assert seen[-1].status == pb.RUN_STATUS_CANCELLED
     assert any(r.phase == pb.PHASE_EVALUATING and r.progress.total == 2 for r in seen)
+
+
+async def test_concurrent_starts_with_one_name_start_exactly_one_run(api):
+    stub, _, store = api
+    config = GOOD.replace("api-run", "twin")
+    calls = [stub.StartRun(pb.StartRunRequest(config_yaml=config), timeout=20) for _ in range(4)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    started = [r for r in results if isinstance(r, pb.StartRunResponse)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(started) == 1 and len(refused) == 3, results
+    assert all(e.code() == grpc.StatusCode.ALREADY_EXISTS and "'twin'" in e.details() for e in refused)
+    listed = await stub.ListRuns(pb.ListRunsRequest(), timeout=10)
+    assert [r.run_id for r in listed.runs] == [started[0].run_id]
+    assert {p.split("/")[1] for p in store.list("runs/")} == {started[0].run_id}
