@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import DistilBertConfig, DistilBertModel, LlamaForCausalLM
 
-from shared.llm import generation
+from shared.llm import generation, sampling
 from shared.llm.checkpoint import (
     CheckpointError,
     import_checkpoint,
@@ -268,9 +268,7 @@ def test_sampling_keeps_the_temperature_top_k_top_p_distribution() -> None:
     logits = torch.tensor([2.0, 0.5, 1.0, -1.0, 1.5, 0.0])
     params = GenerationParams(temperature=0.5, top_k=4, top_p=0.9)
     rows = 20_000
-    drawn = torch.cat(
-        [generation._next_tokens(logits.repeat(rows, 1), params, _seeds(rows), t) for t in (0, 7)]
-    )
+    drawn = torch.cat([sampling.next_tokens(logits.repeat(rows, 1), params, _seeds(rows), t) for t in (0, 7)])
     # expected by masking, independently: top-4 = tokens 0, 4, 2, 1; top-p 0.9 drops token 1
     top4 = (logits[[0, 4, 2, 1]] / 0.5).softmax(-1)
     assert top4[:2].sum() < 0.9 <= top4[:3].sum()  # so the third stays and the fourth goes
@@ -289,7 +287,7 @@ def test_the_two_level_race_over_the_vocabulary_keeps_the_distribution(top_p: fl
     logits = torch.randn(600, generator=gen) * 2
     params = GenerationParams(temperature=0.8, top_k=0, top_p=top_p)
     rows = 40_000
-    drawn = generation._next_tokens(logits.repeat(rows, 1), params, _seeds(rows), 3)
+    drawn = sampling.next_tokens(logits.repeat(rows, 1), params, _seeds(rows), 3)
     probs = (logits / 0.8).softmax(-1)
     if top_p < 1:
         order = probs.argsort(descending=True)
@@ -310,18 +308,18 @@ def test_a_draw_depends_on_the_winner_alone_not_on_the_other_candidates() -> Non
     gen = torch.Generator().manual_seed(1)
     scores = torch.randn(1000, 40, generator=gen)
     ids = torch.randperm(5000, generator=gen)[:40].repeat(1000, 1)
-    keys = generation._step_keys(_seeds(1000), 0)
-    winners = ids.gather(1, generation._race(scores, ids, keys)[:, None]).squeeze(1)
+    keys = sampling._step_keys(_seeds(1000), 0)
+    winners = ids.gather(1, sampling._race(scores, ids, keys)[:, None]).squeeze(1)
     flip = torch.arange(39, -1, -1)  # the candidates in another order
     assert torch.equal(
-        ids[:, flip].gather(1, generation._race(scores[:, flip], ids[:, flip], keys)[:, None]).squeeze(1),
+        ids[:, flip].gather(1, sampling._race(scores[:, flip], ids[:, flip], keys)[:, None]).squeeze(1),
         winners,
     )
     # a candidate that did not win leaves (e.g. moved across a top-k cut by rounding): no row changes
     loser = (ids != winners[:, None]).float().argmax(dim=1, keepdim=True)
     fewer = scores.scatter(1, loser, float("-inf"))
-    assert torch.equal(ids.gather(1, generation._race(fewer, ids, keys)[:, None]).squeeze(1), winners)
-    other_step = ids.gather(1, generation._race(scores, ids, generation._step_keys(_seeds(1000), 1))[:, None])
+    assert torch.equal(ids.gather(1, sampling._race(fewer, ids, keys)[:, None]).squeeze(1), winners)
+    other_step = ids.gather(1, sampling._race(scores, ids, sampling._step_keys(_seeds(1000), 1))[:, None])
     assert (other_step.squeeze(1) != winners).float().mean() > 0.5  # every step draws afresh
 
 
