@@ -1,6 +1,7 @@
 """Sandboxed execution of untrusted model code for the verifier: a pool of warm zygotes.
 
 Layout: `pool` (the parent side: workers, bounded queue, recycling, health, verdict cache),
+`channel` (the parent's end of one envelope process: frames, fds, deadlines),
 `envelope` (bubblewrap / unshare / rlimits-only, detection, what is active), `zygote` and
 `runners` (the code that runs *inside* the envelope, shipped as source over a pipe at start),
 `tester` (HumanEval's tests, in an envelope of their own), `seccomp` (the in-child syscall
