@@ -7,28 +7,32 @@ writes the run back. Re-applying an event that was already applied changes nothi
 no jobs, which is what makes redelivery harmless.
 
 Not handled here: reading samples and verdicts for the filter (the adapter does the I/O and calls
-`select_kept`), and the report's rendering (see `report.py`).
+`filtering.select_kept`), and the report's rendering (see `report.py`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
-from google.protobuf.message import Message
-from restem.common.v1 import common_pb2
 from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.events.v1 import events_pb2 as ev
 
 from shared import keys
-from shared.runconfig import TASK_DEFAULTS, LoraConfig, RunConfig
-from shared.seeds import derive_seed
-from shared.tasks import stop_patterns
+from shared.runconfig import RunConfig
 
 from . import adaptive
+from .filtering import FilterStats, choose_best_iteration, plan_shards
+from .jobs import (
+    Job,
+    _eval_jobs,
+    _verify_job,
+    prompt_format,
+    sample_job,
+    train_params_for,
+    train_validation,
+)
 
 FINISHED = (pb.RUN_STATUS_SUCCEEDED, pb.RUN_STATUS_FAILED, pb.RUN_STATUS_CANCELLED)
 PHASE_NAMES = {
@@ -41,15 +45,6 @@ PHASE_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class Job:
-    """A job to publish: its queue, payload and deterministic id."""
-
-    job_type: str
-    message: Message
-    job_id: str
-
-
 @dataclass
 class Decision:
     jobs: list[Job] = field(default_factory=list)
@@ -57,90 +52,6 @@ class Decision:
     needs_filter: bool = False
     # The run just finished successfully: the adapter writes the report.
     finished: bool = False
-
-
-# --- pure helpers -----------------------------------------------------------------------------
-
-
-def plan_shards(problem_ids: Sequence[str], shard_size: int) -> list[list[str]]:
-    return [list(problem_ids[i : i + shard_size]) for i in range(0, len(problem_ids), shard_size)]
-
-
-@dataclass(frozen=True)
-class FilterStats:
-    samples: int
-    correct: int
-    problems_total: int
-    problems_solved: int
-    kept: int
-    duplicates_dropped: int
-
-
-def select_kept(
-    samples: Sequence[dict[str, Any]],
-    verdicts: Sequence[dict[str, Any]],
-    *,
-    problem_ids: Sequence[str],
-    cutoff: int,
-    seed: int,
-) -> tuple[list[dict[str, Any]], FilterStats]:
-    """Keep at most `cutoff` verified-correct samples per problem.
-
-    The paper caps kept samples per problem (10) to avoid skewing the M-step towards easy problems
-    but does not say which ones it keeps. restem's rule: drop exact duplicate completions of a
-    problem first (after whitespace normalisation: a duplicate adds weight without adding
-    information), then choose uniformly at random among the rest with a seed derived from the run
-    seed and the sample id, so the choice is reproducible and independent of arrival order.
-    """
-    correct_ids = {v["sample_id"] for v in verdicts if v["correct"]}
-    by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for s in samples:
-        if s["sample_id"] in correct_ids:
-            by_problem[s["problem_id"]].append(s)
-    kept: list[dict[str, Any]] = []
-    duplicates = 0
-    for pid in problem_ids:
-        seen: set[str] = set()
-        unique = []
-        for s in sorted(by_problem.get(pid, []), key=lambda s: derive_seed(seed, s["sample_id"])):
-            text = " ".join(s["completion"].split())
-            if text in seen:
-                duplicates += 1
-                continue
-            seen.add(text)
-            unique.append(s)
-        kept += [
-            {
-                "sample_id": s["sample_id"],
-                "problem_id": pid,
-                "prompt": s["prompt"],
-                "completion": s["completion"],
-                "weight": 1.0,
-            }
-            for s in unique[:cutoff]
-        ]
-    stats = FilterStats(
-        samples=len(samples),
-        correct=len(correct_ids),
-        problems_total=len(problem_ids),
-        problems_solved=sum(1 for pid in problem_ids if by_problem.get(pid)),
-        kept=len(kept),
-        duplicates_dropped=duplicates,
-    )
-    return kept, stats
-
-
-def choose_best_iteration(run: pb.Run) -> int:
-    """Iteration with the highest validation pass@1; ties go to the earlier (cheaper, less overfit).
-
-    Test numbers are never used. Without a validation split the last iteration is returned.
-    """
-    best, best_score = None, -1.0
-    for it in run.iterations:
-        scores = [e.pass_at_1 for e in it.evals if e.split == "validation"]
-        if scores and scores[0] > best_score:
-            best, best_score = it.iteration, scores[0]
-    return best if best is not None else (run.iterations[-1].iteration if run.iterations else 0)
 
 
 # --- state transitions --------------------------------------------------------------------------
@@ -192,73 +103,6 @@ def new_run(run_id: str, cfg: RunConfig, config_yaml: str, *, base_model_key: st
     return run, Decision(jobs=[Job("prepare", job, job.job_id)])
 
 
-def split_task(cfg: RunConfig, split: str) -> tuple[str, int]:
-    """Task and completion budget of an eval split: the run's own, or a transfer set's."""
-    for t in cfg.evaluation.transfer:
-        if t.split == split:
-            return t.task, t.max_new_tokens or TASK_DEFAULTS[t.task]["max_new_tokens"]
-    return cfg.task.name, cfg.evaluation.max_new_tokens or cfg.sampling.max_new_tokens
-
-
-def _eval_jobs(
-    run: pb.Run, cfg: RunConfig, iteration: int, checkpoint: str, splits: Sequence[str], variant: str = ""
-) -> list[Job]:
-    jobs = []
-    for split in splits:
-        task, max_new_tokens = split_task(cfg, split)
-        params = common_pb2.SamplingParams(
-            n=1,
-            greedy=True,
-            max_new_tokens=max_new_tokens,
-            stop=cfg.sampling.stop,
-            stop_regex=stop_patterns(task),
-        )
-        job = ev.EvalJob(
-            run_id=run.run_id,
-            job_id=keys.job_id(
-                "eval", run.run_id, None if variant else iteration, f"{variant}.{split}" if variant else split
-            ),
-            iteration=iteration,
-            split=split,
-            task=task,
-            dataset_key=keys.dataset_key(run.run_id, split),
-            checkpoint_key=checkpoint,
-            params=params,
-            output_key=f"{keys.sft_prefix(run.run_id)}/eval/{split}.jsonl"
-            if variant
-            else keys.eval_key(run.run_id, iteration, split),
-            prompt_format=prompt_format(cfg),
-            variant=variant,
-        )
-        if cfg.evaluation.samples > 0 and split in cfg.evaluation.sample_splits:
-            e = cfg.evaluation
-            job.sample_params.CopyFrom(
-                common_pb2.SamplingParams(
-                    n=e.samples,
-                    temperature=e.temperature,
-                    top_p=e.top_p,
-                    max_new_tokens=params.max_new_tokens,
-                    stop=params.stop,
-                    stop_regex=params.stop_regex,
-                    seed=e.seed,
-                )
-            )
-        jobs.append(Job("eval", job, job.job_id))
-    return jobs
-
-
-def prompt_format(cfg: RunConfig) -> common_pb2.PromptFormat:
-    return common_pb2.PromptFormat(
-        chat_template=cfg.model.chat_template, system_prompt=cfg.model.system_prompt or ""
-    )
-
-
-def eval_splits(cfg: RunConfig, split_sizes: dict[str, int]) -> list[str]:
-    """The run's non-empty eval splits, then its transfer sets (`transfer-<name>`)."""
-    own = [s for s in cfg.evaluation.splits if split_sizes.get(s, 0) > 0]
-    return own + [t.split for t in cfg.evaluation.transfer if split_sizes.get(t.split, 0) > 0]
-
-
 def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: Sequence[str]) -> Decision:
     if run.status in FINISHED or run.phase != pb.PHASE_PREPARING:
         return Decision()
@@ -285,64 +129,6 @@ def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: S
         )
         jobs.append(Job("train", job, job.job_id))
     return Decision(jobs=jobs)
-
-
-def sample_job(
-    run: pb.Run,
-    cfg: RunConfig,
-    it: pb.Iteration,
-    index: int,
-    ids: Sequence[str],
-    *,
-    k: int | None = None,
-    first_index: int = 0,
-) -> Job:
-    """Shard `index` of the iteration's E-step: `k` samples per problem (default: the first round's).
-
-    The seed is the iteration's, not the shard's: the sampler seeds sample `i` of problem `p` with
-    `shared.seeds.sample_seeds(seed, [p], ...)`, so a sample is the same whichever shard or adaptive
-    round draws it (a fixed-K run and an adaptive one share their first samples).
-    """
-    n = it.iteration
-    params = common_pb2.SamplingParams(
-        n=k if k is not None else adaptive.first_round_n(cfg.sampling),
-        temperature=cfg.sampling.temperature,
-        top_k=cfg.sampling.top_k,
-        top_p=cfg.sampling.top_p,
-        max_new_tokens=cfg.sampling.max_new_tokens,
-        stop=cfg.sampling.stop,
-        stop_regex=stop_patterns(cfg.task.name),
-        seed=derive_seed(cfg.sampling.seed, n),
-    )
-    job = ev.SampleJob(
-        run_id=run.run_id,
-        job_id=keys.job_id("sample", run.run_id, n, index),
-        iteration=n,
-        shard=index,
-        task=cfg.task.name,
-        dataset_key=keys.dataset_key(run.run_id, "train"),
-        problem_ids=ids,
-        policy_key=it.policy_key,
-        params=params,
-        output_key=keys.samples_key(run.run_id, n, index),
-        prompt_format=prompt_format(cfg),
-        first_index=first_index,
-    )
-    return Job("sample", job, job.job_id)
-
-
-def _verify_job(run: pb.Run, cfg: RunConfig, iteration: int, shard: int) -> Job:
-    job = ev.VerifyJob(
-        run_id=run.run_id,
-        job_id=keys.job_id("verify", run.run_id, iteration, shard),
-        iteration=iteration,
-        shard=shard,
-        task=cfg.task.name,
-        dataset_key=keys.dataset_key(run.run_id, "train"),
-        samples_key=keys.samples_key(run.run_id, iteration, shard),
-        output_key=keys.verdicts_key(run.run_id, iteration, shard),
-    )
-    return Job("verify", job, job.job_id)
 
 
 def _start_iteration(run: pb.Run, cfg: RunConfig, train_ids: Sequence[str]) -> Decision:
@@ -415,57 +201,6 @@ def on_round_planned(run: pb.Run, cfg: RunConfig, iteration: int, plan: adaptive
         for i, ids in enumerate(shards)
     ]
     return Decision(jobs=jobs)
-
-
-def train_validation(run: pb.Run, cfg: RunConfig, splits: Sequence[str]) -> ev.TrainValidation | None:
-    """Validation-driven stopping of the M-step: on when the run evaluates a (non-empty) validation split.
-
-    The greedy settings are the validation evaluation's, so the trainer's reward is that pass@1.
-    """
-    if not cfg.training.validation_stopping or "validation" not in splits:
-        return None
-    return ev.TrainValidation(
-        task=cfg.task.name,
-        dataset_key=keys.dataset_key(run.run_id, "validation"),
-        params=common_pb2.SamplingParams(
-            n=1,
-            greedy=True,
-            max_new_tokens=cfg.evaluation.max_new_tokens or cfg.sampling.max_new_tokens,
-            stop=cfg.sampling.stop,
-            stop_regex=stop_patterns(cfg.task.name),
-        ),
-        prompt_format=prompt_format(cfg),
-        patience=cfg.training.patience,
-    )
-
-
-def train_params_for(cfg: RunConfig, iteration: int) -> common_pb2.TrainParams:
-    t = cfg.training
-    lora = t.lora if t.lora is not None else LoraConfig()
-    return common_pb2.TrainParams(
-        learning_rate=t.learning_rate,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        weight_decay=t.weight_decay,
-        warmup_ratio=t.warmup_ratio,
-        max_seq_len=t.max_seq_len,
-        max_grad_norm=t.max_grad_norm,
-        seed=derive_seed(t.seed, iteration),
-        loss_normalisation=t.loss_normalisation,
-        method=t.method,
-        lora_r=lora.r if t.method == "lora" else 0,
-        lora_alpha=lora.alpha if t.method == "lora" else 0.0,
-        lora_dropout=lora.dropout if t.method == "lora" else 0.0,
-        lora_target_modules=lora.target_modules if t.method == "lora" else [],
-        lr_schedule=t.lr_schedule,
-        min_lr_ratio=t.min_lr_ratio,
-        max_steps=t.max_steps or 0,
-        micro_batch_size=t.micro_batch_size or 0,
-        packing=t.packing,
-        length_bucketing=t.length_bucketing,
-        gradient_checkpointing=t.gradient_checkpointing,
-        checkpoint_every_steps=t.checkpoint_every_steps,
-    )
 
 
 def on_filtered(

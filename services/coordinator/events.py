@@ -23,10 +23,11 @@ from restem.events.v1 import events_pb2 as ev
 from shared import keys
 from shared.bus import ConflictError, DeadLetter, Delivery, EventBus, PermanentError
 from shared.runconfig import RunConfig, parse_run_config
+from shared.seeds import derive_seed
 from shared.store import ArtifactStore
 from shared.tasks import dumps_jsonl, loads_jsonl
 
-from . import adaptive, core, reconcile
+from . import adaptive, core, filtering, jobs, reconcile
 from .plots import render_plots
 from .report import build_report, render_markdown
 
@@ -140,12 +141,12 @@ class Orchestrator:
                     run.run_id, it.iteration, it.sampling_rounds + 1, len(plan.problem_ids), plan.n,
                 )  # fmt: skip
                 return core.on_round_planned(run, cfg, it.iteration, plan)
-        kept, stats = core.select_kept(
+        kept, stats = filtering.select_kept(
             samples,
             verdicts,
             problem_ids=ids["train"],
             cutoff=cfg.em.cutoff,
-            seed=core.derive_seed(cfg.sampling.seed, it.iteration),
+            seed=derive_seed(cfg.sampling.seed, it.iteration),
         )
         await asyncio.to_thread(
             self.store.put_bytes, keys.kept_key(run.run_id, it.iteration), dumps_jsonl(kept)
@@ -183,7 +184,7 @@ class Orchestrator:
 
     @staticmethod
     def _splits(cfg: RunConfig, ids: dict[str, list[str]]) -> list[str]:
-        return core.eval_splits(cfg, {k: len(v) for k, v in ids.items()})
+        return jobs.eval_splits(cfg, {k: len(v) for k, v in ids.items()})
 
     # --- events -----------------------------------------------------------------------------------
 

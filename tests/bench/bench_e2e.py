@@ -28,14 +28,14 @@ DEFAULT = ROOT / "examples" / "arithmetic-demo.yaml"
 
 
 def one_process(config_yaml: str, work: Path) -> tuple[float, dict[str, float], list[int]]:
-    from services.coordinator import core
+    from services.coordinator import core, filtering
     from shared.jobparams import generation_params
     from shared.llm.checkpoint import import_checkpoint, load_for_inference, load_for_training
     from shared.llm.generation import GenerationParams, TransformersGenerator, render_prompt
     from shared.llm.training import TrainExample, train_reward_weighted
     from shared.models import resolve_model_source
     from shared.runconfig import parse_run_config
-    from shared.seeds import sample_seeds
+    from shared.seeds import derive_seed, sample_seeds
     from shared.tasks import build_splits, check_answer, stop_patterns, user_message
 
     cfg = parse_run_config(config_yaml)
@@ -89,12 +89,12 @@ def one_process(config_yaml: str, work: Path) -> tuple[float, dict[str, float], 
                     )
         phases["sampling+verifying"] += time.monotonic() - t
         t = time.monotonic()
-        kept, _ = core.select_kept(
+        kept, _ = filtering.select_kept(
             samples,
             verdicts,
             problem_ids=list(by_id),
             cutoff=cfg.em.cutoff,
-            seed=core.derive_seed(cfg.sampling.seed, it),
+            seed=derive_seed(cfg.sampling.seed, it),
         )
         kept_counts.append(len(kept))
         from shared.jobparams import train_params

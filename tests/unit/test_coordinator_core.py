@@ -6,10 +6,11 @@ import pytest
 from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.events.v1 import events_pb2 as ev
 
-from services.coordinator import core
+from services.coordinator import core, filtering
 from services.coordinator.report import build_report, render_markdown
 from shared import keys
 from shared.runconfig import parse_run_config
+from shared.seeds import derive_seed
 
 
 def _samples(problem_ids, k):
@@ -29,7 +30,7 @@ def test_cutoff_holds_and_only_correct_samples_are_kept():
     samples = _samples(["a", "b", "c"], 8)
     correct = {s["sample_id"] for s in samples if s["problem_id"] == "a" or s["sample_id"].endswith("/3")}
     verdicts = [{"sample_id": s["sample_id"], "correct": s["sample_id"] in correct} for s in samples]
-    kept, stats = core.select_kept(samples, verdicts, problem_ids=["a", "b", "c"], cutoff=4, seed=1)
+    kept, stats = filtering.select_kept(samples, verdicts, problem_ids=["a", "b", "c"], cutoff=4, seed=1)
     per_problem = Counter(k["problem_id"] for k in kept)
     assert per_problem == {"a": 4, "b": 1, "c": 1}
     assert all(k["sample_id"] in correct for k in kept)
@@ -40,9 +41,9 @@ def test_cutoff_holds_and_only_correct_samples_are_kept():
 def test_selection_is_reproducible_and_independent_of_arrival_order():
     samples = _samples(["a"], 8)
     verdicts = [{"sample_id": s["sample_id"], "correct": True} for s in samples]
-    first, _ = core.select_kept(samples, verdicts, problem_ids=["a"], cutoff=3, seed=7)
-    again, _ = core.select_kept(samples[::-1], verdicts[::-1], problem_ids=["a"], cutoff=3, seed=7)
-    other, _ = core.select_kept(samples, verdicts, problem_ids=["a"], cutoff=3, seed=8)
+    first, _ = filtering.select_kept(samples, verdicts, problem_ids=["a"], cutoff=3, seed=7)
+    again, _ = filtering.select_kept(samples[::-1], verdicts[::-1], problem_ids=["a"], cutoff=3, seed=7)
+    other, _ = filtering.select_kept(samples, verdicts, problem_ids=["a"], cutoff=3, seed=8)
     assert first == again
     assert {k["sample_id"] for k in first} != {k["sample_id"] for k in other}
 
@@ -53,7 +54,7 @@ def test_duplicate_completions_are_dropped_before_the_cutoff():
         for i in range(5)
     ] + [{"sample_id": "s9", "problem_id": "a", "prompt": "p", "completion": "5. The answer is 5."}]
     verdicts = [{"sample_id": s["sample_id"], "correct": True} for s in samples]
-    kept, stats = core.select_kept(samples, verdicts, problem_ids=["a"], cutoff=4, seed=0)
+    kept, stats = filtering.select_kept(samples, verdicts, problem_ids=["a"], cutoff=4, seed=0)
     assert len(kept) == 2 and stats.duplicates_dropped == 4
 
 
@@ -87,7 +88,7 @@ def test_a_whole_iteration_of_decisions():
     # sampler derives each sample's own from it, the problem and the index: shard-independent)
     assert run.phase == pb.PHASE_SAMPLING and run.iteration == 1
     assert [len(j.message.problem_ids) for j in d.jobs] == [8, 8, 4]
-    assert {j.message.params.seed for j in d.jobs} == {core.derive_seed(cfg.sampling.seed, 1)}
+    assert {j.message.params.seed for j in d.jobs} == {derive_seed(cfg.sampling.seed, 1)}
     assert {j.message.policy_key for j in d.jobs} == {"models/base"}
     for shard in range(3):
         done = ev.SampleDone(

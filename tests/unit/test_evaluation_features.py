@@ -14,6 +14,7 @@ from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.events.v1 import events_pb2 as ev
 
 from services.coordinator import core
+from services.coordinator import jobs as coordinator_jobs
 from services.coordinator.plots import render_plots
 from services.coordinator.report import build_report, render_markdown
 from shared.client.cli import with_absolute_dataset_paths
@@ -65,9 +66,9 @@ def test_bad_transfer_entries_name_the_field(entry: str, words: str) -> None:
 def test_every_checkpoint_is_evaluated_on_the_transfer_sets_with_their_own_task() -> None:
     cfg = parse_run_config(CFG)
     sizes = {"train": 8, "validation": 4, "test": 4, "transfer-he": 5, "transfer-code": 4}
-    splits = core.eval_splits(cfg, sizes)
+    splits = coordinator_jobs.eval_splits(cfg, sizes)
     assert splits == ["validation", "test", "transfer-he", "transfer-code"]
-    assert core.eval_splits(cfg, {**sizes, "transfer-he": 0})[-1] == "transfer-code"
+    assert coordinator_jobs.eval_splits(cfg, {**sizes, "transfer-he": 0})[-1] == "transfer-code"
     run, _ = core.new_run("t-000001", cfg, CFG, base_model_key="models/base")
     jobs = {
         j.message.split: j.message
