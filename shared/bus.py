@@ -542,6 +542,10 @@ class EventBus:
     async def kv_keys(self) -> list[str]:
         return await self._kv.keys()
 
+    async def kv_entries(self) -> list[tuple[str, bytes, int]]:
+        """(key, value, revision) of every run record, sorted by key."""
+        return await self._kv.entries()
+
     async def kv_watch(self, key: str) -> AsyncGenerator[tuple[bytes, int], None]:
         """Current value first (if any), then every update; close it with ``contextlib.aclosing``."""
         # aclosing: closing this generator must stop the inner watcher (and its server consumer) too.

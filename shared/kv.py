@@ -87,12 +87,17 @@ class RunStateKV:
             raise ConflictError(f"key {key!r} is no longer at revision {revision}") from err
 
     async def keys(self) -> list[str]:
-        """Every key with a stored value, sorted, read from the stream's subject index.
+        """Every key with a stored value, sorted."""
+        return [key for key, _, _ in await self.entries()]
 
-        Not nats-py's ``KeyValue.keys()``: that one starts a watcher and decides "no more keys"
-        from the consumer's pending count, which is already 0 once the server has pushed the
-        messages but before the client has read them; under load it returned an empty list for
-        a bucket that had keys (a duplicate run name was accepted, CI run of 2026-11-25).
+    async def entries(self) -> list[tuple[str, bytes, int]]:
+        """(key, value, revision) of every key with a stored value, sorted by key.
+
+        Read from the stream's subject index, then one get per key; not nats-py's
+        ``KeyValue.keys()``: that one starts a watcher and decides "no more keys" from the
+        consumer's pending count, which is already 0 once the server has pushed the messages but
+        before the client has read them; under load it returned an empty list for a bucket that
+        had keys (a duplicate run name was accepted, CI run of 2026-11-25).
         """
         await self._bucket_handle()
         stream, prefix = f"KV_{self._bucket}", f"$KV.{self._bucket}."
@@ -107,12 +112,13 @@ class RunStateKV:
             found.extend(subject[len(prefix) :] for subject in page)
             if not page or len(found) >= int(info.get("total") or 0):
                 break
-        keys = []
+        entries = []
         for key in sorted(found):
             # A deleted or purged key keeps its marker message; only keys with a value count.
-            if await self.get(key) is not None:
-                keys.append(key)
-        return keys
+            got = await self.get(key)
+            if got is not None:
+                entries.append((key, *got))
+        return entries
 
     async def watch(self, key: str) -> AsyncGenerator[tuple[bytes, int], None]:
         """Current value first (if any), then every update; deletes are skipped.

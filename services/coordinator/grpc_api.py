@@ -137,11 +137,7 @@ class RunApi(pb_grpc.RunServiceServicer):
         return pb.StartRunResponse(run_id=run_id, run=run)
 
     async def _all_runs(self) -> list[pb.Run]:
-        runs = []
-        for key in await self.orc.bus.kv_keys():
-            got = await self.orc.bus.kv_get(key)
-            if got is not None:
-                runs.append(pb.Run.FromString(got[0]))
+        runs = [pb.Run.FromString(value) for _, value, _ in await self.orc.bus.kv_entries()]
         return sorted(runs, key=lambda r: r.created.ToNanoseconds())
 
     async def _get(self, run_id: str, context: grpc.aio.ServicerContext) -> pb.Run:

@@ -146,12 +146,9 @@ async def reconcile_run(orc: Orchestrator, run_id: str) -> int:
 async def reconcile_all(orc: Orchestrator) -> dict[str, int]:
     """`reconcile_run` for every stored run that is running or lacks its report; a failure is logged."""
     done: dict[str, int] = {}
-    for run_id in await orc.bus.kv_keys():
+    for run_id, value, _ in await orc.bus.kv_entries():
         try:
-            got = await orc.bus.kv_get(run_id)
-            if got is None:
-                continue
-            run = pb.Run.FromString(got[0])
+            run = pb.Run.FromString(value)
             if run.status in core.FINISHED and run.report_key:
                 continue
             done[run_id] = await reconcile_run(orc, run_id)

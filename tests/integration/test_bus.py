@@ -352,7 +352,12 @@ async def test_kv_keys_lists_a_key_as_soon_as_it_is_written_and_skips_deleted_on
         await handle.purge("run-08")
     finally:
         await other.close()
-    assert await bus.kv_keys() == [f"run-{j:02d}" for j in range(40) if j not in (7, 8)]
+    left = [f"run-{j:02d}" for j in range(40) if j not in (7, 8)]
+    assert await bus.kv_keys() == left
+    entries = await bus.kv_entries()
+    assert [key for key, _, _ in entries] == left
+    assert [(value, revision) for key, value, revision in entries] == [await bus.kv_get(key) for key in left]
+    assert all(value == b"x" * 2000 for _, value, _ in entries)
 
 
 # ---------------------------------------------------------------------------- connection
