@@ -9,7 +9,7 @@ first closed ```python block), the sampler's chat prompts and its per-sample see
 164 HumanEval problems and the bench's 40 APPS-style stdin problems (statements written below for
 its four templates). Each line is one sample: family, problem id, sample index, seed, completion,
 token count and finish reason; stdin lines carry their problem (statement and tests) so the bench
-grades exactly what was sampled. ~25 min on 2 CPU cores.
+grades exactly what was sampled. ~30 min on 2 CPU cores (1795 s for the committed file).
 """
 
 from __future__ import annotations
