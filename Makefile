@@ -51,7 +51,7 @@ lint: $(STAMP) ## ruff (check + format) and mypy
 	$(BIN)/mypy shared services
 
 test: $(STAMP) check-proto lint ## The whole CI suite: stubs, lint, unit, integration and e2e tests
-	$(BIN)/pytest -m "not slow and not gpu" -q
+	$(BIN)/pytest -m "not slow and not gpu" -q --durations=12
 	@docker info >/dev/null 2>&1 || echo "note: the kind integration test (make kind-test) was not run: no Docker engine here"
 
 test-unit: $(STAMP) ## Unit tests only (seconds)

@@ -38,7 +38,7 @@ async def main_async(config_path: Path | None) -> None:
         bus,
         "prepare",
         ev.PrepareJob,
-        PrepareHandler(bus, store, cfg.work_dir),
+        PrepareHandler(bus, store, cfg.work_dir, cfg.import_cache_dir),
         state,
         max_deliver=cfg.max_deliver,
     )

@@ -25,6 +25,8 @@ class TrainerConfig(StrictModel):
     """Local directory for downloaded base checkpoints."""
     work_dir: Path = Path(".restem/work/trainer")
     """Scratch space: the tokenised kept set, step states and checkpoints being written before upload."""
+    import_cache_dir: Path | None = None
+    """Host directory of converted base models (one subdirectory per model key), shared by the trainers and stores of this host: a base model converted once (a GGUF de-quantised, ~25 s for SmolLM2 on 2 cores) is copied from here into a store that lacks it instead of converted again. Unset: convert whenever a store lacks the model. The local stack sets it to ~/.cache/restem/imports."""
     nproc: int = Field(default=1, ge=1, le=64)
     """Training processes per M-step (one per GPU): >1 starts that many torchrun workers for each job, which share every batch (data parallel; rank 0 writes the checkpoint). 1 trains in the service process."""
     sharding: Literal["none", "fsdp"] = "none"

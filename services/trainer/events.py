@@ -44,17 +44,39 @@ log = logging.getLogger("services.trainer")
 
 
 class PrepareHandler:
-    def __init__(self, bus: EventBus, store: ArtifactStore, work_dir: Path) -> None:
-        self.bus, self.store, self.work_dir = bus, store, work_dir
+    def __init__(
+        self, bus: EventBus, store: ArtifactStore, work_dir: Path, import_cache: Path | None = None
+    ) -> None:
+        self.bus, self.store, self.work_dir, self.import_cache = bus, store, work_dir, import_cache
 
     def _import(self, source: Path, key: str) -> dict[str, Any]:
+        """Convert `source` and put it under `key`, reusing a host-cached conversion when there is one.
+
+        A cache entry is a converted checkpoint directory named after the (content-addressed) model
+        key, and it only appears by a rename once complete, so a trainer killed mid-conversion
+        leaves at most a temporary directory, never an entry that looks whole.
+        """
         from shared.llm.checkpoint import import_checkpoint
 
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+        cached = self.import_cache / key.replace("/", "--") if self.import_cache else None
+        if cached is not None and (cached / MODEL_INFO).is_file():
+            log.info("model %s: reusing the conversion cached in %s", key, cached)
+            self.store.put_dir(key, cached)
+            return dict(json.loads((cached / MODEL_INFO).read_text()))
+        scratch = self.import_cache if self.import_cache else self.work_dir
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch, prefix=".importing-") as tmp:
             out = Path(tmp) / "model"
             info = import_checkpoint(source, out)
             (out / MODEL_INFO).write_text(json.dumps(info, default=str))
+            if cached is not None:
+                if cached.exists():  # not made by a rename above (no MODEL_INFO): not ours to trust
+                    shutil.rmtree(cached, ignore_errors=True)
+                try:
+                    out.rename(cached)
+                    out = cached
+                except OSError:  # another trainer on this host cached it first: keep ours for this put
+                    pass
             self.store.put_dir(key, out)
         return info
 

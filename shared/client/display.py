@@ -120,7 +120,9 @@ def iterations_table(report: dict[str, Any]) -> Table:
         extra = [_pct(sft.get("transfer_pass_at_1", {}).get(n)) for n in transfer]
         table.add_row("SFT", "–", "–", f"{examples} ref.", _pct(sft["validation_pass_at_1"]), _pct(sft["test_pass_at_1"]),
                       "0", f"{sft['seconds']:.0f}s", *extra, end_section=False)  # fmt: skip
-    table.caption = "* best iteration on validation (test is never used to choose); SFT = base fine-tuned on reference solutions"
+    table.caption = "* best iteration on validation (test is never used to choose)" + (
+        "; SFT = base fine-tuned on reference solutions" if sft else ""
+    )
     return table
 
 

@@ -10,6 +10,7 @@ grace period). The layout of the state directory:
     <state>/nats/               JetStream storage
     <state>/store/              the local artifact store
     <state>/cache/, work/       checkpoint caches and trainer scratch space
+    ~/.cache/restem/imports/    converted base models, shared by every local stack of this user
 
 Not handled here: S3 (the chart runs MinIO) and several replicas of a service (Kubernetes does it).
 """
@@ -134,6 +135,12 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def import_cache_dir() -> Path:
+    """Converted base models shared by every local stack of this user (a fresh state directory
+    then skips the GGUF conversion); `$XDG_CACHE_HOME` is honoured like other user caches."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "restem" / "imports"
+
+
 def _service_config(
     state: Path, service: str, info: dict[str, Any], extra: dict[str, Any], port: int = 0
 ) -> Path:
@@ -150,6 +157,7 @@ def _service_config(
         cfg["cache_dir"] = str(state / "cache" / service)
     if service == "trainer":
         cfg["work_dir"] = str(state / "work" / "trainer")
+        cfg["import_cache_dir"] = str(import_cache_dir())
     cfg.update(extra)
     path = state / "config" / f"{service}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
