@@ -1,6 +1,8 @@
-"""The object store unreachable for a while in the middle of a run (the network to S3 cut, then
+"""The local stack on a real S3 server (SeaweedFS, credentials checked), the production store path,
+and that store unreachable for a while in the middle of a run (the network to S3 cut, then
 restored): services report NOT_SERVING meanwhile, jobs wait in place instead of failing, and the run
-completes with every artifact intact (checkpoints are checked against their manifests on download).
+completes with every artifact intact and in S3 (checkpoints are checked against their manifests on
+download); the S3 secret reaches the services only through their environment.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def test_a_run_rides_out_a_store_outage(tmp_path, s3_server, monkeypatch):
     store_cfg = s3_server.config(endpoint=f"127.0.0.1:{proxy.port}")
     stack = up(tmp_path / "stack", s3=store_cfg)
     try:
+        configs = "".join(p.read_text() for p in (tmp_path / "stack" / "config").glob("*.yaml"))
+        assert s3_server.secret_key not in configs, "secrets go through the environment, never config files"
         with RunClient(stack.coordinator) as client:
             run_id = client.start_run(TINY).run_id
             run = _wait_for_phase(client, run_id, pb.PHASE_SAMPLING, 600)
@@ -76,3 +80,7 @@ def test_a_run_rides_out_a_store_outage(tmp_path, s3_server, monkeypatch):
     store.get_dir(last.iterations[1].checkpoint_key, tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "config.json").is_file()
     assert store.exists(keys.report_key(run_id, "report.json"))
+    assert store.dir_exists(last.base_model_key)
+    for split in ("validation", "test"):
+        assert store.exists(keys.eval_key(run_id, 1, split))
+    assert not (tmp_path / "stack" / "store").exists(), "nothing may land in a local store"
