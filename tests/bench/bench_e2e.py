@@ -5,13 +5,14 @@
 The one-process baseline calls the same library code the services call (model import, batched
 generation with the same per-sample seeds and shard plan, the same checker and filter, the same
 trainer), with no NATS, no object store and no process boundaries, keeping models in memory.
-Both include the base model's import. It prints both wall times, their ratio, the per-phase times
+Both include the base model's import (the stack gets an empty conversion cache). It prints both wall times, their ratio, the per-phase times
 of each, and whether both runs kept the same samples (they should: same seeds, same batches).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -126,6 +127,8 @@ def through_services(config_yaml: str, state: Path) -> tuple[float, dict[str, fl
     from shared.client.client import RunClient
     from shared.client.stack import down, up
 
+    # An empty conversion cache: the services convert the base model as the one process does.
+    os.environ["XDG_CACHE_HOME"] = str(state / "user-cache")
     t_up = time.monotonic()
     stack = up(state)
     up_s = time.monotonic() - t_up
