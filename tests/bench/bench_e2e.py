@@ -4,19 +4,22 @@
 
 The one-process baseline calls the same library code the services call (model import, batched
 generation with the same per-sample seeds and shard plan, the same checker and filter, the same
-trainer), with no NATS, no object store and no process boundaries, keeping models in memory.
-Both include the base model's import (the stack gets an empty conversion cache). It prints both wall times, their ratio, the per-phase times
+trainer with the same validation-driven stopping, scored in process), with no NATS, no object store
+and no process boundaries, keeping models in memory. Both include the base model's import (the stack
+gets an empty conversion cache). It prints both wall times, their ratio, the per-phase times
 of each, and whether both runs kept the same samples (they should: same seeds, same batches).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +36,7 @@ def one_process(config_yaml: str, work: Path) -> tuple[float, dict[str, float], 
     from shared.jobparams import generation_params
     from shared.llm.checkpoint import import_checkpoint, load_for_inference, load_for_training
     from shared.llm.generation import GenerationParams, TransformersGenerator, render_prompt
-    from shared.llm.training import TrainExample, train_reward_weighted
+    from shared.llm.training import Hooks, TrainExample, pad_id_of, tokenize_examples, train_features
     from shared.models import resolve_model_source
     from shared.runconfig import parse_run_config
     from shared.seeds import derive_seed, sample_seeds
@@ -103,14 +106,48 @@ def one_process(config_yaml: str, work: Path) -> tuple[float, dict[str, float], 
         tmodel, ttok = load_for_training(work / "base", "cpu")
         examples = [TrainExample(k["prompt"], k["completion"], 1.0) for k in kept]
         if examples:
-            train_reward_weighted(
-                tmodel, ttok, examples, train_params(core.train_params_for(cfg, it)), device="cpu"
+            params = train_params(core.train_params_for(cfg, it))
+            hooks = Hooks(validate=validator(cfg, splits["validation"], tmodel, ttok), scratch_dir=work)
+            train_features(
+                tmodel,
+                tokenize_examples(ttok, examples, params.max_seq_len),
+                replace(params, patience=cfg.training.patience),
+                pad_id=pad_id_of(ttok),
+                device="cpu",
+                hooks=hooks,
             )
         tmodel.eval()
         phases["training"] += time.monotonic() - t
         gen = TransformersGenerator(tmodel, tok, device="cpu")
         evaluate(gen)
     return time.monotonic() - t0, dict(phases), kept_counts
+
+
+def validator(cfg, problems, model, tokenizer):  # type: ignore[no-untyped-def]
+    """The trainer's validation-driven stopping, scored in process: the job the coordinator would
+    send (None when the run does not ask for it), decoded with the trainer's own validator."""
+    from restem.coordinator.v1 import coordinator_pb2 as pb
+
+    from services.coordinator import jobs
+    from services.trainer.validation import ValidationSet, make_validator
+    from shared.jobparams import generation_params
+    from shared.llm.generation import render_prompt
+    from shared.tasks import check_answer
+
+    job = jobs.train_validation(pb.Run(run_id="bench-000000"), cfg, cfg.evaluation.splits)
+    if job is None or not problems:
+        return None
+    vset = ValidationSet.build(
+        cfg.task.name, problems, lambda m: render_prompt(tokenizer, m), generation_params(job.params)
+    )
+
+    def score(references, completions):  # type: ignore[no-untyped-def]
+        return [
+            check_answer(cfg.task.name, json.loads(r), c).correct
+            for r, c in zip(references, completions, strict=True)
+        ]
+
+    return make_validator(model, tokenizer, "cpu", vset, score)
 
 
 def job_params(cfg, iteration, index):  # type: ignore[no-untyped-def]
