@@ -104,7 +104,7 @@ class Checkers:
     def _code_config(self) -> PoolConfig:
         s = self.settings
         return PoolConfig(workers=s.workers, queue_size=s.queue_size, mode=s.mode, uid_base=s.uid_base,
-                          tmp_mb=s.tmp_mb, recycle_after=s.recycle_after)  # fmt: skip
+                          tmp_mb=s.tmp_mb, recycle_after=s.recycle_after, pin_cpus=s.pin_cpus)  # fmt: skip
 
     def _math_config(self) -> PoolConfig:
         from .math_checks import math_pool_config
@@ -113,7 +113,11 @@ class Checkers:
         cfg = math_pool_config(workers=s.math_workers, mode=s.mode, queue_size=s.queue_size)
         # Distinct uids from the code pool: the per-uid process limit must not be shared.
         return dataclasses.replace(
-            cfg, uid_base=s.uid_base + 512, tmp_mb=s.tmp_mb, recycle_after=s.recycle_after
+            cfg,
+            uid_base=s.uid_base + 512,
+            tmp_mb=s.tmp_mb,
+            recycle_after=s.recycle_after,
+            pin_cpus=s.pin_cpus,
         )
 
     def grader(self) -> CodeGrader:

@@ -35,6 +35,8 @@ class SandboxSettings(StrictModel):
     """Wall-clock limit of one math-verify equivalence check."""
     cache_entries: int = Field(default=100_000, ge=0)
     """Code verdicts kept in memory, keyed by (checker version, problem, code hash); 0 disables."""
+    pin_cpus: bool = True
+    """Pin each sandbox worker (zygote, programs, tester) to one of the pod's CPUs: ~10-15% more programs/s on 2 cores. Set false where the pod's cores are shared with other busy pods (no static CPU manager policy)."""
     start_at_boot: bool = False
     """Start the code pool with the service instead of on first use."""
 

