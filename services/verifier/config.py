@@ -20,7 +20,7 @@ class SandboxSettings(StrictModel):
     mode: Literal["auto", "bwrap", "unshare", "rlimits"] = "auto"
     """Isolation: `bwrap` (namespaces via bubblewrap), `unshare`, or `rlimits` (resource limits + seccomp only, for pods that cannot create namespaces); `auto` picks the strongest that starts and logs which protections are active."""
     workers: int = Field(default=0, ge=0, le=512)
-    """Code zygotes (each runs one program at a time); 0: two per CPU core."""
+    """Code zygotes (each runs one program at a time); 0: two per CPU the pod may use (its CPU limit when one is set)."""
     queue_size: int = Field(default=256, ge=1, le=100_000)
     """Programs waiting beyond the running ones; a full queue pushes back (jobs retry, RPCs get RESOURCE_EXHAUSTED)."""
     uid_base: int = Field(default=61000, ge=1000, le=2**31 - 1024)
@@ -35,8 +35,8 @@ class SandboxSettings(StrictModel):
     """Wall-clock limit of one math-verify equivalence check."""
     cache_entries: int = Field(default=100_000, ge=0)
     """Code verdicts kept in memory, keyed by (checker version, problem, code hash); 0 disables."""
-    pin_cpus: bool = True
-    """Pin each sandbox worker (zygote, programs, tester) to one of the pod's CPUs: ~10-15% more programs/s on 2 cores. Set false where the pod's cores are shared with other busy pods (no static CPU manager policy)."""
+    pin_cpus: Literal["auto", "on", "off"] = "auto"
+    """Pin each sandbox worker (zygote, programs, tester) to one of the pod's CPUs (programs running past 20 ms may use any): fewer cross-core wake-ups. `auto` pins unless a CPU limit (CFS quota) is narrower than the CPUs the pod may run on, i.e. its cores are shared with other pods."""
     start_at_boot: bool = False
     """Start the code pool with the service instead of on first use."""
 

