@@ -18,6 +18,7 @@ Fds: 0 stdin, 1 stdout, 2 stderr, 3 report (one frame), 4/5 the candidate's requ
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import io
 import json
@@ -207,16 +208,18 @@ def format_traceback(exc: BaseException, limit: int = 8) -> str:
     """CPython's traceback text from the program's first frame on (the innermost `limit`), not
     the runner's: `traceback.print_exception` cost ~1 ms and ~400 page faults in a fresh child,
     a third of a short failing program. No source lines: a program's code is not a file here."""
-    frames: list[str] = []
-    tb = exc.__traceback__
+    frames: collections.deque[tuple[str, int, str]] = collections.deque(maxlen=limit)
+    started, tb = False, exc.__traceback__
     while tb is not None:
         code = tb.tb_frame.f_code
         # From the program's first frame on (its code is compiled from a string: "<solution>");
         # library frames it called into stay, the runner's frames before it go.
-        if frames or code.co_filename.startswith("<"):
-            frames.append(f'  File "{code.co_filename}", line {tb.tb_lineno}, in {code.co_name}\n')
+        started = started or code.co_filename.startswith("<")
+        if started:
+            frames.append((code.co_filename, tb.tb_lineno, code.co_name))
         tb = tb.tb_next
-    head = ["Traceback (most recent call last):\n", *frames[-limit:]] if frames else []
+    head = [f'  File "{f}", line {n}, in {name}\n' for f, n, name in frames]
+    head = ["Traceback (most recent call last):\n", *head] if head else []
     if isinstance(exc, SyntaxError):
         head.append(f'  File "{exc.filename}", line {exc.lineno}\n')
         if exc.text:
