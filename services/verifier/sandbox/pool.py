@@ -70,8 +70,9 @@ COMMON_MODULES = (
 @dataclass(frozen=True)
 class PoolConfig:
     workers: int = 0
-    """Zygotes (0: two per usable core, a CPU quota counting as its CPUs). A program's life is half waiting (fork, pipes, wake-ups), so one
-    zygote per core leaves cores idle; two per core measured ~40% more programs/s on 2 cores.
+    """Zygotes (0: two per usable core, a CPU quota counting as its CPUs). A program's life is
+    half waiting (fork, pipes, wake-ups), so one zygote per core leaves cores idle; two per core
+    measured ~40% more programs/s on 2 cores.
     Limits stay wall-clock (as APPS and human-eval): a program needing most of its limit of pure
     CPU can run up to 2x slower under full load, so keep limits well above reference runtimes."""
     queue_size: int = 256
