@@ -245,7 +245,6 @@ def _config(spec: EnvelopeSpec, work_root: str, channel_fd: int) -> dict[str, ob
         "warmup": spec.warmup,
         "fd_channel": channel_fd,
         "cpus": list(spec.cpus),
-        "spread_cpus": sorted(os.sched_getaffinity(0)),
     }
 
 

@@ -463,6 +463,8 @@ def main(config: dict[str, Any]) -> None:
     if config.get("cpus"):
         # The candidate, its tester and this process talk in many short round trips; a wake-up
         # on another core cost ~8x one on the same core on a 2-vCPU VM (53-61 vs 6-8 us).
+        # What we inherited (the pool's usable CPUs) is where long programs go (`supervise`).
+        config["spread_cpus"] = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(0, config["cpus"])
     for path in config.get("sys_path", []):
         sys.path.append(path)
