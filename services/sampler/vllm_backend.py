@@ -65,7 +65,7 @@ def import_vllm() -> Any:
     except ImportError as exc:
         raise RuntimeError(
             "sampler backend 'vllm' is selected but the vllm package is not installed: "
-            "`pip install vllm` on a GPU machine, or set backend: transformers"
+            "use a restem CUDA image (its lock installs the `cuda` extra: vLLM) or set backend: transformers"
         ) from exc
 
 

@@ -29,7 +29,7 @@ def _skip_reason() -> str | None:
     try:
         import vllm  # noqa: F401
     except ImportError:
-        return "vllm is not installed (pip install vllm on the GPU machine)"
+        return "vllm is not installed (the cuda extra: a restem CUDA image)"
     return None
 
 
