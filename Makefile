@@ -38,10 +38,11 @@ print(f"uv=={uv['version']}", *(f"--hash={w['hash']}" for w in uv["wheels"]))
 endef
 export UV_PIN
 
+# The venv has no pip of its own: the system's pip puts uv into it, and uv installs the rest.
 $(UV):
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@test -x $(BIN)/python || $(PY) -m venv --without-pip $(VENV)
 	@$(BIN)/python -c "$$UV_PIN" > $(VENV)/uv-requirements.txt
-	$(BIN)/python -m pip install -q --no-deps --require-hashes -r $(VENV)/uv-requirements.txt 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PY) -m pip --python $(BIN)/python install -q --no-deps --require-hashes -r $(VENV)/uv-requirements.txt 2>&1 | { grep -v '^WARNING: Location' || true; }
 
 $(STAMP): pyproject.toml uv.lock $(SYSTEM_STAMP) | $(UV)
 	@$(UV) lock --check --quiet || { echo "$(LOCK_STALE)"; exit 1; }

@@ -1,3 +1,1 @@
-"""The five restem services. Importing `shared` first puts the generated protobuf stubs on the path."""
-
-import shared  # noqa: F401
+"""The five restem services, one package each: entry point, config, gRPC and event adapters, core."""

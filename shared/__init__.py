@@ -1,13 +1,6 @@
 """restem's common library: configuration, event bus, artifact store, gRPC bootstrap, tasks, models.
 
-Importing this package puts the generated protobuf root (``shared/gen``) on ``sys.path``: the
-stubs that ``make proto`` generates import each other absolutely (``from restem.common.v1 import
-common_pb2``), and this is the one place that arranges for that to resolve.
+The generated protobuf stubs are the package `restem` (installed from `shared/gen/restem` with the
+project; see pyproject.toml), so `from restem.common.v1 import common_pb2` works wherever restem is
+installed, without touching `sys.path`.
 """
-
-import sys
-from pathlib import Path
-
-_GEN = str(Path(__file__).resolve().parent / "gen")
-if _GEN not in sys.path:
-    sys.path.insert(0, _GEN)

@@ -19,11 +19,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
-import re
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Sequence
 
 import nats
 import nats.errors
@@ -32,7 +29,24 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from shared import abandon
+from shared import abandon, nats_connect
+from shared.delivery import (
+    H_DELIVERED,
+    H_REASON,
+    H_SUBJECT,
+    JOB_TYPES,
+    AbandonIf,
+    DeadLetter,
+    Delivery,
+    Handler,
+    PermanentError,
+    RetryPolicy,
+    Settle,
+    check_job_type,
+    check_token,
+    header_safe,
+    redact_url,
+)
 from shared.infra import NatsConfig
 from shared.kv import ConflictError, RunStateKV
 
@@ -40,81 +54,15 @@ __all__ = ["JOB_TYPES", "ConflictError", "DeadLetter", "Delivery", "EventBus", "
 
 log = logging.getLogger("restem.bus")
 
-JOB_TYPES = ("prepare", "sample", "verify", "train", "eval")
-
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
 _DUPLICATE_WINDOW_S = 10 * 60.0
 _EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 _FETCH_TIMEOUT_S = 0.5  # also bounds how long `stop` takes to be noticed
 _ERR_STREAM_NAME_IN_USE = 10058
 _FILE = api.StorageType.FILE  # streams survive a NATS restart
-_H_REASON = "Restem-Dlq-Reason"
-_H_SUBJECT = "Restem-Original-Subject"
-_H_DELIVERED = "Restem-Num-Delivered"
-
-
-class PermanentError(Exception):
-    """Raised by a handler when retrying cannot help (bad input): the message is dead-lettered at once with this reason."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    subject: str
-    data: bytes
-    msg_id: str | None  # the Nats-Msg-Id header
-    num_delivered: int  # 1 on first delivery
-    run_id: str  # parsed from the subject
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    subject: str  # the original subject
-    data: bytes
-    reason: str
-    num_delivered: int
-
-
-Handler = Callable[[Delivery], Awaitable[None]]
-AbandonIf = Callable[[str], Awaitable[bool]]  # run id -> is that run over (its jobs' work unwanted)?
 _ABANDON_POLL_S = 2.0  # how often a running job's run is looked up
+_JOB_RUN_ID_INDEX = 3  # restem.jobs.<type>.<run_id>
+_EVENT_RUN_ID_INDEX = 2  # restem.events.<run_id>.<kind>
 _Sub = JetStreamContext.PullSubscription
-
-
-@dataclass(frozen=True)
-class _Policy:  # how one consumer retries and where its dead letters go
-    durable: str
-    ack_wait_s: float
-    max_deliver: int
-    backoff_s: tuple[float, ...]
-    dlq_token: str  # job type, or "events"
-    run_id_index: int  # position of the run id among the subject's tokens
-    abandon_if: AbandonIf | None = None  # jobs only: drop a job whose run is over
-
-    def backoff(self, n: int) -> float:
-        return float(self.backoff_s[min(n - 1, len(self.backoff_s) - 1)]) if self.backoff_s else 0.0
-
-
-def _check_token(what: str, value: str) -> str:
-    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
-        raise ValueError(f"{what} must be a single subject token [A-Za-z0-9_-]+, got {value!r}")
-    return value
-
-
-def _check_job_type(job_type: str) -> str:
-    if job_type not in JOB_TYPES:
-        raise ValueError(f"unknown job type {job_type!r}; expected one of {JOB_TYPES}")
-    return job_type
-
-
-def _redact(url: str) -> str:
-    """The URL(s) without any user:password@ part, so they can go in logs and error messages."""
-    return re.sub(r"//[^/@,]*@", "//", url)
-
-
-def _header_safe(text: str, limit: int = 2000) -> str:
-    # NATS headers are single-line; non-ASCII values come back from get_msg as email.Header objects.
-    flat = " ".join(text.split())
-    return flat.encode("ascii", "backslashreplace").decode("ascii")[:limit]
 
 
 class EventBus:
@@ -137,76 +85,28 @@ class EventBus:
     @classmethod
     async def connect(cls, config: NatsConfig, *, name: str) -> EventBus:
         bus = cls(config, name)
-        bus._nc = await bus._connect_with_retry()
+        bus._nc = await nats_connect.connect(bus._config, bus._name, bus)
         bus._js = bus._nc.jetstream()
         bus._kv = RunStateKV(bus._nc, bus._js, bus.runs_bucket)
         return bus
 
-    async def _connect_with_retry(self) -> NATS:
-        cfg, url = self._config, _redact(self._config.url)
-        total_s = cfg.connect_timeout_s * 6
-        loop = asyncio.get_running_loop()
-        deadline, delay, attempt = loop.time() + total_s, 0.25, 0
-        while True:
-            attempt += 1
-            try:
-                return await self._connect_once()
-            except (TimeoutError, OSError, nats.errors.Error) as err:
-                # nats-py raises a plain Error for a bad password here; retrying cannot fix credentials.
-                if isinstance(err, nats.errors.AuthorizationError) or "authorization" in str(err).lower():
-                    raise ConnectionError(
-                        f"NATS at {url} rejected the credentials of user {cfg.user!r} (authorization failed)"
-                    ) from None
-                remaining, cause = deadline - loop.time(), self._last_error or err
-                if remaining <= 0:
-                    raise ConnectionError(
-                        f"could not connect to NATS at {url} after {attempt} attempts in {total_s:.0f}s: {cause}"
-                    ) from err
-                log.info("NATS at %s not reachable yet (attempt %d): %s", url, attempt, cause)
-                await asyncio.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))  # jitter
-                delay = min(delay * 2, 5.0)
-
-    async def _connect_once(self) -> NATS:
-        cfg = self._config
-        nc = NATS()
-        try:
-            # allow_reconnect=False makes a failed first attempt raise instead of looping for ever
-            # inside nats-py; our caller owns the retry schedule for the initial connect.
-            await nc.connect(
-                servers=[s.strip() for s in cfg.url.split(",")],
-                name=self._name,
-                user=cfg.user,
-                password=cfg.password.get_secret_value() if cfg.password else None,
-                token=cfg.token.get_secret_value() if cfg.token else None,
-                connect_timeout=cfg.connect_timeout_s,  # type: ignore[arg-type]  # nats-py says int, takes float
-                allow_reconnect=False,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.1,  # type: ignore[arg-type]
-                error_cb=self._on_error,
-                disconnected_cb=self._on_disconnected,
-                reconnected_cb=self._on_reconnected,
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await nc.close()
-            raise
-        # Once connected, reconnect for ever: a NATS restart must never kill a service.
-        nc.options.update(allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=2)
+    def on_connected(self) -> None:
         self._connected_once = True
-        log.info("connected to NATS at %s as %s", _redact(cfg.url), self._name)
-        return nc
 
-    async def _on_error(self, err: Exception) -> None:
+    def last_error(self) -> Exception | None:
+        return self._last_error
+
+    async def on_error(self, err: Exception) -> None:
         # Kept as the cause for the connect error (nats-py only raises "no servers available").
         self._last_error = err
         log.log(logging.WARNING if self._connected_once else logging.DEBUG, "NATS error: %s", err)
 
-    async def _on_disconnected(self) -> None:
+    async def on_disconnected(self) -> None:
         if hasattr(self, "_nc") and not self._nc.is_closed:
-            log.warning("disconnected from NATS at %s; reconnecting", _redact(self._config.url))
+            log.warning("disconnected from NATS at %s; reconnecting", redact_url(self._config.url))
 
-    async def _on_reconnected(self) -> None:
-        log.info("reconnected to NATS at %s", _redact(self._config.url))
+    async def on_reconnected(self) -> None:
+        log.info("reconnected to NATS at %s", redact_url(self._config.url))
 
     @property
     def connected(self) -> bool:
@@ -244,13 +144,13 @@ class EventBus:
         log.warning("stream %s existed with another config; updated it", config.name)
 
     async def publish_job(self, job_type: str, run_id: str, data: bytes, *, msg_id: str) -> bool:
-        _check_job_type(job_type)
-        _check_token("run_id", run_id)
+        check_job_type(job_type)
+        check_token("run_id", run_id)
         return await self._publish(f"restem.jobs.{job_type}.{run_id}", data, msg_id, self.jobs_stream)
 
     async def publish_event(self, run_id: str, kind: str, data: bytes, *, msg_id: str) -> bool:
-        _check_token("run_id", run_id)
-        _check_token("kind", kind)
+        check_token("run_id", run_id)
+        check_token("kind", kind)
         return await self._publish(f"restem.events.{run_id}.{kind}", data, msg_id, self.events_stream)
 
     async def _publish(
@@ -288,11 +188,17 @@ class EventBus:
 
         With `abandon_if`, a job whose run is over is not started, and a running one is abandoned
         within `_ABANDON_POLL_S` (see `shared.abandon`); either way its message is terminated."""
-        _check_job_type(job_type)
+        check_job_type(job_type)
         if concurrency < 1 or max_deliver < 1 or ack_wait_s <= 0:
             raise ValueError("concurrency and max_deliver must be >= 1 and ack_wait_s > 0")
-        policy = _Policy(
-            f"{job_type}-workers", ack_wait_s, max_deliver, tuple(backoff_s), job_type, 3, abandon_if
+        policy = RetryPolicy(
+            durable=f"{job_type}-workers",
+            ack_wait_s=ack_wait_s,
+            max_deliver=max_deliver,
+            backoff_s=tuple(backoff_s),
+            dlq_token=job_type,
+            run_id_index=_JOB_RUN_ID_INDEX,
+            abandon_if=abandon_if,
         )
         consumer = api.ConsumerConfig(filter_subject=f"restem.jobs.{job_type}.>")
         await self._consume(self.jobs_stream, consumer, handler, stop, concurrency, policy)
@@ -309,16 +215,23 @@ class EventBus:
         backoff_s: Sequence[float] = (1, 5, 15, 30),
     ) -> None:
         """Handle events one at a time, in stream order, until `stop` is set."""
-        _check_token("durable", durable)
+        check_token("durable", durable)
         if not filter_subject.startswith("restem.events."):
             raise ValueError(f"filter_subject must be under restem.events., got {filter_subject!r}")
-        policy = _Policy(durable, ack_wait_s, max_deliver, tuple(backoff_s), "events", run_id_index=2)
+        policy = RetryPolicy(
+            durable=durable,
+            ack_wait_s=ack_wait_s,
+            max_deliver=max_deliver,
+            backoff_s=tuple(backoff_s),
+            dlq_token="events",
+            run_id_index=_EVENT_RUN_ID_INDEX,
+        )
         # max_ack_pending=1: the server hands out the next event only after this one is acked,
         # so order holds even while an event is being retried after a nak.
         consumer = api.ConsumerConfig(filter_subject=filter_subject, max_ack_pending=1)
         await self._consume(self.events_stream, consumer, handler, stop, 1, policy)
 
-    async def _subscribe(self, stream: str, consumer: api.ConsumerConfig, policy: _Policy) -> _Sub:
+    async def _subscribe(self, stream: str, consumer: api.ConsumerConfig, policy: RetryPolicy) -> _Sub:
         durable = policy.durable
         config = consumer.evolve(
             name=durable,
@@ -350,7 +263,7 @@ class EventBus:
         handler: Handler,
         stop: asyncio.Event,
         concurrency: int,
-        policy: _Policy,
+        policy: RetryPolicy,
     ) -> None:
         sub = await self._subscribe(stream, consumer, policy)
         inflight: set[asyncio.Task[None]] = set()
@@ -392,7 +305,7 @@ class EventBus:
             await asyncio.sleep(1.0)
             return []
 
-    async def _process(self, msg: Msg, handler: Handler, policy: _Policy) -> None:
+    async def _process(self, msg: Msg, handler: Handler, policy: RetryPolicy) -> None:
         meta = msg.metadata
         n = meta.num_delivered
         tokens = msg.subject.split(".")
@@ -406,7 +319,7 @@ class EventBus:
             return
         if policy.abandon_if is not None and await self._run_over(policy.abandon_if, run_id):
             log.info("dropping %s: its run %s is over", delivery.subject, run_id)
-            await self._settle(msg, "term")
+            await self._settle(msg, Settle.TERM)
             return
         heartbeat = asyncio.create_task(self._keep_alive(msg, policy.ack_wait_s / 3))
         flag = threading.Event()
@@ -427,7 +340,7 @@ class EventBus:
             if not flag.is_set():
                 raise  # the worker itself is being cancelled (shutdown), not the job
             log.info("abandoned %s: its run %s is over", delivery.subject, run_id)
-            await self._settle(msg, "term")
+            await self._settle(msg, Settle.TERM)
             return
         except PermanentError as err:
             await self._dead_letter(msg, delivery, policy, f"permanent error: {err}")
@@ -437,9 +350,9 @@ class EventBus:
             return
         finally:
             heartbeat.cancel()
-        await self._settle(msg, "ack")
+        await self._settle(msg, Settle.ACK)
 
-    async def _on_failure(self, msg: Msg, delivery: Delivery, policy: _Policy, err: Exception) -> None:
+    async def _on_failure(self, msg: Msg, delivery: Delivery, policy: RetryPolicy, err: Exception) -> None:
         """Nak with backoff, or dead-letter when this was the last allowed delivery."""
         n = delivery.num_delivered
         log.error("handler failed on %s (try %d/%d)", delivery.subject, n, policy.max_deliver, exc_info=err)
@@ -448,7 +361,7 @@ class EventBus:
             reason = f"failed {n} deliveries (max_deliver={policy.max_deliver}); last error: {err!r}"
             await self._dead_letter(msg, delivery, policy, reason)
             return
-        await self._settle(msg, "nak", delay=policy.backoff(n))
+        await self._settle(msg, Settle.NAK, delay=policy.backoff(n))
 
     @staticmethod
     async def _run_over(abandon_if: AbandonIf, run_id: str) -> bool:
@@ -477,10 +390,10 @@ class EventBus:
             except Exception as err:
                 log.warning("in_progress for %s failed: %s", msg.subject, err)
 
-    async def _dead_letter(self, msg: Msg, delivery: Delivery, policy: _Policy, reason: str) -> None:
+    async def _dead_letter(self, msg: Msg, delivery: Delivery, policy: RetryPolicy, reason: str) -> None:
         meta = msg.metadata
         n = delivery.num_delivered
-        headers = {_H_REASON: _header_safe(reason), _H_SUBJECT: delivery.subject, _H_DELIVERED: str(n)}
+        headers = {H_REASON: header_safe(reason), H_SUBJECT: delivery.subject, H_DELIVERED: str(n)}
         subject = f"restem.dlq.{policy.dlq_token}.{delivery.run_id or 'unknown'}"
         # The id makes a second dead-lettering of the same message (term lost, crash) a no-op.
         dedupe_id = f"dlq-{meta.stream}-{meta.sequence.stream}"
@@ -488,23 +401,25 @@ class EventBus:
             await self._publish(subject, delivery.data, dedupe_id, self.dlq_stream, headers)
         except Exception as err:
             log.error("could not dead-letter %s (%s); will retry on redelivery", delivery.subject, err)
-            await self._settle(msg, "nak", delay=policy.backoff(delivery.num_delivered))
+            await self._settle(msg, Settle.NAK, delay=policy.backoff(delivery.num_delivered))
             return
         log.warning("dead-lettered %s: %s", delivery.subject, reason)
-        await self._settle(msg, "term")
+        await self._settle(msg, Settle.TERM)
 
-    async def _settle(self, msg: Msg, how: str, delay: float = 0.0) -> None:
+    async def _settle(self, msg: Msg, how: Settle, delay: float = 0.0) -> None:
         """Ack, nak or term; a failure only means the message will be delivered again."""
         try:
-            if how == "ack":
+            if how is Settle.ACK:
                 await msg.ack_sync(timeout=5.0)  # sync: a lost ack would mean a duplicate run
+            elif how is Settle.NAK:
+                await msg.nak(delay=delay or None)
             else:
-                await (msg.nak(delay=delay or None) if how == "nak" else msg.term())
+                await msg.term()
         except Exception as err:
-            log.warning("%s of %s failed (%s); it will be redelivered", how, msg.subject, err)
+            log.warning("%s of %s failed (%s); it will be redelivered", how.value, msg.subject, err)
 
     async def purge_jobs(self, run_id: str) -> int:
-        _check_token("run_id", run_id)
+        check_token("run_id", run_id)
         total = 0
         for job_type in JOB_TYPES:
             # nats-py's purge_stream returns only a bool; the raw API reply has the count.
@@ -517,7 +432,7 @@ class EventBus:
         return total
 
     async def dead_letters(self, run_id: str | None = None) -> list[DeadLetter]:
-        subject = "restem.dlq.>" if run_id is None else f"restem.dlq.*.{_check_token('run_id', run_id)}"
+        subject = "restem.dlq.>" if run_id is None else f"restem.dlq.*.{check_token('run_id', run_id)}"
         letters: list[DeadLetter] = []
         seq = 1
         while True:  # walk the stream with "next message matching subject at or after seq"
@@ -526,8 +441,8 @@ class EventBus:
             except jserr.NotFoundError:
                 return letters
             headers = {k: str(v) for k, v in (raw.headers or {}).items()}
-            subj, reason = headers.get(_H_SUBJECT, raw.subject or ""), headers.get(_H_REASON, "")
-            letters.append(DeadLetter(subj, raw.data or b"", reason, int(headers.get(_H_DELIVERED, "0"))))
+            subj, reason = headers.get(H_SUBJECT, raw.subject or ""), headers.get(H_REASON, "")
+            letters.append(DeadLetter(subj, raw.data or b"", reason, int(headers.get(H_DELIVERED, "0"))))
             seq = int(raw.seq or seq) + 1
 
     async def kv_get(self, key: str) -> tuple[bytes, int] | None:

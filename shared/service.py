@@ -1,7 +1,8 @@
-"""The common life of a restem service process: logging, signals, bus, gRPC server, workers.
+"""The common life of a restem service process: entry point, logging, signals, bus, gRPC server, workers.
 
-A service's `__main__` parses its config and calls `run_service` with its gRPC bindings and its
-worker loops. SIGTERM or SIGINT sets one stop event: workers stop fetching and finish the jobs in
+A service's `__main__` calls `entrypoint` (the `--config` flag, then its `main_async`), which loads
+its config, opens the bus and the store with `open_service` and calls `run_service` with its gRPC
+bindings and its worker loops (the work-queue services through `shared.worker.run_worker_service`). SIGTERM or SIGINT sets one stop event: workers stop fetching and finish the jobs in
 hand, the gRPC server drains, then the NATS connection closes.
 
 Health (grpc.health.v1) is SERVING only while NATS is connected, the artifact store answers a
@@ -11,21 +12,25 @@ Kubernetes stops sending work to a replica whose dependencies are down.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from shared.bus import EventBus
 from shared.grpc_server import ServiceBinding, serve
-from shared.infra import GrpcConfig
-from shared.store import ArtifactStore
+from shared.infra import GrpcConfig, NatsConfig, StoreConfig
+from shared.logs import setup_logging
+from shared.store import ArtifactStore, open_store
 
 log = logging.getLogger("restem.service")
 
 WorkerLoop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+MainAsync = Callable[[Path | None], Coroutine[Any, Any, None]]
 _PROBE_KEY = "health/probe"  # never written: `exists` on it is a cheap round trip
 
 
@@ -98,3 +103,42 @@ async def run_service(
         await asyncio.gather(*tasks, return_exceptions=True)
         await bus.close()
         log.info("%s stopped", name)
+
+
+class ServiceConfig(Protocol):
+    """What every service config has (read-only here: each service's pydantic model)."""
+
+    @property
+    def grpc(self) -> GrpcConfig: ...
+    @property
+    def nats(self) -> NatsConfig: ...
+    @property
+    def store(self) -> StoreConfig: ...
+    @property
+    def log_level(self) -> str: ...
+
+
+def env_prefix(name: str) -> str:
+    """The environment prefix of a service's settings: `RESTEM_TRAINER__DEVICE` sets trainer.device."""
+    return f"RESTEM_{name.upper()}"
+
+
+async def open_service(name: str, cfg: ServiceConfig) -> tuple[EventBus, ArtifactStore]:
+    """Logging, the NATS connection (with the streams every service expects) and the artifact store."""
+    setup_logging(name, cfg.log_level)
+    bus = await EventBus.connect(cfg.nats, name=name)
+    await bus.ensure_topology()
+    return bus, open_store(cfg.store)
+
+
+def entrypoint(name: str, main_async: MainAsync) -> None:
+    """`python -m services.<name> [--config FILE]`: parse the flag, then run `main_async` until stopped.
+
+    The service's modules are imported by `main_async`, so `--help` answers without loading torch.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}", description=f"restem {name} service")
+    parser.add_argument(
+        "--config", type=Path, help=f"YAML config file (env {env_prefix(name)}__* overrides it)"
+    )
+    args = parser.parse_args()
+    asyncio.run(main_async(args.config))

@@ -1,4 +1,9 @@
-"""Turning a work-queue delivery into a typed job call, with failure reporting.
+"""The work-queue services' common part: wiring, typed job calls, failure reporting, idempotent outputs.
+
+`run_worker_service` is a worker service's whole life once its config is loaded: it opens the bus
+and the store, lets the service wire its handlers (`Wiring`: the queues it pulls, its gRPC API) and
+pulls every queue until SIGTERM. A handler makes its output once per job (`rows_once`: a redelivered
+job reads back what an earlier delivery wrote) and announces it (`announce`, deduplicated by job id).
 
 A handler gets the decoded job message. It raises `PermanentError` (re-exported from the bus)
 when retrying cannot help; the run's coordinator is then told at once through a `JobFailed`
@@ -16,7 +21,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from restem.common.v1 import common_pb2
@@ -25,7 +30,10 @@ from restem.events.v1 import events_pb2
 
 from shared import abandon
 from shared.bus import Delivery, EventBus, PermanentError
-from shared.store import StoreUnavailable
+from shared.grpc_server import ServiceBinding
+from shared.service import ServiceConfig, WorkerLoop, open_service, run_service
+from shared.store import ArtifactStore, StoreUnavailable
+from shared.tasks import dumps_jsonl, loads_jsonl
 
 log = logging.getLogger("restem.worker")
 STORE_OUTAGE_S = 600.0  # how long a job waits for an unreachable store before it counts as failed
@@ -146,3 +154,87 @@ def typed_handler(
         log.info("%s job %s done in %.1fs", job_type, job_id, time.monotonic() - started)
 
     return on_delivery
+
+
+@dataclass(frozen=True)
+class JobQueue:
+    """A work queue a service pulls: its job type, message class, handler and jobs in flight per replica."""
+
+    job_type: str
+    message_cls: type[Message]
+    handle: Callable[[Any], Awaitable[None]]
+    concurrency: int = 1
+
+
+@dataclass
+class Wiring:
+    """What a worker service adds to the skeleton: its queues, its gRPC API and its own health / cleanup."""
+
+    queues: list[JobQueue]
+    bindings: list[ServiceBinding]
+    healthy: Callable[[], bool] | None = None
+    close: Callable[[], Awaitable[None]] | None = None
+
+
+class WorkerConfig(ServiceConfig, Protocol):
+    @property
+    def max_deliver(self) -> int: ...
+    @property
+    def ack_wait_s(self) -> float: ...
+
+
+Wire = Callable[[EventBus, ArtifactStore, WorkerState], Awaitable[Wiring]]
+
+
+async def run_worker_service(name: str, cfg: WorkerConfig, wire: Wire, *, device: str = "") -> None:
+    """Open the bus and the store, wire the service, pull its queues until SIGTERM, then clean up."""
+    bus, store = await open_service(name, cfg)
+    state = WorkerState(name, device=device)
+    wiring = await wire(bus, store, state)
+    loops = [_work_loop(bus, queue, cfg, state) for queue in wiring.queues]
+    try:
+        await run_service(name, cfg.grpc, bus, wiring.bindings, loops, healthy=wiring.healthy, store=store)
+    finally:
+        if wiring.close is not None:
+            await wiring.close()
+
+
+def _work_loop(bus: EventBus, queue: JobQueue, cfg: WorkerConfig, state: WorkerState) -> WorkerLoop:
+    handler = typed_handler(
+        bus, queue.job_type, queue.message_cls, queue.handle, state, max_deliver=cfg.max_deliver
+    )
+
+    async def loop(stop: asyncio.Event) -> None:
+        await bus.run_worker(
+            queue.job_type,
+            handler,
+            stop=stop,
+            concurrency=queue.concurrency,
+            ack_wait_s=cfg.ack_wait_s,
+            max_deliver=cfg.max_deliver,
+            abandon_if=run_is_over(bus),
+        )
+
+    return loop
+
+
+async def rows_once(
+    store: ArtifactStore, key: str, compute: Callable[[], Awaitable[list[dict[str, Any]]]]
+) -> list[dict[str, Any]]:
+    """The JSONL rows at `key`: read back when an earlier delivery of the job wrote them, else computed
+    and written. The write is the job's commit point: a job killed before it is simply done again."""
+    if await asyncio.to_thread(store.exists, key):
+        return loads_jsonl(await asyncio.to_thread(store.get_bytes, key))
+    rows = await compute()
+    await asyncio.to_thread(store.put_bytes, key, dumps_jsonl(rows))
+    return rows
+
+
+async def announce(bus: EventBus, job: Any, event: str, done_cls: type[Message], **fields: Any) -> None:
+    """Publish the job's Done event to its run, with the job's run id, job id and (where the event has
+    one) iteration filled in; the job id dedupes a redelivered job's second announcement."""
+    ids = {"run_id": job.run_id, "job_id": job.job_id}
+    if "iteration" in done_cls.DESCRIPTOR.fields_by_name:
+        ids["iteration"] = job.iteration
+    done = done_cls(**ids, **fields)
+    await bus.publish_event(job.run_id, event, done.SerializeToString(), msg_id=f"{job.job_id}.done")

@@ -377,8 +377,6 @@ def main() -> None:
     p.add_argument("--values", action="append", default=[], help="values file (repeatable)")
     p.add_argument("--state", type=Path, required=True)
     args = parser.parse_args()
-    import shared  # noqa: F401  (generated stubs on the import path)
-
     if args.command == "sync-schema":
         stale = sync_schema(write=not args.check)
         print(

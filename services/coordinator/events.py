@@ -22,12 +22,13 @@ from restem.events.v1 import events_pb2 as ev
 
 from shared import keys
 from shared.bus import ConflictError, DeadLetter, Delivery, EventBus, PermanentError
+from shared.errors import NotFoundError
 from shared.runconfig import RunConfig, parse_run_config
 from shared.seeds import derive_seed
 from shared.store import ArtifactStore
 from shared.tasks import dumps_jsonl, loads_jsonl
 
-from . import adaptive, core, filtering, jobs, reconcile
+from . import adaptive, core, filtering, job_records, jobs
 from .plots import render_plots
 from .report import build_report, render_markdown
 
@@ -45,7 +46,7 @@ EVENT_TYPES: dict[str, type[Message]] = {
 MAX_CAS_RETRIES = 20
 
 
-class RunNotFound(KeyError):
+class RunNotFound(NotFoundError, KeyError):
     pass
 
 
@@ -85,7 +86,7 @@ class Orchestrator:
 
     async def publish(self, decision: core.Decision) -> None:
         # Recorded first, so a restarted coordinator can re-publish a job whose message is lost.
-        await reconcile.record_jobs(self.store, decision.jobs)
+        await job_records.record_jobs(self.store, decision.jobs)
         for job in decision.jobs:
             run_id = job.message.run_id  # type: ignore[attr-defined]
             await self.bus.publish_job(

@@ -20,6 +20,7 @@ from restem.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 
 from shared import keys
 from shared.configio import ConfigError
+from shared.grpc_server import abort_for
 from shared.models import ModelNotFound, model_store_key, resolve_model_source
 from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactNotFound
@@ -61,21 +62,11 @@ class RunApi(pb_grpc.RunServiceServicer):
             )
         try:
             cfg = parse_run_config(request.config_yaml, source="config_yaml")
-        except ConfigError as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        try:
             source = resolve_model_source(cfg.model.base)
             splits = await asyncio.to_thread(build_splits, cfg.task)
             splits.update(await asyncio.to_thread(build_transfer_sets, cfg.evaluation))
-        except ModelNotFound as exc:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        except DatasetError as exc:
-            code = (
-                grpc.StatusCode.NOT_FOUND
-                if "does not exist" in str(exc)
-                else grpc.StatusCode.INVALID_ARGUMENT
-            )
-            await _abort(context, code, str(exc))
+        except (ConfigError, ModelNotFound, DatasetError) as exc:
+            await abort_for(context, exc)
         return cfg, splits, model_store_key(source)
 
     async def StartRun(
@@ -87,7 +78,7 @@ class RunApi(pb_grpc.RunServiceServicer):
             try:
                 sft_train = sft_rows(cfg.task.name, splits["train"])
             except DatasetError as exc:
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await abort_for(context, exc)
         if cfg.name is None:
             return await self._start(request, cfg, splits, model_key, sft_train)
         async with self._name_lock:

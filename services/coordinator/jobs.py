@@ -7,14 +7,17 @@ shard, so publishing the same decision twice is deduplicated by NATS and changes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from google.protobuf.message import Message
+from pydantic import BaseModel
 from restem.common.v1 import common_pb2
 from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.events.v1 import events_pb2 as ev
 
 from shared import keys
+from shared.params import GenerationParams, TrainParams, to_proto
 from shared.runconfig import TASK_DEFAULTS, LoraConfig, RunConfig
 from shared.seeds import derive_seed
 from shared.tasks import stop_patterns
@@ -45,13 +48,8 @@ def _eval_jobs(
     jobs = []
     for split in splits:
         task, max_new_tokens = split_task(cfg, split)
-        params = common_pb2.SamplingParams(
-            n=1,
-            greedy=True,
-            max_new_tokens=max_new_tokens,
-            stop=cfg.sampling.stop,
-            stop_regex=stop_patterns(task),
-        )
+        greedy = _greedy(cfg, task, max_new_tokens)
+        params = sampling_params(greedy)
         job = ev.EvalJob(
             run_id=run.run_id,
             job_id=keys.job_id(
@@ -71,17 +69,10 @@ def _eval_jobs(
         )
         if cfg.evaluation.samples > 0 and split in cfg.evaluation.sample_splits:
             e = cfg.evaluation
-            job.sample_params.CopyFrom(
-                common_pb2.SamplingParams(
-                    n=e.samples,
-                    temperature=e.temperature,
-                    top_p=e.top_p,
-                    max_new_tokens=params.max_new_tokens,
-                    stop=params.stop,
-                    stop_regex=params.stop_regex,
-                    seed=e.seed,
-                )
+            sampled = replace(
+                greedy, greedy=False, n=e.samples, temperature=e.temperature, top_p=e.top_p, seed=e.seed
             )
+            job.sample_params.CopyFrom(sampling_params(sampled))
         jobs.append(Job("eval", job, job.job_id))
     return jobs
 
@@ -115,15 +106,8 @@ def sample_job(
     round draws it (a fixed-K run and an adaptive one share their first samples).
     """
     n = it.iteration
-    params = common_pb2.SamplingParams(
-        n=k if k is not None else adaptive.first_round_n(cfg.sampling),
-        temperature=cfg.sampling.temperature,
-        top_k=cfg.sampling.top_k,
-        top_p=cfg.sampling.top_p,
-        max_new_tokens=cfg.sampling.max_new_tokens,
-        stop=cfg.sampling.stop,
-        stop_regex=stop_patterns(cfg.task.name),
-        seed=derive_seed(cfg.sampling.seed, n),
+    params = sampling_params(
+        e_step_generation(cfg, n, k if k is not None else adaptive.first_round_n(cfg.sampling))
     )
     job = ev.SampleJob(
         run_id=run.run_id,
@@ -166,42 +150,60 @@ def train_validation(run: pb.Run, cfg: RunConfig, splits: Sequence[str]) -> ev.T
     return ev.TrainValidation(
         task=cfg.task.name,
         dataset_key=keys.dataset_key(run.run_id, "validation"),
-        params=common_pb2.SamplingParams(
-            n=1,
-            greedy=True,
-            max_new_tokens=cfg.evaluation.max_new_tokens or cfg.sampling.max_new_tokens,
-            stop=cfg.sampling.stop,
-            stop_regex=stop_patterns(cfg.task.name),
+        params=sampling_params(
+            _greedy(cfg, cfg.task.name, cfg.evaluation.max_new_tokens or cfg.sampling.max_new_tokens)
         ),
         prompt_format=prompt_format(cfg),
-        patience=cfg.training.patience,
     )
+
+
+def sampling_params(params: GenerationParams) -> common_pb2.SamplingParams:
+    return to_proto(params, common_pb2.SamplingParams)
+
+
+def e_step_generation(cfg: RunConfig, iteration: int, n: int) -> GenerationParams:
+    """The E-step's decoding: every `sampling` field GenerationParams has, by name.
+
+    The seed is the iteration's (`derive_seed`), `n` the round's (adaptive sampling may draw fewer
+    than `sampling.n` at first), and the task adds its answer pattern as a stop regex.
+    """
+    section = _shared_fields(cfg.sampling, GenerationParams)
+    section.update(
+        n=n, seed=derive_seed(cfg.sampling.seed, iteration), stop_regex=tuple(stop_patterns(cfg.task.name))
+    )
+    return GenerationParams(**section)
+
+
+def _greedy(cfg: RunConfig, task: str, max_new_tokens: int) -> GenerationParams:
+    """Greedy decoding for evaluation and validation: the run's stop strings and the task's pattern."""
+    return GenerationParams(
+        n=1,
+        greedy=True,
+        max_new_tokens=max_new_tokens,
+        stop=tuple(cfg.sampling.stop),
+        stop_regex=tuple(stop_patterns(task)),
+    )
+
+
+def m_step_params(cfg: RunConfig, iteration: int) -> TrainParams:
+    """The M-step's settings: every `training` field TrainParams has, by name, and `training.lora`'s
+    fields as `lora_<name>`; the seed is the iteration's (`derive_seed`)."""
+    t = cfg.training
+    section = _shared_fields(t, TrainParams)
+    lora = t.lora if t.lora is not None else LoraConfig()
+    section.update({f"lora_{name}": value for name, value in _shared_fields(lora, None).items()})
+    section["seed"] = derive_seed(t.seed, iteration)
+    return TrainParams(**section)
 
 
 def train_params_for(cfg: RunConfig, iteration: int) -> common_pb2.TrainParams:
-    t = cfg.training
-    lora = t.lora if t.lora is not None else LoraConfig()
-    return common_pb2.TrainParams(
-        learning_rate=t.learning_rate,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        weight_decay=t.weight_decay,
-        warmup_ratio=t.warmup_ratio,
-        max_seq_len=t.max_seq_len,
-        max_grad_norm=t.max_grad_norm,
-        seed=derive_seed(t.seed, iteration),
-        loss_normalisation=t.loss_normalisation,
-        method=t.method,
-        lora_r=lora.r if t.method == "lora" else 0,
-        lora_alpha=lora.alpha if t.method == "lora" else 0.0,
-        lora_dropout=lora.dropout if t.method == "lora" else 0.0,
-        lora_target_modules=lora.target_modules if t.method == "lora" else [],
-        lr_schedule=t.lr_schedule,
-        min_lr_ratio=t.min_lr_ratio,
-        max_steps=t.max_steps or 0,
-        micro_batch_size=t.micro_batch_size or 0,
-        packing=t.packing,
-        length_bucketing=t.length_bucketing,
-        gradient_checkpointing=t.gradient_checkpointing,
-        checkpoint_every_steps=t.checkpoint_every_steps,
-    )
+    return to_proto(m_step_params(cfg, iteration), common_pb2.TrainParams)
+
+
+def _shared_fields(section: BaseModel, params_cls: type | None) -> dict[str, Any]:
+    """The section's values for the fields `params_cls` also has (all of them for None); lists as tuples."""
+    names = set(type(section).model_fields)
+    if params_cls is not None:
+        names &= {f.name for f in fields(params_cls)}
+    values = {name: getattr(section, name) for name in names}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}

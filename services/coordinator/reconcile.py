@@ -19,40 +19,18 @@ twice at once (same inputs, same seed, same output key: the last complete write 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf.message import DecodeError, Message
 from restem.coordinator.v1 import coordinator_pb2 as pb
-from restem.events.v1 import events_pb2 as ev
 
-from shared import keys
-from shared.store import ArtifactStore
-
-from . import core
+from . import core, job_records
 
 if TYPE_CHECKING:
     from .events import Orchestrator
 
 log = logging.getLogger("restem.coordinator.reconcile")
-
-JOB_MESSAGES: dict[str, type[Message]] = {
-    "prepare": ev.PrepareJob,
-    "sample": ev.SampleJob,
-    "verify": ev.VerifyJob,
-    "train": ev.TrainJob,
-    "eval": ev.EvalJob,
-}
-
-
-def jobs_prefix(run_id: str) -> str:
-    return f"{keys.run_prefix(run_id)}/jobs/"
-
-
-def job_record_key(job: core.Job) -> str:
-    return f"{jobs_prefix(job.message.run_id)}{job.job_type}/{job.job_id}.pb"  # type: ignore[attr-defined]
 
 
 def _current_iteration(run: pb.Run, iteration: int) -> pb.Iteration | None:
@@ -88,31 +66,6 @@ def outstanding(run: pb.Run, job_type: str, msg: Any) -> bool:
     return False
 
 
-async def record_jobs(store: ArtifactStore, jobs: Sequence[core.Job]) -> None:
-    """Write each job's message where `reconcile_run` finds it (before it is published)."""
-    for job in jobs:
-        data = job.message.SerializeToString()
-        await asyncio.to_thread(store.put_bytes, job_record_key(job), data)
-
-
-async def recorded_jobs(store: ArtifactStore, run_id: str) -> list[core.Job]:
-    """The jobs recorded for a run; an unreadable record is logged and skipped."""
-    found = []
-    prefix = jobs_prefix(run_id)
-    for key in await asyncio.to_thread(store.list, prefix):
-        job_type, _, name = key[len(prefix) :].partition("/")
-        cls = JOB_MESSAGES.get(job_type)
-        if cls is None or not name.endswith(".pb"):
-            continue
-        try:
-            msg = cls.FromString(await asyncio.to_thread(store.get_bytes, key))
-        except DecodeError:
-            log.error("job record %s is corrupt; skipped", key)
-            continue
-        found.append(core.Job(job_type, msg, name.removesuffix(".pb")))
-    return found
-
-
 def open_jobs(run: pb.Run, jobs: Sequence[core.Job]) -> list[core.Job]:
     """The recorded jobs the run still waits for."""
     return [j for j in jobs if outstanding(run, j.job_type, j.message)]
@@ -129,7 +82,7 @@ async def reconcile_run(orc: Orchestrator, run_id: str) -> int:
         run = await orc.mutate(run_id, resume)
     if run.status in core.FINISHED:
         return 0
-    jobs = open_jobs(run, await recorded_jobs(orc.store, run_id))
+    jobs = open_jobs(run, await job_records.recorded_jobs(orc.store, run_id))
     for job in jobs:
         await orc.bus.publish_job(job.job_type, run_id, job.message.SerializeToString(), msg_id=job.job_id)
     phase = core.PHASE_NAMES.get(run.phase, str(run.phase))

@@ -15,10 +15,11 @@ from restem.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 
 from shared.artifacts import CheckpointCache, DatasetCache
 from shared.bus import EventBus, PermanentError
-from shared.jobparams import generation_params
+from shared.params import GenerationParams, from_proto
 from shared.seeds import sample_seeds
 from shared.store import ArtifactNotFound, ArtifactStore
-from shared.tasks import CODE_TASKS, dumps_jsonl, loads_jsonl, user_message
+from shared.tasks import CODE_TASKS, user_message
+from shared.worker import announce, rows_once
 
 from .core import attach_samples, pass_at_1, result_rows, sampled_metrics
 
@@ -96,11 +97,11 @@ class EvalHandler:
             )
             for p in problems
         ]
-        outs = await asyncio.to_thread(generator.generate, prompts, generation_params(job.params))
+        outs = await asyncio.to_thread(generator.generate, prompts, from_proto(job.params, GenerationParams))
         completions = [o[0] for o in outs]
         rows = result_rows(problems, completions, await self._verify(job.task, problems, completions))
         if job.sample_params.n > 0:
-            params = generation_params(job.sample_params)
+            params = from_proto(job.sample_params, GenerationParams)
             # per (problem, index) seeds: pass@k does not depend on how the split is batched
             seeds = sample_seeds(job.sample_params.seed, [p["id"] for p in problems], params.n)
             sampled = await asyncio.to_thread(generator.generate, prompts, params, seeds=seeds)
@@ -111,15 +112,12 @@ class EvalHandler:
 
     async def __call__(self, job: ev.EvalJob) -> None:
         started = time.monotonic()
-        if await asyncio.to_thread(self.store.exists, job.output_key):
-            rows = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, job.output_key))
-        else:
-            rows = await self._evaluate(job)
-            await asyncio.to_thread(self.store.put_bytes, job.output_key, dumps_jsonl(rows))
-        done = ev.EvalDone(
-            run_id=job.run_id,
-            job_id=job.job_id,
-            iteration=job.iteration,
+        rows = await rows_once(self.store, job.output_key, lambda: self._evaluate(job))
+        await announce(
+            self.bus,
+            job,
+            "eval_done",
+            ev.EvalDone,
             split=job.split,
             results_key=job.output_key,
             num_problems=len(rows),
@@ -129,7 +127,4 @@ class EvalHandler:
             num_tokens=sum(r["num_tokens"] for r in rows),
             metrics=sampled_metrics(rows, majority=job.task not in CODE_TASKS),
             variant=job.variant,
-        )
-        await self.bus.publish_event(
-            job.run_id, "eval_done", done.SerializeToString(), msg_id=f"{job.job_id}.done"
         )

@@ -17,10 +17,10 @@ from restem.events.v1 import events_pb2 as ev
 
 from shared.artifacts import CheckpointCache, DatasetCache
 from shared.bus import EventBus, PermanentError
-from shared.jobparams import generation_params
+from shared.params import GenerationParams, from_proto
 from shared.seeds import sample_seeds
 from shared.store import ArtifactNotFound, ArtifactStore
-from shared.tasks import dumps_jsonl, loads_jsonl
+from shared.worker import announce, rows_once
 
 from .core import render_prompts, sample_rows, select_problems
 
@@ -52,28 +52,22 @@ class SampleHandler:
         prompts = render_prompts(
             generator.tokenizer, job.task, problems, chat=fmt.chat_template, system=fmt.system_prompt or None
         )
-        params = generation_params(job.params)
+        params = from_proto(job.params, GenerationParams)
         seeds = sample_seeds(job.params.seed, job.problem_ids, params.n, job.first_index)
         completions = await asyncio.to_thread(generator.generate, prompts, params, seeds=seeds)
         return sample_rows(job.iteration, problems, prompts, completions, job.first_index)
 
     async def __call__(self, job: ev.SampleJob) -> None:
         started = time.monotonic()
-        if await asyncio.to_thread(self.store.exists, job.output_key):
-            rows = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, job.output_key))
-        else:
-            rows = await self._generate(job)
-            await asyncio.to_thread(self.store.put_bytes, job.output_key, dumps_jsonl(rows))
-        done = ev.SampleDone(
-            run_id=job.run_id,
-            job_id=job.job_id,
-            iteration=job.iteration,
+        rows = await rows_once(self.store, job.output_key, lambda: self._generate(job))
+        await announce(
+            self.bus,
+            job,
+            "sample_done",
+            ev.SampleDone,
             shard=job.shard,
             samples_key=job.output_key,
             num_samples=len(rows),
             num_tokens=sum(r["num_tokens"] for r in rows),
             seconds=time.monotonic() - started,
-        )
-        await self.bus.publish_event(
-            job.run_id, "sample_done", done.SerializeToString(), msg_id=f"{job.job_id}.done"
         )

@@ -8,7 +8,7 @@ import grpc
 from restem.sampler.v1 import sampler_pb2, sampler_pb2_grpc
 
 from shared.artifacts import CheckpointCache
-from shared.jobparams import generation_params
+from shared.params import GenerationParams, from_proto
 from shared.store import ArtifactNotFound
 from shared.worker import WorkerState
 
@@ -43,7 +43,7 @@ class SamplerApi(sampler_pb2_grpc.SamplerServiceServicer):
         except ArtifactNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         prompts = [render_prompt(gen.tokenizer, p) for p in request.prompts]
-        outs = await asyncio.to_thread(gen.generate, prompts, generation_params(request.params))
+        outs = await asyncio.to_thread(gen.generate, prompts, from_proto(request.params, GenerationParams))
         return sampler_pb2.GenerateResponse(
             results=[
                 sampler_pb2.PromptCompletions(

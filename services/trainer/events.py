@@ -20,25 +20,30 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from restem.events.v1 import events_pb2 as ev
 
 from shared import abandon
 from shared.artifacts import CheckpointCache
+from shared.auth import server_token
 from shared.bus import EventBus, PermanentError
-from shared.jobparams import train_params
 from shared.models import ModelNotFound, resolve_model_source
+from shared.params import GenerationParams, TrainParams, as_dict, from_proto
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import loads_jsonl
+from shared.worker import announce
 
 from .core import MODEL_INFO, TRAIN_SUMMARY, examples_from_kept, summary_dict
 from .launch import launch, worker_settings
 from .mstep import MStepSpec, execute
 from .state import StepStates
 from .validation import ValidationSet, grpc_scorer
+
+if TYPE_CHECKING:
+    from .config import TrainerConfig
 
 log = logging.getLogger("services.trainer")
 
@@ -94,41 +99,31 @@ class PrepareHandler:
                 info = await asyncio.to_thread(self._import, source, job.model_key)
         except (ModelNotFound, CheckpointError) as exc:
             raise PermanentError(str(exc)) from exc
-        done = ev.PrepareDone(
-            run_id=job.run_id,
-            job_id=job.job_id,
+        await announce(
+            self.bus,
+            job,
+            "prepare_done",
+            ev.PrepareDone,
             model_key=job.model_key,
             architecture=str(info.get("architecture", "")),
             num_parameters=int(info.get("num_parameters", 0)),
             max_position_embeddings=int(info.get("max_position_embeddings", 0) or 0),
             seconds=time.monotonic() - started,
         )
-        await self.bus.publish_event(
-            job.run_id, "prepare_done", done.SerializeToString(), msg_id=f"{job.job_id}.done"
-        )
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """The trainer's settings that shape an M-step (from TrainerConfig)."""
-
-    work_dir: Path
-    device: str
-    nproc: int = 1
-    sharding: str = "none"  # "fsdp": the nproc workers shard the weights (see shared.llm.distributed)
-    verifier_address: str | None = None  # None: no validation-driven stopping possible
-    verify_timeout_s: float = 60.0
-    verify_token: str | None = None
-    store_config: Any = None  # StoreConfig, for the workers of a multi-process M-step
 
 
 class TrainHandler:
     def __init__(
-        self, bus: EventBus, store: ArtifactStore, checkpoints: CheckpointCache, settings: TrainSettings
+        self,
+        bus: EventBus,
+        store: ArtifactStore,
+        checkpoints: CheckpointCache,
+        cfg: TrainerConfig,
+        device: str,
     ) -> None:
         self.bus, self.store, self.checkpoints = bus, store, checkpoints
-        self.settings = settings
-        self.work_dir, self.device = settings.work_dir, settings.device
+        self.cfg, self.work_dir, self.device = cfg, cfg.work_dir, device
+        self.verify_token = server_token(cfg.grpc)  # the services share one API token
 
     def _progress_callback(self, job: ev.TrainJob, loop: asyncio.AbstractEventLoop) -> Any:
         last = [0.0]
@@ -189,28 +184,23 @@ class TrainHandler:
         """The rendered validation split when the job asks for validation-driven stopping."""
         if not job.HasField("validation") or not job.validation.dataset_key:
             return None
-        if not self.settings.verifier_address:
+        if not self.cfg.verifier_address:
             raise ValueError(
                 "validation-driven stopping needs the verifier: set the trainer's verifier_address"
             )
-        from dataclasses import asdict
-
-        from shared.jobparams import generation_params
-
         v = job.validation
         problems = loads_jsonl(self.store.get_bytes(v.dataset_key))
         if not problems:
             return None
         render = self._renderer(v.prompt_format, tokenizer)
-        return asdict(ValidationSet.build(v.task, problems, render, generation_params(v.params)))
+        vset = ValidationSet.build(v.task, problems, render, from_proto(v.params, GenerationParams))
+        return asdict(vset)
 
     def _spec(self, job: ev.TrainJob, base_dir: Path, scratch: Path, states: StepStates) -> MStepSpec:
         from shared.llm.checkpoint import load_tokenizer
         from shared.llm.training import pad_id_of
 
-        params = train_params(job.params)
-        if job.HasField("validation") and job.validation.patience:
-            params = replace(params, patience=job.validation.patience)
+        params = from_proto(job.params, TrainParams)
         tokenizer = load_tokenizer(base_dir)
         data_dir = self._tokenize(job, tokenizer, scratch, params.max_seq_len)
         # A trainer killed mid-M-step left its last step state in the store: continue from it.
@@ -218,7 +208,7 @@ class TrainHandler:
         return MStepSpec(
             base_dir=str(base_dir),
             data_dir=str(data_dir),
-            params=asdict(params),
+            params=as_dict(params),
             pad_id=pad_id_of(tokenizer),
             out_dir=str(scratch / "out" / "checkpoint"),
             scratch_dir=str(scratch / "states"),
@@ -227,18 +217,16 @@ class TrainHandler:
         )
 
     def _run(self, job: ev.TrainJob, spec: MStepSpec, states: StepStates, on_step: Any) -> dict[str, Any]:
-        s = self.settings
+        s = self.cfg
         if s.nproc > 1:
-            env = worker_settings(
-                s.device, s.store_config, s.verifier_address, s.verify_timeout_s, s.sharding
-            )
-            if s.verify_token:
-                env["RESTEM_TRAINER_VERIFY_TOKEN"] = s.verify_token
+            env = worker_settings(self.device, s.store, s.verifier_address, s.verify_timeout_s, s.sharding)
+            if self.verify_token:
+                env["RESTEM_TRAINER_VERIFY_TOKEN"] = self.verify_token
             return launch(spec, s.nproc, env, job.output_key, on_step)
         scorer = None
         if spec.validation is not None and s.verifier_address:
             scorer = grpc_scorer(
-                s.verifier_address, spec.validation["task"], s.verify_token, s.verify_timeout_s
+                s.verifier_address, spec.validation["task"], self.verify_token, s.verify_timeout_s
             )
         return execute(spec, self.device, scorer=scorer, on_step=on_step, on_state=states.commit)
 
@@ -276,10 +264,11 @@ class TrainHandler:
                 summary = await asyncio.to_thread(self._train, job, base_dir, on_step)
             except (ArtifactNotFound, CheckpointError, ValueError) as exc:
                 raise PermanentError(str(exc)) from exc
-        done = ev.TrainDone(
-            run_id=job.run_id,
-            job_id=job.job_id,
-            iteration=job.iteration,
+        await announce(
+            self.bus,
+            job,
+            "train_done",
+            ev.TrainDone,
             checkpoint_key=job.output_key,
             steps=summary["steps"],
             examples=summary["examples"],
@@ -291,7 +280,4 @@ class TrainHandler:
             validation_rewards=summary.get("validation_rewards", []),
             best_epoch=summary.get("best_epoch", 0),
             epochs=summary.get("epochs", 0),
-        )
-        await self.bus.publish_event(
-            job.run_id, "train_done", done.SerializeToString(), msg_id=f"{job.job_id}.done"
         )

@@ -203,6 +203,4 @@ def worker_main(spec_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    import shared  # noqa: F401  (puts the generated stubs on the import path)
-
     worker_main(Path(sys.argv[1]))

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from shared.params import TrainParams, from_dict
+
 if TYPE_CHECKING:
     from shared.llm.distributed import DataParallel
 
@@ -31,7 +33,7 @@ SUMMARY = "stats.json"  # TrainStats of the run, beside the checkpoint in out_di
 class MStepSpec:
     base_dir: str  # the base checkpoint (every M-step starts from it)
     data_dir: str  # the tokenised kept set (dataset.TokenizedSet)
-    params: dict[str, Any]  # training.TrainParams fields
+    params: dict[str, Any]  # shared.params.as_dict of the TrainParams
     pad_id: int
     out_dir: str  # rank 0 writes the checkpoint and SUMMARY here
     scratch_dir: str  # step states are written here before they go to the store
@@ -46,12 +48,8 @@ class MStepSpec:
         return MStepSpec(**json.loads(path.read_text()))
 
 
-def train_params(spec: MStepSpec) -> Any:
-    from shared.llm.training import TrainParams
-
-    fields = dict(spec.params)
-    fields["lora_target_modules"] = tuple(fields.get("lora_target_modules", ("all-linear",)))
-    return TrainParams(**fields)
+def train_params(spec: MStepSpec) -> TrainParams:
+    return from_dict(spec.params, TrainParams)
 
 
 def execute(

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared.params import GenerationParams, as_dict, from_dict
+
 if TYPE_CHECKING:
     from shared.llm.distributed import DataParallel
 
@@ -31,14 +33,12 @@ class ValidationSet:
     task: str
     prompts: list[str]  # rendered exactly as the evaluator renders them
     references: list[str]  # each problem's answer, JSON (the verifier's reference_json)
-    params: dict[str, Any]  # generation.GenerationParams fields (greedy)
+    params: dict[str, Any]  # shared.params.as_dict of the (greedy) GenerationParams
 
     @staticmethod
     def build(
-        task: str, problems: Sequence[dict[str, Any]], render: Callable[[str], str], params: Any
+        task: str, problems: Sequence[dict[str, Any]], render: Callable[[str], str], params: GenerationParams
     ) -> ValidationSet:
-        from dataclasses import asdict
-
         from shared.tasks import user_message
 
         ordered = sorted(problems, key=lambda p: p["id"])
@@ -46,7 +46,7 @@ class ValidationSet:
             task=task,
             prompts=[render(user_message(task, p)) for p in ordered],
             references=[json.dumps(p["answer"]) for p in ordered],
-            params=asdict(params),
+            params=as_dict(params),
         )
 
 
@@ -88,11 +88,10 @@ def make_validator(
     dp: DataParallel | None = None,
 ) -> Callable[[], float]:
     """The validation reward (fraction correct, greedy) of ``model`` as it is when called."""
-    from shared.llm.generation import GenerationParams, TransformersGenerator
+    from shared.llm.generation import TransformersGenerator
 
     generator = TransformersGenerator(model, tokenizer, device=device)
-    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in vset.params.items()}
-    params = GenerationParams(**fields)
+    params = from_dict(vset.params, GenerationParams)
     rank, world = (dp.rank, dp.world) if dp is not None else (0, 1)
     mine = list(range(rank, len(vset.prompts), world))
 

@@ -83,11 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=0, help="sandbox zygotes (0: two per core)")
     args = parser.parse_args(argv)
-    import shared  # noqa: F401  (generated stubs on the path)
     from shared.tasks import DatasetError, load_problems, resolve_dataset_path
     from shared.tasks.datasets import read_lines
 
-    from .code_checks import CodeGrader
+    from .code_grader import CodeGrader
     from .sandbox import PoolConfig, SandboxPool
 
     if not 0 < args.floor <= args.cap <= 60 or args.factor <= 0:

@@ -23,10 +23,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from shared.errors import Overloaded, StatusError, Unavailable
 from shared.tasks import CODE_TASKS, NUMERIC_TASKS, TASKS_WITH_CHECKERS, Verdict, check_answer
 
 from .code_checks import (
-    CodeGrader,
     CodeProblem,
     CodeVerdict,
     InvalidProblem,
@@ -34,18 +34,23 @@ from .code_checks import (
     extract_code,
     problem_from_dict,
 )
+from .code_grader import CodeGrader
 from .config import SandboxSettings
 from .sandbox.pool import PoolBusy, PoolConfig, SandboxError, SandboxPool, VerdictCache
 
 log = logging.getLogger("restem.verifier")
 
 
-class BadProblem(ValueError):
+class BadProblem(StatusError, ValueError):
     """A problem the checker cannot grade against; the message says what is wrong with it."""
 
 
-class SandboxUnavailable(RuntimeError):
-    """The sandbox could not run a check now (start failure, full queue); worth retrying."""
+class SandboxUnavailable(Unavailable, RuntimeError):
+    """The sandbox could not run a check now (start failure); worth retrying."""
+
+
+class SandboxSaturated(Overloaded, SandboxUnavailable):
+    """Every sandbox slot and the queue are full: another replica or a later retry can take it."""
 
 
 def code_of(task: str, completion: str) -> tuple[str, str]:
@@ -183,7 +188,7 @@ class Checkers:
             try:
                 v = await grader.agrade(problem, code)
             except PoolBusy as exc:
-                raise SandboxUnavailable(f"the code sandbox is saturated: {exc}") from exc
+                raise SandboxSaturated(f"the code sandbox is saturated: {exc}") from exc
         if v.status is Status.INTERNAL_ERROR:
             raise SandboxUnavailable(f"the code sandbox failed on problem {problem.id}: {v.rule} {v.detail}")
         return code_verdict(v)
@@ -194,7 +199,7 @@ class Checkers:
             try:
                 v: Verdict = await checker.acheck(str(reference), completion)
             except PoolBusy as exc:
-                raise SandboxUnavailable(f"the math sandbox is saturated: {exc}") from exc
+                raise SandboxSaturated(f"the math sandbox is saturated: {exc}") from exc
         return v
 
     async def check(self, task: str, reference: Any, completion: str) -> Verdict:

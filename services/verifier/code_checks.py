@@ -1,6 +1,7 @@
 """Code-task rewards: APPS stdin and call-based problems and HumanEval, graded in the trusted parent.
 
-Programs run in the sandbox pool (`services.verifier.sandbox`); every decision is made here, from
+Programs run in the sandbox pool (`services.verifier.sandbox`, driven by `code_grader.CodeGrader`);
+every decision is made here, from
 what the sandbox reports: exit status, signals, the captured stdout, and for call-based problems
 the return value as *plain data* (exact builtin types; an object with a hostile `__eq__` cannot
 cross the boundary). HumanEval's `check()` runs in a separate tester process that never runs model
@@ -24,22 +25,15 @@ stops at the first failure (the rest are SKIPPED) unless `stop_on_failure=False`
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
 import re
-import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from services.verifier.sandbox.pool import (
-    SandboxError,
-    SandboxPool,
-    VerdictCache,
-)
 from shared.tasks import Verdict
 
 CODE_CHECKER_VERSION = "code-1"
@@ -328,107 +322,5 @@ def decode_code(code: str | bytes, kind: str) -> str:
     return code
 
 
-def _invalid(msg: str) -> CodeVerdict:
+def invalid_verdict(msg: str) -> CodeVerdict:
     return CodeVerdict(False, Status.INVALID_ARGUMENT, "invalid-argument", detail=msg)
-
-
-class CodeGrader:
-    """Grades code against problems through a SandboxPool, with a verdict cache."""
-
-    def __init__(
-        self, pool: SandboxPool, cache: VerdictCache | None = None, *, stop_on_failure: bool = True
-    ) -> None:
-        self.pool = pool
-        self.cache = cache
-        self.stop_on_failure = stop_on_failure
-        self._fingerprints: dict[int, tuple[CodeProblem, str]] = {}
-
-    def _fingerprint(self, p: CodeProblem) -> str:
-        # Hashing a problem's tests costs as much as its size; remember it per problem object.
-        hit = self._fingerprints.get(id(p))
-        if hit is None or hit[0] is not p:
-            if len(self._fingerprints) > 50_000:
-                self._fingerprints.clear()
-            hit = self._fingerprints[id(p)] = (p, p.fingerprint())
-        return hit[1]
-
-    def prepare(
-        self, problem: CodeProblem | Mapping[str, Any], code: str | bytes
-    ) -> tuple[CodeProblem, str, tuple[str, str, str]] | CodeVerdict:
-        try:
-            p = problem if isinstance(problem, CodeProblem) else problem_from_dict(problem)
-            src = decode_code(code, p.kind)
-        except InvalidProblem as exc:
-            return _invalid(str(exc))
-        key = (
-            CODE_CHECKER_VERSION,
-            self._fingerprint(p),
-            hashlib.sha256(src.encode("utf-8", "surrogatepass")).hexdigest(),
-        )
-        return p, src, key
-
-    def _finish(self, key: tuple[str, str, str], run: Any) -> CodeVerdict:
-        try:
-            verdict: CodeVerdict = run()
-        except (SandboxError, TimeoutError) as exc:
-            return CodeVerdict(False, Status.INTERNAL_ERROR, "sandbox-error", detail=str(exc)[:300])
-        if self.cache is not None and verdict.status is not Status.INTERNAL_ERROR:
-            self.cache.put(key, verdict)
-        return verdict
-
-    def _cached(self, key: tuple[str, str, str]) -> CodeVerdict | None:
-        hit = self.cache.get(key) if self.cache is not None else None
-        return replace(hit, cached=True) if hit is not None else None
-
-    def grade(self, problem: CodeProblem | Mapping[str, Any], code: str | bytes) -> CodeVerdict:
-        """Blocking; raises PoolBusy when the pool stays full for 30 s (back-pressure)."""
-        prepared = self.prepare(problem, code)
-        if isinstance(prepared, CodeVerdict):
-            return prepared
-        p, src, key = prepared
-        cached = self._cached(key)
-        if cached is not None:
-            return cached
-        budget = max(1, len(p.tests)) * (p.time_limit_s + 2 * self.pool.config.grace_s) + 300
-        from services.verifier.sandbox.judge import grade_job  # judge imports this module
-
-        job = grade_job(p, src, self.stop_on_failure)
-        return self._finish(key, lambda: self.pool.run(job, timeout_s=budget))
-
-    async def agrade(self, problem: CodeProblem | Mapping[str, Any], code: str | bytes) -> CodeVerdict:
-        prepared = self.prepare(problem, code)
-        if isinstance(prepared, CodeVerdict):
-            return prepared
-        p, src, key = prepared
-        cached = self._cached(key)
-        if cached is not None:
-            return cached
-        try:
-            from services.verifier.sandbox.judge import grade_job  # judge imports this module
-
-            verdict = await self.pool.arun(grade_job(p, src, self.stop_on_failure))
-        except (SandboxError, TimeoutError) as exc:
-            verdict = CodeVerdict(False, Status.INTERNAL_ERROR, "sandbox-error", detail=str(exc)[:300])
-        return self._finish(key, lambda: verdict)
-
-    def grade_many(
-        self, items: list[tuple[CodeProblem | Mapping[str, Any], str | bytes]]
-    ) -> list[CodeVerdict]:
-        """Grade a batch on all workers at once (submits block while the queue is full)."""
-        return asyncio.run(self._grade_many(items))
-
-    async def _grade_many(
-        self, items: list[tuple[CodeProblem | Mapping[str, Any], str | bytes]]
-    ) -> list[CodeVerdict]:
-        return list(await asyncio.gather(*(self.agrade(p, c) for p, c in items)))
-
-    def calibrate(self, problem: CodeProblem, reference: str, factor: float = 3.0) -> CodeProblem:
-        """The problem with its time limit scaled from a reference solution's slowest test."""
-        started = time.monotonic()
-        verdict = CodeGrader(self.pool, stop_on_failure=True).grade(
-            replace(problem, time_limit_s=20.0), reference
-        )
-        if not verdict.correct:
-            raise InvalidProblem(f"problem {problem.id}: the reference solution fails ({verdict.rule})")
-        slowest = max((t.wall_s for t in verdict.tests), default=time.monotonic() - started)
-        return replace(problem, time_limit_s=scaled_time_limit(slowest, factor))

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from restem.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 
+from shared.grpc_server import abort_for
 from shared.tasks import TASKS_WITH_CHECKERS, Verdict
 from shared.worker import WorkerState
 
@@ -78,16 +79,9 @@ class VerifierApi(verifier_pb2_grpc.VerifierServiceServicer):
             try:
                 got = await self.checkers.check_many(task, [(ref, c) for _, ref, c in items])
             except BadProblem as exc:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"a {task} reference is not a usable problem: {exc}"
-                )
+                await abort_for(context, exc, f"a {task} reference is not a usable problem: ")
             except SandboxUnavailable as exc:
-                code = (
-                    grpc.StatusCode.RESOURCE_EXHAUSTED
-                    if "saturated" in str(exc)
-                    else grpc.StatusCode.UNAVAILABLE
-                )
-                await context.abort(code, f"{exc}; retry later")
+                await abort_for(context, exc, "retry later: ")
             for (i, _, _), v in zip(items, got, strict=True):
                 verdicts[i] = v
         return verifier_pb2.VerifyResponse(

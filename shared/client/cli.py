@@ -20,13 +20,22 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 EXIT_INVALID, EXIT_NOT_FOUND, EXIT_STATE, EXIT_UNAVAILABLE, EXIT_RUN_FAILED = 2, 3, 4, 5, 6
 EXIT_UNAUTHENTICATED = 7
+# The exit code of each gRPC status (by name), for the API's errors and the same errors found locally.
+EXIT_CODES = {
+    "INVALID_ARGUMENT": EXIT_INVALID,
+    "NOT_FOUND": EXIT_NOT_FOUND,
+    "ALREADY_EXISTS": EXIT_INVALID,
+    "FAILED_PRECONDITION": EXIT_STATE,
+    "UNAVAILABLE": EXIT_UNAVAILABLE,
+    "UNAUTHENTICATED": EXIT_UNAUTHENTICATED,
+}
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "arithmetic-demo.yaml"
 
 
@@ -96,10 +105,8 @@ def validate_locally(path: Path) -> str:
         resolve_model_source(cfg.model.base)
         build_splits(cfg.task)
         build_transfer_sets(cfg.evaluation)
-    except ConfigError as exc:
-        raise CliError(str(exc), EXIT_INVALID) from None
-    except (ModelNotFound, DatasetError) as exc:
-        raise CliError(str(exc), EXIT_NOT_FOUND if "does not exist" in str(exc) else EXIT_INVALID) from None
+    except (ConfigError, ModelNotFound, DatasetError) as exc:
+        raise CliError(str(exc), EXIT_CODES[exc.status]) from None
     return with_absolute_dataset_paths(path.read_text())
 
 
@@ -129,6 +136,20 @@ def with_absolute_dataset_paths(config_yaml: str) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+def report_location(args: argparse.Namespace, report_key: str) -> str:
+    """Where a user opens the report: the Markdown file of a local stack's store, else the store URI."""
+    from shared.client.stack import load_stack
+
+    stack = None if args.address or os.environ.get("RESTEM_ADDRESS") else load_stack(args.state_dir)
+    store = stack.info["store"] if stack is not None else {}
+    markdown = report_key.rsplit("/", 1)[0] + "/report.md"
+    if store.get("kind") == "local":
+        return str(Path(store["root"]).joinpath(*markdown.split("/")))
+    if store.get("kind") == "s3":
+        return f"s3://{store['bucket']}/{markdown}"
+    return f"{markdown} in the coordinator's store"
+
+
 def _finish(args: argparse.Namespace, run_id: str) -> int:
     from shared.client.display import follow, iterations_table, status_name
 
@@ -138,7 +159,7 @@ def _finish(args: argparse.Namespace, run_id: str) -> int:
         console.print()
         if run.report_key:
             console.print(iterations_table(client.report(run_id)))
-            console.print(f"report: {run.report_key} (restem report {run_id})")
+            console.print(f"report: {report_location(args, run.report_key)} (restem report {run_id})")
         if status_name(run) != "succeeded":
             console.print(f"run {run_id} {status_name(run)}: {run.error}")
             return EXIT_RUN_FAILED
@@ -306,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
         "or the local stack's)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_stack_commands(sub)
+    _add_run_commands(sub)
+    return parser
+
+
+def _add_stack_commands(sub: Any) -> None:
+    """The local stack: up, down, status, demo."""
     p = sub.add_parser("up", help="start the local stack")
     p.add_argument(
         "--s3-endpoint", help="use this S3 endpoint (host:port) instead of a local directory store"
@@ -322,6 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="health of the local stack, or the state of RUN")
     p.add_argument("run", nargs="?", help="a run id")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("demo", help="ReST-EM on arithmetic with SmolLM2-135M on CPU, through the local stack")
+    p.add_argument(
+        "--config", type=Path, default=DEMO_CONFIG, help="run config (default: examples/arithmetic-demo.yaml)"
+    )
+    p.add_argument("--keep-up", action="store_true", help="leave the local stack running afterwards")
+    p.set_defaults(func=cmd_demo)
+
+
+def _add_run_commands(sub: Any) -> None:
+    """Runs on any coordinator: run, watch, cancel, list, report, compare."""
     p = sub.add_parser("run", help="start a run from a YAML config")
     p.add_argument("config", type=Path, help="run config (see examples/)")
     p.add_argument(
@@ -343,30 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="finished runs side by side")
     p.add_argument("runs", nargs="+", help="run ids")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("demo", help="ReST-EM on arithmetic with SmolLM2-135M on CPU, through the local stack")
-    p.add_argument(
-        "--config", type=Path, default=DEMO_CONFIG, help="run config (default: examples/arithmetic-demo.yaml)"
-    )
-    p.add_argument("--keep-up", action="store_true", help="leave the local stack running afterwards")
-    p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     import grpc
 
-    import shared  # noqa: F401  (puts the generated stubs on the import path)
     from shared.client.stack import StackError
 
-    codes = {
-        grpc.StatusCode.INVALID_ARGUMENT: EXIT_INVALID,
-        grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
-        grpc.StatusCode.ALREADY_EXISTS: EXIT_INVALID,
-        grpc.StatusCode.FAILED_PRECONDITION: EXIT_STATE,
-        grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
-        grpc.StatusCode.UNAUTHENTICATED: EXIT_UNAUTHENTICATED,
-    }
     try:
         code = args.func(args)
     except CliError as exc:
@@ -377,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_UNAVAILABLE
     except grpc.RpcError as exc:
         print(f"error: {exc.details()} ({exc.code().name})", file=sys.stderr)
-        code = codes.get(exc.code(), 1)
+        code = EXIT_CODES.get(exc.code().name, 1)
     except KeyboardInterrupt:
         print("interrupted (the run goes on; `restem watch RUN` to follow it again)", file=sys.stderr)
         code = 130

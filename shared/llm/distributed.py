@@ -82,7 +82,7 @@ from shared.llm.loss import TargetLogits, split_head
 from shared.llm.packing import micro_batches
 
 if TYPE_CHECKING:
-    from shared.llm.training import TrainParams
+    from shared.params import TrainParams
 
 BUCKET_ELEMENTS = 1 << 24  # 64 MB of fp32 gradients per all-reduce call
 Sharding = Literal["none", "fsdp"]

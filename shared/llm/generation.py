@@ -43,6 +43,7 @@ import torch
 
 from shared import abandon
 from shared.llm.sampling import next_tokens
+from shared.params import GenerationParams
 from shared.seeds import sample_seeds
 
 _TAIL_TOKENS = 32  # tokens decoded per live sequence per step to look for a stop (plus the stop's length)
@@ -57,38 +58,6 @@ def render_prompt(tokenizer: Any, user_message: str, *, system: str | None = Non
     messages = [{"role": "system", "content": system}] if system is not None else []
     messages.append({"role": "user", "content": user_message})
     return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    n: int = 1  # samples per prompt (K)
-    temperature: float = 0.7
-    top_k: int = 40  # 0 disables
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    stop: tuple[str, ...] = ()  # cut right after the first occurrence; the stop string is kept
-    stop_regex: tuple[str, ...] = ()  # cut right after the end of the first match
-    greedy: bool = False  # argmax decoding; n must be 1
-    seed: int = 0  # the call's seed when generate() gets no per-sample seeds (see the module docstring)
-
-    def __post_init__(self) -> None:
-        if self.n < 1 or self.max_new_tokens < 1:
-            raise ValueError(f"n and max_new_tokens must be >= 1 (got {self.n}, {self.max_new_tokens})")
-        if self.greedy and self.n != 1:
-            raise ValueError(f"greedy decoding gives one completion per prompt; got n={self.n}")
-        if not self.greedy and self.temperature <= 0:
-            raise ValueError(
-                f"temperature must be > 0 when sampling (got {self.temperature}); use greedy=True"
-            )
-        if self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1 (got {self.top_k}, {self.top_p})")
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty")
-        for pattern in self.stop_regex:
-            if re.compile(pattern).search(""):
-                raise ValueError(
-                    f"stop regex {pattern!r} matches the empty string; every completion would be empty"
-                )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from shared.llm.training import TrainParams
+    from shared.params import TrainParams
 
 
 def make_optimizer(model: Any, params: TrainParams, device: str) -> torch.optim.Optimizer:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from shared.llm.generation import GenerationParams
+    from shared.params import GenerationParams
 
 
 def next_tokens(

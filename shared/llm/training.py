@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -65,6 +65,7 @@ from shared.llm.loss import batch_loss, weighted_nll
 from shared.llm.optim import lr_factor, make_optimizer
 from shared.llm.packing import IGNORE, check_packing, collate, epoch_steps, micro_batches, pack
 from shared.llm.train_state import Progress, StateMismatch, capture, load_best, load_state, save_state
+from shared.params import TrainParams
 
 __all__ = [
     "IGNORE",
@@ -88,58 +89,6 @@ class TrainExample:
     prompt: str  # the rendered prompt text (chat template applied)
     completion: str  # the completion text; EOS is appended in training so the model learns to stop
     weight: float = 1.0  # reward weight, >= 0 (binary reward: 1.0 for every kept sample = SFT)
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    learning_rate: float = 2e-5
-    epochs: int = 2  # passes over the examples; ignored when max_steps is set
-    batch_size: int = 8  # examples per optimiser step (the effective batch)
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0  # linear warmup over this fraction of the steps
-    max_seq_len: int = 512  # longest example (also the row length of packed batches)
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    seed: int = 0
-    loss_normalisation: Literal["token", "sample"] = "token"  # see the module docstring
-    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # after warmup
-    min_lr_ratio: float = 0.0  # cosine/linear decay to learning_rate * min_lr_ratio
-    max_steps: int | None = None  # exactly this many optimiser steps (cycling epochs) instead of epochs
-    micro_batch_size: int | None = None  # examples per forward/backward; None = batch_size (no accumulation)
-    packing: bool = False  # pack examples into rows instead of padding them
-    length_bucketing: bool = False  # group similar lengths into steps (padded batches only)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
-    method: Literal["full", "lora"] = "full"
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = ("all-linear",)
-    checkpoint_every_steps: int = 0  # resumable state every N steps (needs on_state); 0 disables
-    patience: int = 1  # with Hooks.validate: stop after this many epochs without a better validation reward
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 2:
-            raise ValueError("epochs and batch_size must be >= 1 and max_seq_len >= 2")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0 (got {self.learning_rate})")
-        if not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("need 0 <= warmup_ratio < 1 and 0 <= min_lr_ratio <= 1")
-        if self.loss_normalisation not in ("token", "sample"):
-            raise ValueError(
-                f"loss_normalisation must be 'token' or 'sample', not {self.loss_normalisation!r}"
-            )
-        if self.lr_schedule not in ("constant", "cosine", "linear") or self.method not in ("full", "lora"):
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r} or method {self.method!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 or None (got {self.max_steps})")
-        mbs = self.micro_batch_size
-        if mbs is not None and not (1 <= mbs <= self.batch_size and self.batch_size % mbs == 0):
-            raise ValueError(f"micro_batch_size {mbs} must divide batch_size {self.batch_size}")
-        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError("need lora_r >= 1, lora_alpha > 0 and 0 <= lora_dropout < 1")
-        if self.checkpoint_every_steps < 0:
-            raise ValueError("checkpoint_every_steps must be >= 0")
-        if self.patience < 1:
-            raise ValueError(f"patience must be >= 1 (got {self.patience})")
 
 
 @dataclass

@@ -6,6 +6,8 @@ import builtins
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from shared.errors import NotFoundError
+
 MANIFEST_NAME = "MANIFEST.json"
 """Name of the manifest object written last under a directory artifact's prefix."""
 LOCAL_MANIFEST_NAME = ".restem-manifest.json"
@@ -15,7 +17,7 @@ _TMP_MARK = ".restem-tmp-"  # prefix of every temp file/dir we create; reserved 
 _CHUNK = 1 << 20
 
 
-class ArtifactNotFound(KeyError):
+class ArtifactNotFound(NotFoundError, KeyError):
     """A key (or a directory artifact's manifest) is not in the store."""
 
     def __init__(self, key: str, store: str, detail: str = "") -> None:

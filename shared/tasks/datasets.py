@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from shared.errors import NotFoundError, StatusError
 from shared.runconfig import EvaluationConfig, TaskConfig
 
 from .answers import Problem, generate_arithmetic, gsm8k_reference, last_boxed
@@ -34,8 +35,12 @@ from .fewshot import few_shot_prefix
 BUILTIN_DATASETS = ("builtin:humaneval",)
 
 
-class DatasetError(ValueError):
+class DatasetError(StatusError, ValueError):
     """A dataset file that cannot be used; the message names the file and line."""
+
+
+class DatasetNotFound(DatasetError, NotFoundError):
+    """A dataset file the config names does not exist."""
 
 
 class _RowError(ValueError):
@@ -59,7 +64,7 @@ def resolve_dataset_path(path: Path | str) -> Path:
     text = str(path)
     resolved = _builtin_path(text) if text.startswith("builtin:") else Path(text)
     if not resolved.is_file():
-        raise DatasetError(f"dataset file {resolved} does not exist")
+        raise DatasetNotFound(f"dataset file {resolved} does not exist")
     return resolved
 
 

@@ -19,13 +19,11 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import shared  # noqa: E402,F401
 from shared.logs import quiet_model_libraries  # noqa: E402
 
 DEFAULT = ROOT / "examples" / "arithmetic-demo.yaml"
@@ -33,11 +31,11 @@ DEFAULT = ROOT / "examples" / "arithmetic-demo.yaml"
 
 def one_process(config_yaml: str, work: Path) -> tuple[float, dict[str, float], list[int]]:
     from services.coordinator import core, filtering
-    from shared.jobparams import generation_params
     from shared.llm.checkpoint import import_checkpoint, load_for_inference, load_for_training
-    from shared.llm.generation import GenerationParams, TransformersGenerator, render_prompt
+    from shared.llm.generation import TransformersGenerator, render_prompt
     from shared.llm.training import Hooks, TrainExample, pad_id_of, tokenize_examples, train_features
     from shared.models import resolve_model_source
+    from shared.params import GenerationParams, TrainParams, from_proto
     from shared.runconfig import parse_run_config
     from shared.seeds import derive_seed, sample_seeds
     from shared.tasks import build_splits, check_answer, stop_patterns, user_message
@@ -73,7 +71,7 @@ def one_process(config_yaml: str, work: Path) -> tuple[float, dict[str, float], 
         by_id = {p["id"]: p for p in splits["train"]}
         for index, ids in enumerate(shards):
             sent = job_params(cfg, it, index)  # what the coordinator would send
-            params = generation_params(sent)
+            params = from_proto(sent, GenerationParams)
             seeds = sample_seeds(sent.seed, ids, params.n)  # what the sampler draws with
             problems = [by_id[i] for i in ids]
             prompts = [render_prompt(tok, user_message(cfg.task.name, p)) for p in problems]
@@ -101,17 +99,16 @@ def one_process(config_yaml: str, work: Path) -> tuple[float, dict[str, float], 
             seed=derive_seed(cfg.sampling.seed, it),
         )
         kept_counts.append(len(kept))
-        from shared.jobparams import train_params
 
         tmodel, ttok = load_for_training(work / "base", "cpu")
         examples = [TrainExample(k["prompt"], k["completion"], 1.0) for k in kept]
         if examples:
-            params = train_params(core.train_params_for(cfg, it))
+            params = from_proto(core.train_params_for(cfg, it), TrainParams)
             hooks = Hooks(validate=validator(cfg, splits["validation"], tmodel, ttok), scratch_dir=work)
             train_features(
                 tmodel,
                 tokenize_examples(ttok, examples, params.max_seq_len),
-                replace(params, patience=cfg.training.patience),
+                params,
                 pad_id=pad_id_of(ttok),
                 device="cpu",
                 hooks=hooks,
@@ -130,15 +127,18 @@ def validator(cfg, problems, model, tokenizer):  # type: ignore[no-untyped-def]
 
     from services.coordinator import jobs
     from services.trainer.validation import ValidationSet, make_validator
-    from shared.jobparams import generation_params
     from shared.llm.generation import render_prompt
+    from shared.params import GenerationParams, from_proto
     from shared.tasks import check_answer
 
     job = jobs.train_validation(pb.Run(run_id="bench-000000"), cfg, cfg.evaluation.splits)
     if job is None or not problems:
         return None
     vset = ValidationSet.build(
-        cfg.task.name, problems, lambda m: render_prompt(tokenizer, m), generation_params(job.params)
+        cfg.task.name,
+        problems,
+        lambda m: render_prompt(tokenizer, m),
+        from_proto(job.params, GenerationParams),
     )
 
     def score(references, completions):  # type: ignore[no-untyped-def]

@@ -47,7 +47,6 @@ sys.path.insert(0, str(ROOT))
 # removes that artefact from both sides of the service/raw comparison.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import shared  # noqa: E402,F401
 from shared.logs import quiet_model_libraries  # noqa: E402
 
 DEMO = ROOT / "examples" / "arithmetic-demo.yaml"
@@ -219,9 +218,9 @@ def raw_generate(
     model_dir: Path, cfg: Any, problems: list[dict[str, Any]], jobs: Sequence[Any]
 ) -> tuple[float, int, Any]:
     from services.sampler.core import render_prompts
-    from shared.jobparams import generation_params
     from shared.llm.checkpoint import load_for_inference
     from shared.llm.generation import TransformersGenerator
+    from shared.params import GenerationParams, from_proto
     from shared.seeds import sample_seeds
 
     model, tok = load_for_inference(model_dir, "cpu")
@@ -231,7 +230,7 @@ def raw_generate(
     for job in jobs:
         shard = [by_id[i] for i in job.problem_ids]
         prompts = render_prompts(tok, job.task, shard, chat=True, system=None)
-        params = generation_params(job.params)
+        params = from_proto(job.params, GenerationParams)
         seeds = sample_seeds(job.params.seed, job.problem_ids, params.n, job.first_index)  # as the sampler
         outs = gen.generate(prompts, params, seeds=seeds)
         tokens += sum(c.num_tokens for cs in outs for c in cs)

@@ -473,8 +473,7 @@ def main() -> None:
         baseline_worker()
         return
     sys.path.insert(0, str(ROOT))
-    import shared  # noqa: F401  (generated stubs on the path)
-    from services.verifier.code_checks import CodeGrader
+    from services.verifier.code_grader import CodeGrader
     from services.verifier.sandbox import PoolConfig, SandboxPool
 
     print(f"start: {_load()}, {os.cpu_count()} cores")

@@ -22,7 +22,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import shared  # noqa: E402,F401  (puts the generated stubs on the import path)
 from shared.llm.generation import Completion, GenerationParams  # noqa: E402
 
 NAME = "simulated-fixed-latency"

@@ -33,7 +33,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-__import__("shared")  # puts the generated stubs (package `restem`) on the import path
 
 import grpc  # noqa: E402
 from restem.coordinator.v1 import coordinator_pb2 as pb  # noqa: E402

@@ -130,6 +130,12 @@ def test_cli_list_report_and_errors_against_the_stack(stack, finished_run):
     assert listed.returncode == 0 and finished_run.run_id in listed.stdout
     rep = _cli(stack, "report", finished_run.run_id, "--json")
     assert rep.returncode == 0 and json.loads(rep.stdout)["run_id"] == finished_run.run_id
+    watched = _cli(stack, "watch", finished_run.run_id)
+    printed = watched.stdout.split("report: ")[1].split(" (restem report")[0]
+    assert (
+        Path(printed).is_file() and "report.md" in printed
+    )  # a file the user can open, in the stack's store
+    assert Path(printed).is_relative_to(stack.state_dir) and finished_run.run_id in Path(printed).read_text()
     missing = _cli(stack, "report", "no-such-run")
     assert missing.returncode == 3 and "no run 'no-such-run'" in missing.stderr
     again = _cli(stack, "cancel", finished_run.run_id)

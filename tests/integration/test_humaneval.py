@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.verifier.code_checks import CodeGrader, CodeProblem, Status, problem_from_dict
+from services.verifier.code_checks import CodeProblem, Status, problem_from_dict
+from services.verifier.code_grader import CodeGrader
 from services.verifier.sandbox import PoolConfig, SandboxPool
 
 pytestmark = pytest.mark.integration

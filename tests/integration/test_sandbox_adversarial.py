@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from services.verifier.code_checks import CodeGrader, CodeProblem, Status, problem_from_dict
+from services.verifier.code_checks import CodeProblem, Status, problem_from_dict
+from services.verifier.code_grader import CodeGrader
 from services.verifier.sandbox import PoolConfig, SandboxPool
 
 pytestmark = pytest.mark.integration
@@ -437,7 +438,8 @@ def test_bad_input_is_invalid_argument(
 
 
 def test_verdict_cache_and_version(pool: SandboxPool) -> None:
-    from services.verifier.code_checks import CODE_CHECKER_VERSION, VerdictCache
+    from services.verifier.code_checks import CODE_CHECKER_VERSION
+    from services.verifier.sandbox.pool import VerdictCache
 
     g = CodeGrader(pool, VerdictCache())
     first, second = g.grade(DOUBLE, "print(int(input())*2)"), g.grade(DOUBLE, "print(int(input())*2)")

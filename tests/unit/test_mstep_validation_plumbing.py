@@ -34,7 +34,7 @@ def test_the_train_job_asks_for_validation_stopping_when_there_is_a_validation_s
     assert job.HasField("validation")
     v = job.validation
     assert v.dataset_key == keys.dataset_key("demo-abc123", "validation") and v.task == "arithmetic"
-    assert v.patience == 2 and v.params.greedy and v.params.n == 1 and v.params.stop_regex
+    assert job.params.patience == 2 and v.params.greedy and v.params.n == 1 and v.params.stop_regex
     assert v.prompt_format.chat_template  # rendered like the evaluator renders validation prompts
     _, no_split = _filtered(YAML, ["test"])
     assert not no_split.HasField("validation")

@@ -217,8 +217,9 @@ def test_the_train_handler_streams_trains_uploads_and_cleans_up(tokenizer: Any, 
     from restem.common.v1 import common_pb2
     from restem.events.v1 import events_pb2 as ev
 
+    from services.trainer.config import TrainerConfig
     from services.trainer.core import TRAIN_SUMMARY
-    from services.trainer.events import TrainHandler, TrainSettings
+    from services.trainer.events import TrainHandler
     from shared.llm.checkpoint import save_checkpoint
     from shared.store import LocalStore
 
@@ -229,7 +230,7 @@ def test_the_train_handler_streams_trains_uploads_and_cleans_up(tokenizer: Any, 
         "runs/r/iter-1/kept.jsonl", "".join(json.dumps(r) + "\n" for r in kept_rows(tokenizer, 6)).encode()
     )
     work = tmp_path / "work"
-    handler = TrainHandler(None, store, None, TrainSettings(work_dir=work, device="cpu"))  # type: ignore[arg-type]
+    handler = TrainHandler(None, store, None, TrainerConfig(work_dir=work), "cpu")  # type: ignore[arg-type]
     params = common_pb2.TrainParams(
         learning_rate=1e-3, epochs=1, batch_size=4, max_steps=3, max_seq_len=256, checkpoint_every_steps=1
     )

@@ -6,7 +6,7 @@ import pytest
 
 from services.coordinator.core import train_params_for
 from shared.configio import ConfigError
-from shared.jobparams import train_params
+from shared.params import TrainParams, from_proto
 from shared.runconfig import parse_run_config
 
 
@@ -39,36 +39,8 @@ def test_bad_training_sections_say_what_to_set(text: str, expected: str) -> None
         parse_run_config(text, source="test.yaml")
 
 
-def test_every_training_field_reaches_the_trainer() -> None:
-    cfg = parse_run_config(
-        """
-training:
-  method: lora
-  lora: {r: 4, alpha: 8, dropout: 0.1, target_modules: [q_proj, v_proj]}
-  learning_rate: 1.0e-4
-  lr_schedule: cosine
-  min_lr_ratio: 0.1
-  warmup_ratio: 0.05
-  max_steps: 30
-  batch_size: 8
-  micro_batch_size: 2
-  packing: true
-  gradient_checkpointing: true
-  checkpoint_every_steps: 5
-  loss_normalisation: sample
-"""
-    )
-    p = train_params(train_params_for(cfg, 1))
-    assert (p.method, p.lora_r, p.lora_alpha, p.lora_target_modules) == ("lora", 4, 8.0, ("q_proj", "v_proj"))
-    assert p.lora_dropout == pytest.approx(0.1) and p.learning_rate == pytest.approx(1e-4)
-    assert (p.lr_schedule, p.max_steps, p.batch_size, p.micro_batch_size) == ("cosine", 30, 8, 2)
-    assert p.min_lr_ratio == pytest.approx(0.1) and p.warmup_ratio == pytest.approx(0.05)
-    assert (p.packing, p.length_bucketing, p.gradient_checkpointing) == (True, False, True)
-    assert (p.checkpoint_every_steps, p.loss_normalisation) == (5, "sample")
-
-
 def test_defaults_are_a_full_fine_tune_with_library_defaults() -> None:
-    p = train_params(train_params_for(parse_run_config(""), 1))
+    p = from_proto(train_params_for(parse_run_config(""), 1), TrainParams)
     assert (p.method, p.max_steps, p.micro_batch_size, p.packing, p.lr_schedule) == (
         "full",
         None,
@@ -77,5 +49,5 @@ def test_defaults_are_a_full_fine_tune_with_library_defaults() -> None:
         "constant",
     )
     assert p.checkpoint_every_steps == 50
-    lora = train_params(train_params_for(parse_run_config("training: {method: lora}"), 1))
+    lora = from_proto(train_params_for(parse_run_config("training: {method: lora}"), 1), TrainParams)
     assert (lora.lora_r, lora.lora_alpha, lora.lora_target_modules) == (16, 32.0, ("all-linear",))

@@ -150,18 +150,16 @@ class TrainJob(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., base_key: _Optional[str] = ..., kept_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.TrainParams, _Mapping]] = ..., output_key: _Optional[str] = ..., variant: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ..., validation: _Optional[_Union[TrainValidation, _Mapping]] = ...) -> None: ...
 
 class TrainValidation(_message.Message):
-    __slots__ = ("task", "dataset_key", "params", "prompt_format", "patience")
+    __slots__ = ("task", "dataset_key", "params", "prompt_format")
     TASK_FIELD_NUMBER: _ClassVar[int]
     DATASET_KEY_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
-    PATIENCE_FIELD_NUMBER: _ClassVar[int]
     task: str
     dataset_key: str
     params: _common_pb2.SamplingParams
     prompt_format: _common_pb2.PromptFormat
-    patience: int
-    def __init__(self, task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ..., patience: _Optional[int] = ...) -> None: ...
+    def __init__(self, task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ...) -> None: ...
 
 class TrainProgress(_message.Message):
     __slots__ = ("run_id", "job_id", "iteration", "step", "total_steps", "loss")
