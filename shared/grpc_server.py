@@ -35,6 +35,12 @@ class ServiceBinding:
     servicer: Any
     full_name: str
 
+    @classmethod
+    def of(cls, grpc_module: Any, service: str, servicer: Any) -> ServiceBinding:
+        """`service` of a generated `<pkg>/<name>_pb2_grpc` module, by protoc's names for its adder and package."""
+        package = grpc_module.__name__.rpartition(".")[0]
+        return cls(getattr(grpc_module, f"add_{service}Servicer_to_server"), servicer, f"{package}.{service}")
+
 
 def status_code(exc: StatusError) -> grpc.StatusCode:
     """The gRPC status of an error a request caused: the one its type names."""

@@ -13,6 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+Device = Literal["auto", "cpu", "cuda"]  # auto: CUDA when present
+Sharding = Literal["none", "fsdp"]  # how torchrun workers hold the model (shared.llm.distributed)
+
 
 class StrictModel(BaseModel):
     """Base for every restem config: unknown keys are errors, not silently ignored."""

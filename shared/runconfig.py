@@ -20,6 +20,7 @@ from shared.params import GenerationParams, LossNormalisation, LrSchedule, Train
 TaskName = Literal["arithmetic", "gsm8k", "math", "apps", "humaneval"]
 FileTaskName = Literal["gsm8k", "math", "apps", "humaneval"]
 TASKS: tuple[TaskName, ...] = get_args(TaskName)
+EvalSplit = Literal["validation", "test"]  # the held-out splits of a run
 # Completion and sequence budgets a task needs when the config does not say: a program or a MATH
 # derivation does not fit in the 40 tokens of "a + b = s. The answer is s.".
 TASK_DEFAULTS: dict[str, dict[str, int]] = {
@@ -294,13 +295,13 @@ class TransferSet(StrictModel):
 class EvaluationConfig(StrictModel):
     """Greedy pass@1 after every iteration (and on the base)."""
 
-    splits: list[Literal["validation", "test"]] = Field(default=["validation", "test"])
+    splits: list[EvalSplit] = Field(default=["validation", "test"])
     """Splits to evaluate; the best iteration is chosen on validation, never on test."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     """Longest evaluation completion; defaults to sampling.max_new_tokens."""
     samples: int = Field(default=0, ge=0, le=1024)
     """Sampled completions per problem for pass@k and maj@k (k = 1, 2, 4, ... up to it); 0 = greedy only."""
-    sample_splits: list[Literal["validation", "test"]] = Field(default=["test"])
+    sample_splits: list[EvalSplit] = Field(default=["test"])
     """Splits that also get the sampled evaluation (it costs `samples` generations per problem)."""
     temperature: float = Field(default=1.0, gt=0, le=5)
     """Temperature of the sampled evaluation (the paper's pass@k curves use 1.0)."""

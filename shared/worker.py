@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -230,11 +231,19 @@ async def rows_once(
     return rows
 
 
-async def announce(bus: EventBus, job: Any, event: str, done_cls: type[Message], **fields: Any) -> None:
-    """Publish the job's Done event to its run, with the job's run id, job id and (where the event has
-    one) iteration filled in; the job id dedupes a redelivered job's second announcement."""
-    ids = {"run_id": job.run_id, "job_id": job.job_id}
-    if "iteration" in done_cls.DESCRIPTOR.fields_by_name:
-        ids["iteration"] = job.iteration
-    done = done_cls(**ids, **fields)
+async def announce(
+    bus: EventBus, job: Any, done_cls: type[Message], started: float | None = None, **fields: Any
+) -> None:
+    """Publish the job's Done event (`SampleDone` as `sample_done`) to its run.
+
+    Every field the Done shares with its job by name (run and job id, iteration, shard, split,
+    variant, model key) is copied from the job, and `seconds` is the time since `started` unless
+    given; the job id dedupes a redelivered job's second announcement.
+    """
+    names = done_cls.DESCRIPTOR.fields_by_name
+    echoed = {name: getattr(job, name) for name in job.DESCRIPTOR.fields_by_name if name in names}
+    if started is not None:
+        fields.setdefault("seconds", time.monotonic() - started)
+    done = done_cls(**echoed, **fields)
+    event = re.sub(r"(?<!^)(?=[A-Z])", "_", done_cls.__name__).lower()
     await bus.publish_event(job.run_id, event, done.SerializeToString(), msg_id=f"{job.job_id}.done")

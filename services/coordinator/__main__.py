@@ -21,11 +21,7 @@ async def main_async(config_path: Path | None) -> None:
     cfg = load_service_config(CoordinatorConfig, config_path, env_prefix=env_prefix("coordinator"))
     bus, store = await open_service("coordinator", cfg)
     orchestrator = Orchestrator(bus, store)
-    binding = ServiceBinding(
-        coordinator_pb2_grpc.add_RunServiceServicer_to_server,
-        RunApi(cfg, orchestrator),
-        "restem.coordinator.v1.RunService",
-    )
+    binding = ServiceBinding.of(coordinator_pb2_grpc, "RunService", RunApi(cfg, orchestrator))
 
     async def reconcile(stop: asyncio.Event) -> None:
         # Once at start: re-enter every running run (see reconcile.py); events drive them after.

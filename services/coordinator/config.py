@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
-from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
+from shared.infra import GrpcConfig, LogLevel, NatsConfig, StoreConfig, StrictModel
 
 
 class CoordinatorConfig(StrictModel):
@@ -25,5 +23,5 @@ class CoordinatorConfig(StrictModel):
     an hour of store outage is ridden out)."""
     max_config_bytes: int = Field(default=1_000_000, ge=1024)
     """Largest run config accepted by StartRun."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
     """Log level."""

@@ -38,11 +38,7 @@ async def main_async(config_path: Path | None) -> None:
         return Wiring(
             queues=[JobQueue("eval", ev.EvalJob, handle, concurrency=1)],
             bindings=[
-                ServiceBinding(
-                    evaluator_pb2_grpc.add_EvaluatorServiceServicer_to_server,
-                    EvaluatorApi(checkpoints, state),
-                    "restem.evaluator.v1.EvaluatorService",
-                )
+                ServiceBinding.of(evaluator_pb2_grpc, "EvaluatorService", EvaluatorApi(checkpoints, state))
             ],
             close=channel.close,
         )

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
-from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
+from shared.infra import Device, GrpcConfig, LogLevel, NatsConfig, StoreConfig, StrictModel
 
 
 class EvaluatorConfig(StrictModel):
@@ -23,7 +22,7 @@ class EvaluatorConfig(StrictModel):
     """host:port of the verifier's gRPC API, which scores every answer."""
     verify_timeout_s: float = Field(default=60.0, gt=0)
     """Deadline of each Verify call."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     """Device for the model: `auto` picks CUDA when present."""
     cache_dir: Path = Path(".restem/cache/evaluator")
     """Local directory for downloaded checkpoints."""
@@ -33,5 +32,5 @@ class EvaluatorConfig(StrictModel):
     """Attempts per job before it is dead-lettered and the run fails."""
     ack_wait_s: float = Field(default=60.0, gt=1)
     """Seconds without a heartbeat before a job is handed to another replica."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
     """Log level."""

@@ -71,3 +71,16 @@ def sampled_metrics(rows: Sequence[dict[str, Any]], *, majority: bool = True) ->
         votes = [maj_at_k([(s["extracted"], s["correct"]) for s in r["samples"]], k) for r in rows]
         out[f"maj@{k}"] = sum(votes) / len(votes)
     return out
+
+
+def split_summary(rows: Sequence[dict[str, Any]], task: str) -> dict[str, Any]:
+    """What EvalDone says about a split's result rows (majority voting only for answer tasks)."""
+    from shared.tasks import CODE_TASKS
+
+    return {
+        "num_problems": len(rows),
+        "num_correct": sum(1 for r in rows if r["correct"]),
+        "pass_at_1": pass_at_1(rows),
+        "num_tokens": sum(r["num_tokens"] for r in rows),
+        "metrics": sampled_metrics(rows, majority=task not in CODE_TASKS),
+    }

@@ -18,10 +18,10 @@ from shared.bus import EventBus, PermanentError
 from shared.params import GenerationParams, from_proto
 from shared.seeds import sample_seeds
 from shared.store import ArtifactNotFound, ArtifactStore
-from shared.tasks import CODE_TASKS, user_message
+from shared.tasks import user_message
 from shared.worker import announce, rows_once
 
-from .core import attach_samples, pass_at_1, result_rows, sampled_metrics
+from .core import attach_samples, result_rows, split_summary
 
 VERIFY_BATCH = 512
 # Code references carry their tests (APPS: up to megabytes); a request stays well under the
@@ -52,12 +52,8 @@ class EvalHandler:
         verifier: verifier_pb2_grpc.VerifierServiceStub,
         verify_timeout_s: float,
     ) -> None:
-        self.bus = bus
-        self.store = store
-        self.checkpoints = checkpoints
-        self.datasets = DatasetCache(store)
-        self.verifier = verifier
-        self.verify_timeout_s = verify_timeout_s
+        self.bus, self.store, self.checkpoints, self.datasets = bus, store, checkpoints, DatasetCache(store)
+        self.verifier, self.verify_timeout_s = verifier, verify_timeout_s
 
     async def _verify(self, task: str, problems: list[dict], completions: list) -> list:
         verdicts: list = []
@@ -113,18 +109,5 @@ class EvalHandler:
     async def __call__(self, job: ev.EvalJob) -> None:
         started = time.monotonic()
         rows = await rows_once(self.store, job.output_key, lambda: self._evaluate(job))
-        await announce(
-            self.bus,
-            job,
-            "eval_done",
-            ev.EvalDone,
-            split=job.split,
-            results_key=job.output_key,
-            num_problems=len(rows),
-            num_correct=sum(1 for r in rows if r["correct"]),
-            pass_at_1=pass_at_1(rows),
-            seconds=time.monotonic() - started,
-            num_tokens=sum(r["num_tokens"] for r in rows),
-            metrics=sampled_metrics(rows, majority=job.task not in CODE_TASKS),
-            variant=job.variant,
-        )
+        summary = split_summary(rows, job.task)
+        await announce(self.bus, job, ev.EvalDone, started, results_key=job.output_key, **summary)

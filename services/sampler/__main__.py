@@ -56,13 +56,7 @@ async def main_async(config_path: Path | None, backend: Backend | None = None) -
         return Wiring(
             # One shard at a time: a shard already uses every core (or the whole GPU).
             queues=[JobQueue("sample", ev.SampleJob, handle, concurrency=1)],
-            bindings=[
-                ServiceBinding(
-                    sampler_pb2_grpc.add_SamplerServiceServicer_to_server,
-                    SamplerApi(checkpoints, state),
-                    "restem.sampler.v1.SamplerService",
-                )
-            ],
+            bindings=[ServiceBinding.of(sampler_pb2_grpc, "SamplerService", SamplerApi(checkpoints, state))],
         )
 
     await run_worker_service("sampler", cfg, wire, device=device)

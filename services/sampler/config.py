@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
+from shared.infra import Device, GrpcConfig, LogLevel, NatsConfig, StoreConfig, StrictModel
 
 
 class VllmSettings(StrictModel):
@@ -38,7 +38,7 @@ class SamplerConfig(StrictModel):
     """Generation backend: `transformers` (CPU or GPU, always installed) or `vllm` (GPU; needs the `vllm` package, imported only when selected)."""
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     """vLLM engine settings (with `backend: vllm`)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     """Device for the model: `auto` picks CUDA when present."""
     cache_dir: Path = Path(".restem/cache/sampler")
     """Local directory for downloaded checkpoints."""
@@ -50,5 +50,5 @@ class SamplerConfig(StrictModel):
     """Attempts per job before it is dead-lettered and the run fails."""
     ack_wait_s: float = Field(default=60.0, gt=1)
     """Seconds without a heartbeat before a job is handed to another replica."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
     """Log level."""

@@ -51,3 +51,8 @@ def render_prompts(
     from shared.llm.generation import render_prompt
 
     return [render_prompt(tokenizer, user_message(task, p), system=system, chat=chat) for p in problems]
+
+
+def shard_summary(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """What SampleDone says about a shard's sample rows."""
+    return {"num_samples": len(rows), "num_tokens": sum(r["num_tokens"] for r in rows)}

@@ -22,17 +22,14 @@ from shared.seeds import sample_seeds
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.worker import announce, rows_once
 
-from .core import render_prompts, sample_rows, select_problems
+from .core import render_prompts, sample_rows, select_problems, shard_summary
 
 
 class SampleHandler:
     def __init__(
         self, bus: EventBus, store: ArtifactStore, checkpoints: CheckpointCache, max_samples: int
     ) -> None:
-        self.bus = bus
-        self.store = store
-        self.checkpoints = checkpoints
-        self.datasets = DatasetCache(store)
+        self.bus, self.store, self.checkpoints, self.datasets = bus, store, checkpoints, DatasetCache(store)
         self.max_samples = max_samples
 
     async def _generate(self, job: ev.SampleJob) -> list[dict]:
@@ -60,14 +57,5 @@ class SampleHandler:
     async def __call__(self, job: ev.SampleJob) -> None:
         started = time.monotonic()
         rows = await rows_once(self.store, job.output_key, lambda: self._generate(job))
-        await announce(
-            self.bus,
-            job,
-            "sample_done",
-            ev.SampleDone,
-            shard=job.shard,
-            samples_key=job.output_key,
-            num_samples=len(rows),
-            num_tokens=sum(r["num_tokens"] for r in rows),
-            seconds=time.monotonic() - started,
-        )
+        summary = shard_summary(rows)
+        await announce(self.bus, job, ev.SampleDone, started, samples_key=job.output_key, **summary)

@@ -34,13 +34,7 @@ async def main_async(config_path: Path | None) -> None:
                 ),
                 JobQueue("train", ev.TrainJob, TrainHandler(bus, store, checkpoints, cfg, device)),
             ],
-            bindings=[
-                ServiceBinding(
-                    trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
-                    TrainerApi(state),
-                    "restem.trainer.v1.TrainerService",
-                )
-            ],
+            bindings=[ServiceBinding.of(trainer_pb2_grpc, "TrainerService", TrainerApi(state))],
         )
 
     await run_worker_service("trainer", cfg, wire, device=device)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 
-from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
+from shared.infra import Device, GrpcConfig, LogLevel, NatsConfig, Sharding, StoreConfig, StrictModel
 
 
 class TrainerConfig(StrictModel):
@@ -19,7 +18,7 @@ class TrainerConfig(StrictModel):
     """NATS JetStream connection."""
     store: StoreConfig = Field(default_factory=StoreConfig)
     """Artifact store."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     """Device for training: `auto` picks CUDA when present."""
     cache_dir: Path = Path(".restem/cache/trainer")
     """Local directory for downloaded base checkpoints."""
@@ -29,7 +28,7 @@ class TrainerConfig(StrictModel):
     """Host directory of converted base models (one subdirectory per model key), shared by the trainers and stores of this host: a base model converted once (a GGUF de-quantised, ~25 s for SmolLM2 on 2 cores) is copied from here into a store that lacks it instead of converted again. Unset: convert whenever a store lacks the model. The local stack sets it to ~/.cache/restem/imports."""
     nproc: int = Field(default=1, ge=1, le=64)
     """Training processes per M-step (one per GPU): >1 starts that many torchrun workers for each job, which share every batch (data parallel; rank 0 writes the checkpoint). 1 trains in the service process."""
-    sharding: Literal["none", "fsdp"] = "none"
+    sharding: Sharding = "none"
     """How the `nproc` workers hold the model: `none` = each holds all of it (16 bytes/parameter with AdamW: up to ~3B on 80 GB GPUs; fastest for small models); `fsdp` = each holds 1/nproc of the weights, gradients and optimizer state (FSDP2; bf16 compute on CUDA), for models that do not fit one GPU. Needs nproc > 1. Validation-driven stopping gathers the whole model on every GPU while it decodes (bf16: 2 bytes/parameter; see shared/llm/distributed.py)."""
     verifier_address: str = "127.0.0.1:50053"
     """host:port of the verifier's gRPC API, which scores the validation answers of validation-driven stopping."""
@@ -39,7 +38,7 @@ class TrainerConfig(StrictModel):
     """Attempts per job before it is dead-lettered and the run fails."""
     ack_wait_s: float = Field(default=120.0, gt=1)
     """Seconds without a heartbeat before a job is handed to another replica."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
     """Log level."""
 
     @model_validator(mode="after")

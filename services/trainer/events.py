@@ -102,13 +102,11 @@ class PrepareHandler:
         await announce(
             self.bus,
             job,
-            "prepare_done",
             ev.PrepareDone,
-            model_key=job.model_key,
+            started,
             architecture=str(info.get("architecture", "")),
             num_parameters=int(info.get("num_parameters", 0)),
             max_position_embeddings=int(info.get("max_position_embeddings", 0) or 0),
-            seconds=time.monotonic() - started,
         )
 
 
@@ -267,7 +265,6 @@ class TrainHandler:
         await announce(
             self.bus,
             job,
-            "train_done",
             ev.TrainDone,
             checkpoint_key=job.output_key,
             steps=summary["steps"],
@@ -276,7 +273,6 @@ class TrainHandler:
             loss_first=summary["loss_first"],
             loss_last=summary["loss_last"],
             seconds=summary["seconds"],
-            variant=job.variant,
             validation_rewards=summary.get("validation_rewards", []),
             best_epoch=summary.get("best_epoch", 0),
             epochs=summary.get("epochs", 0),

@@ -36,11 +36,7 @@ async def main_async(config_path: Path | None) -> None:
         return Wiring(
             queues=[JobQueue("verify", ev.VerifyJob, VerifyHandler(bus, store, checkers), cfg.concurrency)],
             bindings=[
-                ServiceBinding(
-                    verifier_pb2_grpc.add_VerifierServiceServicer_to_server,
-                    VerifierApi(cfg, state, checkers),
-                    "restem.verifier.v1.VerifierService",
-                )
+                ServiceBinding.of(verifier_pb2_grpc, "VerifierService", VerifierApi(cfg, state, checkers))
             ],
             healthy=checkers.healthy,
             close=close,

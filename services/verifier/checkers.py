@@ -95,6 +95,12 @@ class _Lazy:
                 self.pool.close()
 
 
+def pool_config(settings: SandboxSettings, base: PoolConfig) -> PoolConfig:
+    """`base` with every field that SandboxSettings also has (by name) taken from the settings."""
+    shared = {f.name for f in dataclasses.fields(PoolConfig)} & set(SandboxSettings.model_fields)
+    return dataclasses.replace(base, **{name: getattr(settings, name) for name in shared})
+
+
 class Checkers:
     def __init__(self, settings: SandboxSettings) -> None:
         self.settings = settings
@@ -107,22 +113,16 @@ class Checkers:
         self._inflight = asyncio.Semaphore(4 * max(1, settings.workers or 8))
 
     def _code_config(self) -> PoolConfig:
-        s = self.settings
-        return PoolConfig(workers=s.workers, queue_size=s.queue_size, mode=s.mode, uid_base=s.uid_base,
-                          tmp_mb=s.tmp_mb, recycle_after=s.recycle_after, pin_cpus=s.pin_cpus)  # fmt: skip
+        return pool_config(self.settings, PoolConfig())
 
     def _math_config(self) -> PoolConfig:
         from .math_checks import math_pool_config
 
-        s = self.settings
-        cfg = math_pool_config(workers=s.math_workers, mode=s.mode, queue_size=s.queue_size)
-        # Distinct uids from the code pool: the per-uid process limit must not be shared.
+        base = math_pool_config(workers=self.settings.math_workers)
+        # Its own zygote count, and uids distinct from the code pool's: the per-uid process limit
+        # must not be shared.
         return dataclasses.replace(
-            cfg,
-            uid_base=s.uid_base + 512,
-            tmp_mb=s.tmp_mb,
-            recycle_after=s.recycle_after,
-            pin_cpus=s.pin_cpus,
+            pool_config(self.settings, base), workers=base.workers, uid_base=self.settings.uid_base + 512
         )
 
     def grader(self) -> CodeGrader:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
-from shared.infra import GrpcConfig, NatsConfig, StoreConfig, StrictModel
+from shared.infra import GrpcConfig, LogLevel, NatsConfig, StoreConfig, StrictModel
+
+from .sandbox.cpus import PinCpus
+from .sandbox.envelope import ModeSetting
+from .sandbox.pool import PoolConfig
 
 
+# Fields named like PoolConfig's take its defaults and reach both pools by name (checkers.pool_config).
 class SandboxSettings(StrictModel):
     """The sandbox pools that run model code (apps, humaneval) and math-verify (math).
 
@@ -17,17 +20,17 @@ class SandboxSettings(StrictModel):
     cannot sandbox fails its readiness probe before it takes work.
     """
 
-    mode: Literal["auto", "bwrap", "unshare", "rlimits"] = "auto"
+    mode: ModeSetting = PoolConfig.mode
     """Isolation: `bwrap` (namespaces via bubblewrap), `unshare`, or `rlimits` (resource limits + seccomp only, for pods that cannot create namespaces); `auto` picks the strongest that starts and logs which protections are active."""
-    workers: int = Field(default=0, ge=0, le=512)
+    workers: int = Field(default=PoolConfig.workers, ge=0, le=512)
     """Code zygotes (each runs one program at a time); 0: two per CPU the pod may use (its CPU limit when one is set)."""
-    queue_size: int = Field(default=256, ge=1, le=100_000)
+    queue_size: int = Field(default=PoolConfig.queue_size, ge=1, le=100_000)
     """Programs waiting beyond the running ones; a full queue pushes back (jobs retry, RPCs get RESOURCE_EXHAUSTED)."""
-    uid_base: int = Field(default=61000, ge=1000, le=2**31 - 1024)
+    uid_base: int = Field(default=PoolConfig.uid_base, ge=1000, le=2**31 - 1024)
     """When the service runs as root, worker i runs model code as uid uid_base + i (the process limit does not bind root)."""
-    tmp_mb: int = Field(default=64, ge=1, le=65_536)
+    tmp_mb: int = Field(default=PoolConfig.tmp_mb, ge=1, le=65_536)
     """Size of each worker's private /tmp (tmpfs) in MiB."""
-    recycle_after: int = Field(default=2000, ge=1)
+    recycle_after: int = Field(default=PoolConfig.recycle_after, ge=1)
     """Programs a zygote runs before it is replaced by a fresh one."""
     math_workers: int = Field(default=0, ge=0, le=512)
     """math-verify zygotes; 0: one per CPU core."""
@@ -35,7 +38,7 @@ class SandboxSettings(StrictModel):
     """Wall-clock limit of one math-verify equivalence check."""
     cache_entries: int = Field(default=100_000, ge=0)
     """Code verdicts kept in memory, keyed by (checker version, problem, code hash); 0 disables."""
-    pin_cpus: Literal["auto", "on", "off"] = "auto"
+    pin_cpus: PinCpus = PoolConfig.pin_cpus
     """Pin each sandbox worker (zygote, programs, tester) to one of the pod's CPUs (programs running past 20 ms may use any): fewer cross-core wake-ups. `auto` pins unless a CPU limit (CFS quota) is narrower than the CPUs the pod may run on, i.e. its cores are shared with other pods."""
     start_at_boot: bool = False
     """Start the code pool with the service instead of on first use."""
@@ -60,5 +63,5 @@ class VerifierConfig(StrictModel):
     """Largest Verify RPC batch."""
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     """Sandbox pools for code and math checking."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
     """Log level."""

@@ -44,3 +44,8 @@ def verdict_rows(samples: Sequence[dict[str, Any]], verdicts: Sequence[Verdict])
             row["detail"] = v.detail
         rows.append(row)
     return rows
+
+
+def verdicts_summary(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """What VerifyDone says about a shard's verdict rows."""
+    return {"num_samples": len(rows), "num_correct": sum(1 for r in rows if r["correct"])}

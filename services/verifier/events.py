@@ -21,7 +21,7 @@ from shared.tasks import loads_jsonl
 from shared.worker import announce, rows_once
 
 from .checkers import BadProblem, Checkers
-from .core import pair_samples, verdict_rows
+from .core import pair_samples, verdict_rows, verdicts_summary
 
 
 class VerifyHandler:
@@ -43,14 +43,5 @@ class VerifyHandler:
             rows = await rows_once(self.store, job.output_key, lambda: self._verify(job))
         except (ArtifactNotFound, BadProblem, ValueError) as exc:
             raise PermanentError(str(exc)) from exc
-        await announce(
-            self.bus,
-            job,
-            "verify_done",
-            ev.VerifyDone,
-            shard=job.shard,
-            verdicts_key=job.output_key,
-            num_samples=len(rows),
-            num_correct=sum(1 for r in rows if r["correct"]),
-            seconds=time.monotonic() - started,
-        )
+        summary = verdicts_summary(rows)
+        await announce(self.bus, job, ev.VerifyDone, started, verdicts_key=job.output_key, **summary)

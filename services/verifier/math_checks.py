@@ -130,7 +130,7 @@ _WARMUP = (
 )
 
 
-def math_pool_config(workers: int = 0, mode: str = "auto", queue_size: int = 1024) -> PoolConfig:
+def math_pool_config(workers: int = 0) -> PoolConfig:
     """A pool whose zygotes preload and warm math-verify (from this interpreter's site-packages).
 
     The warm-up runs once per zygote so that sympy's lazy imports and caches are in memory
@@ -141,8 +141,6 @@ def math_pool_config(workers: int = 0, mode: str = "auto", queue_size: int = 102
     site = str(Path(math_verify.__file__).resolve().parents[1])
     return PoolConfig(
         workers=workers or cpu_budget(usable_cpus(), cfs_quota()),  # CPU-bound: one zygote per core
-        mode=mode,
-        queue_size=queue_size,
         preload=("math_verify",),
         sys_path=(site,),
         warmup=_WARMUP,

@@ -72,12 +72,13 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from shared.infra import Sharding
 from shared.llm.loss import TargetLogits, split_head
 from shared.llm.packing import micro_batches
 
@@ -85,7 +86,6 @@ if TYPE_CHECKING:
     from shared.params import TrainParams
 
 BUCKET_ELEMENTS = 1 << 24  # 64 MB of fp32 gradients per all-reduce call
-Sharding = Literal["none", "fsdp"]
 
 
 @dataclass(frozen=True)

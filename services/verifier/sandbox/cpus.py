@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
-PIN_MODES = ("auto", "on", "off")
+PinCpus = Literal["auto", "on", "off"]
+PIN_MODES: tuple[PinCpus, ...] = get_args(PinCpus)
 
 
 def usable_cpus() -> tuple[int, ...]:

@@ -34,7 +34,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from services.verifier.sandbox import seccomp
 
@@ -68,6 +68,10 @@ for name, src in boot["modules"]:
     exec(compile(src, name, "exec"), m.__dict__)
 sys.modules[boot["main"]].main(boot["config"])
 """
+
+
+# The `mode` setting: a Mode, or `auto` (the strongest that starts here).
+ModeSetting = Literal["auto", "bwrap", "unshare", "rlimits"]
 
 
 class Mode(StrEnum):

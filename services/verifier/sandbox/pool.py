@@ -33,8 +33,8 @@ from services.verifier.sandbox.channel import (
     RunResult,
     SandboxError,
 )
-from services.verifier.sandbox.cpus import cfs_quota, cpu_budget, should_pin, usable_cpus
-from services.verifier.sandbox.envelope import EnvelopeSpec, Mode, Protections
+from services.verifier.sandbox.cpus import PinCpus, cfs_quota, cpu_budget, should_pin, usable_cpus
+from services.verifier.sandbox.envelope import EnvelopeSpec, Mode, ModeSetting, Protections
 
 log = logging.getLogger("restem.sandbox")
 T = TypeVar("T")
@@ -77,7 +77,7 @@ class PoolConfig:
     CPU can run up to 2x slower under full load, so keep limits well above reference runtimes."""
     queue_size: int = 256
     """Jobs waiting beyond the running ones; `submit` raises PoolBusy when full."""
-    mode: str = "auto"
+    mode: ModeSetting = "auto"
     """auto | bwrap | unshare | rlimits (an explicit mode that cannot start is an error)."""
     uid_base: int = 61000
     """Worker i runs untrusted code as uid_base + i when the service is root, and its HumanEval
@@ -88,7 +88,7 @@ class PoolConfig:
     grace_s: float = 5.0
     """Extra seconds a zygote gets beyond a program's wall limit before it is declared hung."""
     seccomp: bool = True
-    pin_cpus: str = "auto"
+    pin_cpus: PinCpus = "auto"
     """on | off | auto. On: pin worker i (its zygote, its programs and its tester) to one usable
     CPU, i mod their number. A HumanEval program is ~10 pipe round trips between candidate and
     tester, and a wake-up on another core costs several times one on the same core (a 2-vCPU VM:
