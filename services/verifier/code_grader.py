@@ -76,27 +76,30 @@ class CodeGrader:
         hit = self.cache.get(key) if self.cache is not None else None
         return replace(hit, cached=True) if hit is not None else None
 
-    def grade(self, problem: CodeProblem | Mapping[str, Any], code: str | bytes) -> CodeVerdict:
-        """Blocking; raises PoolBusy when the pool stays full for 30 s (back-pressure)."""
+    def _known(
+        self, problem: CodeProblem | Mapping[str, Any], code: str | bytes
+    ) -> tuple[CodeProblem, str, tuple[str, str, str]] | CodeVerdict:
+        """The verdict when no program needs to run (invalid input, a cached verdict), else what to run."""
         prepared = self.prepare(problem, code)
         if isinstance(prepared, CodeVerdict):
             return prepared
-        p, src, key = prepared
-        cached = self._cached(key)
-        if cached is not None:
-            return cached
+        return self._cached(prepared[2]) or prepared
+
+    def grade(self, problem: CodeProblem | Mapping[str, Any], code: str | bytes) -> CodeVerdict:
+        """Blocking; raises PoolBusy when the pool stays full for 30 s (back-pressure)."""
+        known = self._known(problem, code)
+        if isinstance(known, CodeVerdict):
+            return known
+        p, src, key = known
         budget = max(1, len(p.tests)) * (p.time_limit_s + 2 * self.pool.config.grace_s) + 300
         job = grade_job(p, src, self.stop_on_failure)
         return self._finish(key, lambda: self.pool.run(job, timeout_s=budget))
 
     async def agrade(self, problem: CodeProblem | Mapping[str, Any], code: str | bytes) -> CodeVerdict:
-        prepared = self.prepare(problem, code)
-        if isinstance(prepared, CodeVerdict):
-            return prepared
-        p, src, key = prepared
-        cached = self._cached(key)
-        if cached is not None:
-            return cached
+        known = self._known(problem, code)
+        if isinstance(known, CodeVerdict):
+            return known
+        p, src, key = known
         try:
             verdict = await self.pool.arun(grade_job(p, src, self.stop_on_failure))
         except (SandboxError, TimeoutError) as exc:
