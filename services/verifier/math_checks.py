@@ -12,8 +12,10 @@ MATH, in order, and the `rule` each verdict reports:
 4. guards against math-verify's known false positives, applied after it says "equal":
    `guard-shape` (an interval against a set or a bare list: `(1,2)` is not `\\{1,2\\}`),
    `guard-text-case` (`\\text{Monday}` vs `\\text{monday}`: no lower-casing), and
-   `guard-inexact-decimal` (its 6-digit rounding accepts 0.333333 for 1/3 and 3.1415926 for pi;
-   a decimal answer must equal the gold exactly).
+   `guard-inexact-decimal`: with a decimal on either side math-verify compares the values rounded
+   to 6 decimal places, so it accepts 0.333333 for 1/3, 3.1415926 for pi, and any two values below
+   5e-7 (0.0000001 for 1/10!, 0.000000002 for e^{-20}); a decimal stands for the exact number it
+   writes, and the two answers must then be exactly equal.
 GSM8K: "#### N" / "The answer is N" extraction and exact numeric comparison (`shared.tasks`).
 """
 
@@ -33,7 +35,7 @@ from services.verifier.sandbox.pool import (
 )
 from shared.tasks import Verdict, check_answer, last_boxed
 
-MATH_CHECKER_VERSION = "math-1"
+MATH_CHECKER_VERSION = "math-2"
 """Recorded with every MATH verdict; bump when a rule changes."""
 
 

@@ -18,6 +18,7 @@ from services.verifier.checkers import Checkers
 from services.verifier.config import SandboxSettings, VerifierConfig
 from services.verifier.events import VerifyHandler
 from services.verifier.grpc_api import VerifierApi
+from services.verifier.math_checks import MATH_CHECKER_VERSION
 from shared.bus import EventBus, PermanentError
 from shared.grpc_server import ServiceBinding, serve
 from shared.infra import GrpcConfig
@@ -94,7 +95,7 @@ async def test_one_request_scores_every_task_in_order(verifier: pb_grpc.Verifier
     assert got[7] == (False, "test-0-assertion-failed")
     assert got[8] == (True, "math-verify") and got[9][0] is False
     assert [v.checker_version for v in resp.verdicts][:4] == ["code-1", "code-1", "code-1", "numeric-1"]
-    assert resp.verdicts[8].checker_version == "math-1"
+    assert resp.verdicts[8].checker_version == MATH_CHECKER_VERSION
 
 
 async def test_model_mistakes_are_failing_verdicts_not_errors(verifier: pb_grpc.VerifierServiceStub) -> None:

@@ -97,6 +97,13 @@ TABLE = [
     ("\\frac{3}{2}", "1.5", True, MV),
     ("\\frac{1}{3}", "0.333333", False, "guard-inexact-decimal"),  # math-verify false positive
     ("\\frac{1}{3}", "0.33", False, MV),
+    # very small values: math-verify rounds to 6 decimal places when either side is a decimal
+    ("0.0000001", "\\frac{1}{3628800}", False, "guard-inexact-decimal"),  # 1e-7 vs 1/10!
+    ("\\frac{1}{10!}", "0.000000276", False, "guard-inexact-decimal"),  # 2.7557e-7 vs 2.76e-7
+    ("\\frac{1}{3628800}", "0.0000003", False, "guard-inexact-decimal"),
+    ("e^{-20}", "0.000000002", False, "guard-inexact-decimal"),
+    ("0.0000001", "10^{-7}", True, MV),  # the same number, written two ways
+    ("\\frac{1}{3628800}", "\\frac{1}{39916800}", False, MV),  # 1/10! vs 1/11!: symbolic, not rounded
     # decimals and integers
     ("0.1", "0.10", True, MV),
     ("12", "12.0", True, MV),

@@ -23,14 +23,12 @@ import contextlib
 import io
 import json
 import os
-import re
 import sys
 from typing import Any, NoReturn
 
 from services.verifier.sandbox import codec
 
 REPORT_FD, REQ_FD, RESP_FD = 3, 4, 5
-_DECIMAL = re.compile(r"-?\d*\.\d+")
 FRAME_LIMIT = 64 * 1024 * 1024
 _OOM_REPORT = b'{"error":"MemoryError","message":""}'
 
@@ -140,6 +138,13 @@ def run_checker(spec: dict[str, Any], secret: bytes) -> None:
     _report({"value": verdict} if type(verdict) is bool else {"error": "checker did not return a bool"})
 
 
+def _as_written(expr: Any) -> Any:
+    """`expr` with each float as the exact decimal it was written as (1e-7 is 1/10**7)."""
+    import sympy
+
+    return expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})
+
+
 def run_math(spec: dict[str, Any]) -> None:
     import math_verify  # preloaded by the math pool's zygote
     import sympy
@@ -150,10 +155,17 @@ def run_math(spec: dict[str, Any]) -> None:
     pred = math_verify.parse("$" + spec["pred"] + "$", parsing_timeout=None)
     equal = bool(gold) and bool(pred) and math_verify.verify(gold, pred, timeout_seconds=None)
     exact = None
-    text = spec["pred"].strip()
-    if equal and _DECIMAL.fullmatch(text) and isinstance(gold[0], sympy.Expr):
-        # math-verify rounds to 6 digits, so 0.333333 "equals" 1/3 and 3.1415926 equals pi.
-        exact = bool(sympy.simplify(gold[0] - sympy.Rational(text)) == 0)
+    g, p = gold[0] if gold else None, pred[0] if pred else None
+    if (
+        equal
+        and isinstance(g, sympy.Expr)
+        and isinstance(p, sympy.Expr)
+        and (g.has(sympy.Float) or p.has(sympy.Float))
+    ):
+        # With a decimal on either side math-verify compares values rounded to 6 decimal places:
+        # 0.333333 "equals" 1/3, 3.1415926 equals pi, and any two values below 5e-7 are equal
+        # (0.0000001 and 1/10!, e^{-20} and 0.000000002). A decimal means the number it writes.
+        exact = bool(sympy.simplify(_as_written(g) - _as_written(p)) == 0)
     _report(
         {
             "value": bool(equal),
