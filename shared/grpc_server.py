@@ -47,9 +47,11 @@ def status_code(exc: StatusError) -> grpc.StatusCode:
     return grpc.StatusCode[exc.status]
 
 
-async def abort_for(context: grpc.aio.ServicerContext, exc: StatusError, prefix: str = "") -> NoReturn:
-    """End the call with `exc`'s status and message (after `prefix`, which says where it happened)."""
-    await context.abort(status_code(exc), f"{prefix}{exc}")
+async def abort_for(
+    context: grpc.aio.ServicerContext, exc: StatusError, prefix: str = "", message: str | None = None
+) -> NoReturn:
+    """End the call with `exc`'s status and message (or `message`), after `prefix`, which says where."""
+    await context.abort(status_code(exc), f"{prefix}{exc if message is None else message}")
     raise AssertionError("unreachable")  # context.abort raises
 
 

@@ -23,5 +23,7 @@ class CoordinatorConfig(StrictModel):
     an hour of store outage is ridden out)."""
     max_config_bytes: int = Field(default=1_000_000, ge=1024)
     """Largest run config accepted by StartRun."""
+    max_upload_bytes: int = Field(default=2**30, ge=1024)
+    """Largest file UploadFile accepts (an APPS train set with its test cases is a few hundred MB). Uploads are spooled to /tmp while they are checked, and a starting run's files are copied there while they are validated: the chart's `tmpSize` (2Gi) must hold them."""
     log_level: LogLevel = "info"
     """Log level."""

@@ -11,7 +11,9 @@ import contextlib
 import json
 import logging
 import secrets
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
@@ -20,13 +22,14 @@ from restem.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 
 from shared import keys
 from shared.configio import ConfigError
+from shared.errors import StatusError
 from shared.grpc_server import abort_for
 from shared.models import ModelNotFound, model_store_key, resolve_model_source
 from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactNotFound
 from shared.tasks import DatasetError, build_splits, build_transfer_sets, dumps_jsonl, sft_rows
 
-from . import core
+from . import core, uploads
 from .config import CoordinatorConfig
 from .events import Orchestrator, RunNotFound
 
@@ -63,11 +66,40 @@ class RunApi(pb_grpc.RunServiceServicer):
         try:
             cfg = parse_run_config(request.config_yaml, source="config_yaml")
             source = resolve_model_source(cfg.model.base)
-            splits = await asyncio.to_thread(build_splits, cfg.task)
-            splits.update(await asyncio.to_thread(build_transfer_sets, cfg.evaluation))
-        except (ConfigError, ModelNotFound, DatasetError) as exc:
+        except (ConfigError, ModelNotFound) as exc:
             await abort_for(context, exc)
-        return cfg, splits, model_store_key(source)
+        return cfg, await self._splits(cfg, context), model_store_key(source)
+
+    async def _splits(self, cfg: RunConfig, context: grpc.aio.ServicerContext) -> Any:
+        """The run's problems, read from its files (uploaded ones from local copies), checked line by line."""
+        names: dict[str, str] = {}
+        with tempfile.TemporaryDirectory(prefix="restem-files-") as tmp:
+            try:
+                local, names = await uploads.materialize(cfg, self.orc.store, Path(tmp))
+                splits = await asyncio.to_thread(build_splits, local.task)
+                splits.update(await asyncio.to_thread(build_transfer_sets, local.evaluation))
+            except (DatasetError, StatusError) as exc:
+                message = str(exc)
+                for path, name in names.items():  # errors name the file as the config does
+                    message = message.replace(path, name)
+                await abort_for(context, exc, message=message)
+        return splits
+
+    async def UploadFile(
+        self, request_iterator: AsyncIterator[pb.UploadFileRequest], context: grpc.aio.ServicerContext
+    ) -> pb.UploadFileResponse:
+        try:
+            return await uploads.receive(request_iterator, self.orc.store, self.config.max_upload_bytes)
+        except StatusError as exc:
+            await abort_for(context, exc)
+
+    async def StatFile(
+        self, request: pb.StatFileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatFileResponse:
+        try:
+            return await uploads.stat(self.orc.store, request.sha256)
+        except StatusError as exc:
+            await abort_for(context, exc)
 
     async def StartRun(
         self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext

@@ -107,33 +107,7 @@ def validate_locally(path: Path) -> str:
         build_transfer_sets(cfg.evaluation)
     except (ConfigError, ModelNotFound, DatasetError) as exc:
         raise CliError(str(exc), EXIT_CODES[exc.status]) from None
-    return with_absolute_dataset_paths(path.read_text())
-
-
-def with_absolute_dataset_paths(config_yaml: str) -> str:
-    """The config with relative `task.files` paths made absolute (from this shell's directory).
-
-    The coordinator reads the dataset files, and it need not run where the user does; the text is
-    sent unchanged when there is nothing to resolve (so comments survive in the stored config).
-    """
-    import yaml
-
-    def relative(v: object) -> bool:
-        return isinstance(v, str) and not v.startswith("builtin:") and not Path(v).is_absolute()
-
-    data = yaml.safe_load(config_yaml)
-    if not isinstance(data, dict):
-        return config_yaml
-    files = (data.get("task") or {}).get("files")
-    places = [(files, k) for k in files] if isinstance(files, dict) else []
-    transfer = (data.get("evaluation") or {}).get("transfer")
-    places += [(t, "file") for t in transfer if isinstance(t, dict)] if isinstance(transfer, list) else []
-    todo = [(d, k) for d, k in places if relative(d.get(k))]
-    if not todo:
-        return config_yaml
-    for d, k in todo:
-        d[k] = str(Path(d[k]).resolve())
-    return yaml.safe_dump(data, sort_keys=False)
+    return path.read_text()
 
 
 def report_location(args: argparse.Namespace, report_key: str) -> str:
@@ -167,9 +141,20 @@ def _finish(args: argparse.Namespace, run_id: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import grpc
+
+    from shared.client.files import upload_files
+
     config_yaml = validate_locally(args.config)
     with _client(args) as client:
-        run = client.start_run(config_yaml)
+        config_yaml, names = upload_files(config_yaml, client)
+        try:
+            run = client.start_run(config_yaml)
+        except grpc.RpcError as exc:  # name uploaded files as the user knows them
+            message = exc.details() or ""
+            for name, path in names.items():
+                message = message.replace(name, path)
+            raise CliError(f"{message} ({exc.code().name})", EXIT_CODES.get(exc.code().name, 1)) from None
     print(f"started run {run.run_id}")
     return _finish(args, run.run_id) if args.watch else 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import namedtuple
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,7 +18,9 @@ from shared.auth import metadata
 DEFAULT_TIMEOUT_S = 30.0
 
 
-class _AddToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _AddToken(  # type: ignore[misc]
+    grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor, grpc.StreamUnaryClientInterceptor
+):
     """Adds the bearer token to every call of a channel."""
 
     def __init__(self, token: str) -> None:
@@ -38,6 +41,9 @@ class _AddToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercep
 
     def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(details), request_iterator)
 
 
 class _CallDetails(
@@ -69,6 +75,20 @@ class RunClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def stat_file(self, sha256: str) -> pb.StatFileResponse:
+        return self.stub.StatFile(pb.StatFileRequest(sha256=sha256), timeout=self.timeout_s)
+
+    def upload_file(self, path: Path, sha256: str, size: int) -> pb.UploadFileResponse:
+        """Stream `path` to the store (see `shared.client.files`); the deadline allows 1 MB/s."""
+        from shared.client.files import chunks
+
+        def parts() -> Iterator[pb.UploadFileRequest]:
+            yield pb.UploadFileRequest(header=pb.FileHeader(name=path.name, sha256=sha256, size=size))
+            for block in chunks(path):
+                yield pb.UploadFileRequest(chunk=block)
+
+        return self.stub.UploadFile(parts(), timeout=self.timeout_s + size / 1e6)
 
     def start_run(self, config_yaml: str) -> pb.Run:
         # StartRun writes the datasets to the store before answering: give it more time.

@@ -70,7 +70,9 @@ def resolve_dataset_path(path: Path | str) -> Path:
 
 def read_lines(path: Path) -> list[str]:
     try:
-        if path.name.endswith(".gz"):
+        with path.open("rb") as head:
+            gzipped = head.read(2) == b"\x1f\x8b"  # by content: an uploaded file has no name
+        if gzipped:
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 return f.read().splitlines()
         return path.read_text(encoding="utf-8").splitlines()

@@ -17,7 +17,6 @@ from services.coordinator import core
 from services.coordinator import jobs as coordinator_jobs
 from services.coordinator.plots import render_plots
 from services.coordinator.report import build_report, render_markdown
-from shared.client.cli import with_absolute_dataset_paths
 from shared.configio import ConfigError
 from shared.runconfig import parse_run_config
 from shared.tasks import CODE_BLOCK_STOP, DatasetError, build_transfer_sets
@@ -113,14 +112,6 @@ def test_the_report_shows_transfer_columns_and_plots_them() -> None:
     md = render_markdown(report)
     assert "| iteration | humaneval |" in md and "| 2 | 10.0 % |" in md
     assert len(render_plots(report)["pass_at_1.png"]) > 10_000
-
-
-def test_relative_transfer_files_are_sent_as_absolute_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT)
-    sent = yaml.safe_load(with_absolute_dataset_paths(CFG))
-    files = [t["file"] for t in sent["evaluation"]["transfer"]]
-    assert files == ["builtin:humaneval", str(ROOT / "examples/data/apps-tiny-test.jsonl")]
-    assert with_absolute_dataset_paths("em: {iterations: 1}\n# kept\n") == "em: {iterations: 1}\n# kept\n"
 
 
 def test_early_stop_ends_the_loop_when_validation_stops_improving() -> None:

@@ -284,3 +284,43 @@ class GetReportResponse(_message.Message):
     report_key: str
     files: _containers.ScalarMap[str, bytes]
     def __init__(self, report_json: _Optional[str] = ..., report_key: _Optional[str] = ..., files: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+
+class UploadFileRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: FileHeader
+    chunk: bytes
+    def __init__(self, header: _Optional[_Union[FileHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class FileHeader(_message.Message):
+    __slots__ = ("name", "sha256", "size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    size: int
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class UploadFileResponse(_message.Message):
+    __slots__ = ("uri", "stored")
+    URI_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    uri: str
+    stored: bool
+    def __init__(self, uri: _Optional[str] = ..., stored: _Optional[bool] = ...) -> None: ...
+
+class StatFileRequest(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class StatFileResponse(_message.Message):
+    __slots__ = ("exists", "uri")
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    exists: bool
+    uri: str
+    def __init__(self, exists: _Optional[bool] = ..., uri: _Optional[str] = ...) -> None: ...

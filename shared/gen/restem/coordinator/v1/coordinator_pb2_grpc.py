@@ -65,6 +65,16 @@ class RunServiceStub:
                 request_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetReportRequest.SerializeToString,
                 response_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetReportResponse.FromString,
                 _registered_method=True)
+        self.UploadFile = channel.stream_unary(
+                '/restem.coordinator.v1.RunService/UploadFile',
+                request_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.UploadFileRequest.SerializeToString,
+                response_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.UploadFileResponse.FromString,
+                _registered_method=True)
+        self.StatFile = channel.unary_unary(
+                '/restem.coordinator.v1.RunService/StatFile',
+                request_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileRequest.SerializeToString,
+                response_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -114,6 +124,24 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadFile(self, request_iterator, context):
+        """Stores a file a run config names (a dataset), streamed: the first message is the header
+        (name, sha256, size), the rest carry the bytes in order. The file is kept once per content, as
+        `sha256:<hex>`, which a run config then names instead of a path. Content already stored is not
+        read again. INVALID_ARGUMENT when the bytes do not match the header (nothing is stored);
+        RESOURCE_EXHAUSTED above the coordinator's `max_upload_bytes`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StatFile(self, request, context):
+        """Whether the store holds a file with this sha256 (so a client uploads only what is new).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +174,16 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.GetReport,
                     request_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetReportRequest.FromString,
                     response_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetReportResponse.SerializeToString,
+            ),
+            'UploadFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadFile,
+                    request_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.UploadFileRequest.FromString,
+                    response_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.UploadFileResponse.SerializeToString,
+            ),
+            'StatFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatFile,
+                    request_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileRequest.FromString,
+                    response_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +349,60 @@ class RunService:
             '/restem.coordinator.v1.RunService/GetReport',
             restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetReportRequest.SerializeToString,
             restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/restem.coordinator.v1.RunService/UploadFile',
+            restem_dot_coordinator_dot_v1_dot_coordinator__pb2.UploadFileRequest.SerializeToString,
+            restem_dot_coordinator_dot_v1_dot_coordinator__pb2.UploadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/restem.coordinator.v1.RunService/StatFile',
+            restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileRequest.SerializeToString,
+            restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,173 @@
+"""Datasets from the user's machine: uploaded through RunService into the store, once per content,
+and read from there when a run starts (real gRPC, a real nats-server, a real store)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from restem.coordinator.v1 import coordinator_pb2 as pb
+from restem.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+
+from services.coordinator.config import CoordinatorConfig
+from services.coordinator.events import Orchestrator
+from services.coordinator.grpc_api import RunApi
+from shared import keys
+from shared.bus import EventBus
+from shared.client.client import RunClient
+from shared.client.files import upload_files
+from shared.grpc_server import ServiceBinding, serve
+from shared.infra import GrpcConfig, StoreConfig
+from shared.store import LocalStore
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """\
+name: my-data
+task:
+  name: gsm8k
+  files: {train: data/train.jsonl, validation: data/val.jsonl, test: data/test.jsonl.gz}
+em: {iterations: 1, shard_size: 4}
+"""
+
+
+def _gsm8k(n: int, start: int = 0) -> bytes:
+    rows = [
+        {"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"}
+        for i in range(start, start + n)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+@pytest.fixture
+async def coordinator(nats_config: Any, tmp_path: Path) -> AsyncIterator[tuple[str, LocalStore]]:
+    port_file = tmp_path / "port"
+    cfg = CoordinatorConfig(
+        nats=nats_config,
+        store=StoreConfig(root=tmp_path / "store"),
+        grpc=GrpcConfig(port_file=port_file, grace_s=0),
+        max_upload_bytes=64 * 1024,
+    )
+    bus = await EventBus.connect(cfg.nats, name="test-coordinator")
+    await bus.ensure_topology()
+    store = LocalStore(tmp_path / "store")
+    stop = asyncio.Event()
+    binding = ServiceBinding.of(pb_grpc, "RunService", RunApi(cfg, Orchestrator(bus, store)))
+    server = asyncio.create_task(serve([binding], cfg.grpc, healthy=lambda: bus.connected, stop=stop))
+    while not port_file.exists():
+        await asyncio.sleep(0.02)
+    yield f"127.0.0.1:{port_file.read_text()}", store
+    stop.set()
+    await server
+    await bus.close()
+
+
+def _client_files(root: Path) -> Path:
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "train.jsonl").write_bytes(_gsm8k(12))
+    (root / "data" / "val.jsonl").write_bytes(_gsm8k(3, 100))
+    (root / "data" / "test.jsonl.gz").write_bytes(gzip.compress(_gsm8k(5, 200)))
+    return root
+
+
+def _stored_files(store: LocalStore) -> list[str]:
+    return store.list("files/")
+
+
+async def test_a_run_reads_its_datasets_from_the_store_once_the_client_files_are_gone(
+    coordinator: tuple[str, LocalStore], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address, store = coordinator
+    client_dir = _client_files(tmp_path / "laptop")
+    monkeypatch.chdir(client_dir)  # relative paths, as `restem run` reads them
+    said: list[str] = []
+    with RunClient(address) as client:
+        sent, names = await asyncio.to_thread(upload_files, CONFIG, client, said.append)
+        assert len(_stored_files(store)) == 3 and all("uploaded" in line for line in said)
+        again, _ = await asyncio.to_thread(upload_files, CONFIG, client, said.append)
+        assert again == sent and len(_stored_files(store)) == 3  # the same files: nothing uploaded
+        assert all("already stored" in line for line in said[3:])
+        for path in (client_dir / "data").iterdir():
+            path.unlink()  # the run must not need the client's files
+        run = await asyncio.to_thread(client.start_run, sent)
+    stored = store.get_bytes(keys.config_key(run.run_id)).decode()
+    assert stored == sent and sorted(names) == sorted(v for v in sent.split() if v.startswith("sha256:"))
+    train = [json.loads(line) for line in store.get_bytes(keys.dataset_key(run.run_id, "train")).splitlines()]
+    test = [json.loads(line) for line in store.get_bytes(keys.dataset_key(run.run_id, "test")).splitlines()]
+    assert len(train) == 12 and len(test) == 5  # the gzipped file read by its content, not its name
+
+
+def _upload(address: str, header: pb.FileHeader | None, body: list[bytes]) -> pb.UploadFileResponse:
+    def parts() -> Any:
+        if header is not None:
+            yield pb.UploadFileRequest(header=header)
+        for block in body:
+            yield pb.UploadFileRequest(chunk=block)
+
+    with RunClient(address) as client:
+        return client.stub.UploadFile(parts(), timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "words"),
+    [
+        ("wrong checksum", grpc.StatusCode.INVALID_ARGUMENT, "nothing was stored"),
+        ("interrupted", grpc.StatusCode.INVALID_ARGUMENT, "interrupted or changed"),
+        ("no header", grpc.StatusCode.INVALID_ARGUMENT, "starts with a header"),
+        ("bad sha256", grpc.StatusCode.INVALID_ARGUMENT, "64 lower-case hex digits"),
+        ("too large", grpc.StatusCode.RESOURCE_EXHAUSTED, "max_upload_bytes"),
+    ],
+)
+async def test_a_bad_upload_says_why_and_stores_nothing(
+    coordinator: tuple[str, LocalStore], case: str, code: grpc.StatusCode, words: str
+) -> None:
+    address, store = coordinator
+    data = _gsm8k(20)
+    digest = hashlib.sha256(data).hexdigest()
+    header, body = (
+        pb.FileHeader(name="train.jsonl", sha256=digest, size=len(data)),
+        [data[:1000], data[1000:]],
+    )
+    if case == "wrong checksum":
+        header.sha256 = hashlib.sha256(b"other").hexdigest()
+    elif case == "interrupted":
+        body = body[:1]
+    elif case == "no header":
+        header = None
+    elif case == "bad sha256":
+        header.sha256 = "ABC"
+    else:
+        header.size = 10**9
+    with pytest.raises(grpc.RpcError) as err:
+        await asyncio.to_thread(_upload, address, header, body)
+    assert err.value.code() == code and words in (err.value.details() or "")
+    assert _stored_files(store) == []
+
+
+async def test_start_run_names_a_missing_or_bad_uploaded_file(coordinator: tuple[str, LocalStore]) -> None:
+    address, _ = coordinator
+    absent = "sha256:" + "0" * 64
+    bad = b'{"question": "q1", "answer": "#### 1"}\n{"question": "q2"}\n'
+    digest = hashlib.sha256(bad).hexdigest()
+    await asyncio.to_thread(
+        _upload, address, pb.FileHeader(name="t.jsonl", sha256=digest, size=len(bad)), [bad]
+    )
+    with RunClient(address) as client:
+        with pytest.raises(grpc.RpcError) as missing:
+            await asyncio.to_thread(
+                client.start_run, f"task: {{name: gsm8k, files: {{train: {absent}, test: {absent}}}}}"
+            )
+        with pytest.raises(grpc.RpcError) as broken:
+            config = f"task: {{name: gsm8k, files: {{train: sha256:{digest}, test: sha256:{digest}}}}}"
+            await asyncio.to_thread(client.start_run, config)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND and absent in (missing.value.details() or "")
+    details = broken.value.details() or ""
+    assert broken.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"sha256:{digest}:2: each line needs" in details and "/tmp" not in details  # file:line
