@@ -75,7 +75,7 @@ class RunApi(pb_grpc.RunServiceServicer):
         names: dict[str, str] = {}
         with tempfile.TemporaryDirectory(prefix="restem-files-") as tmp:
             try:
-                local, names = await uploads.materialize(cfg, self.orc.store, Path(tmp))
+                local, names = await uploads.materialize(cfg, self.orc.store, self.config.store, Path(tmp))
                 splits = await asyncio.to_thread(build_splits, local.task)
                 splits.update(await asyncio.to_thread(build_transfer_sets, local.evaluation))
             except (DatasetError, StatusError) as exc:

@@ -8,9 +8,12 @@ a broken or interrupted upload leaves nothing behind, and the same content uploa
 stored once (`receive` returns at the header when the content is already there).
 
 `materialize` gives the coordinator's loaders a local copy of each named file while a run is
-validated and its splits are built; the copies are deleted afterwards (the splits are stored).
+validated and its splits are built; the copies are deleted afterwards (the splits are stored). A
+config may also name `s3://bucket/key`: an object the coordinator reads with its own S3 endpoint
+and credentials (another bucket than its store's is fine; a bucket that does not exist is not
+created).
 
-NOT here: what a valid dataset is (the task's loader decides), `s3://` or Hub sources.
+NOT here: what a valid dataset is (the task's loader decides), Hugging Face Hub datasets.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from typing import Any, ClassVar
 from restem.coordinator.v1 import coordinator_pb2 as pb
 
 from shared.errors import NotFoundError, StatusError
+from shared.infra import StoreConfig
 from shared.runconfig import RunConfig
-from shared.store import ArtifactStore
+from shared.store import ArtifactNotFound, ArtifactStore, StoreAuthError
+from shared.store.s3 import S3Store
 
 SCHEME = "sha256:"
 PREFIX = "files/sha256/"
 _HEX = re.compile(r"[0-9a-f]{64}")
+_S3_URI = re.compile(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.+)")
 
 
 class UploadError(StatusError):
@@ -123,22 +129,54 @@ def _file_fields(cfg: RunConfig) -> list[tuple[Any, str]]:
     return [(m, f) for m, f in places if getattr(m, f) is not None]
 
 
-async def materialize(cfg: RunConfig, store: ArtifactStore, dest: Path) -> tuple[RunConfig, dict[str, str]]:
-    """A copy of `cfg` whose `sha256:` files are local copies under `dest`, and {local path: name}."""
+async def materialize(
+    cfg: RunConfig, store: ArtifactStore, store_config: StoreConfig, dest: Path
+) -> tuple[RunConfig, dict[str, str]]:
+    """A copy of `cfg` whose `sha256:` and `s3://` files are local copies under `dest`, and
+    {local path: the name the config gave}."""
     local = cfg.model_copy(deep=True)
     names: dict[str, str] = {}
     for model, field in _file_fields(local):
         text = str(getattr(model, field))
-        key = key_of(text)
-        if key is None:
+        if not text.startswith((SCHEME, "s3:/")):  # Path() folds "s3://" into "s3:/"
             continue
-        path = dest / text.replace(":", "-")
+        text = text.replace("s3:/", "s3://", 1) if text.startswith("s3:/") else text
+        path = dest / hashlib.sha256(text.encode()).hexdigest()
         if not path.exists():
-            if not await asyncio.to_thread(store.exists, key):
-                raise FileNotStored(
-                    f"{text} is not in the store: `restem run` uploads the files a config names"
-                )
-            await asyncio.to_thread(store.get_file, key, path)
+            await (
+                _fetch_s3(text, store_config, path) if text.startswith("s3://") else _fetch(text, store, path)
+            )
         setattr(model, field, path)
         names[str(path)] = text
     return local, names
+
+
+async def _fetch(text: str, store: ArtifactStore, path: Path) -> None:
+    key = key_of(text)
+    assert key is not None
+    if not await asyncio.to_thread(store.exists, key):
+        raise FileNotStored(f"{text} is not in the store: `restem run` uploads the files a config names")
+    await asyncio.to_thread(store.get_file, key, path)
+
+
+async def _fetch_s3(uri: str, store_config: StoreConfig, path: Path) -> None:
+    """Download `s3://bucket/key` with the coordinator's S3 endpoint and credentials."""
+    match = _S3_URI.fullmatch(uri)
+    if match is None:
+        raise UploadError(f"{uri} is not an s3://bucket/key URI (bucket: 3-63 of a-z 0-9 . -)")
+    if store_config.kind != "s3":
+        raise UploadError(
+            f"{uri}: this coordinator's store is a local directory; s3:// files are read with the "
+            "store's S3 endpoint and credentials (store.kind: s3), or let `restem run` upload a local copy"
+        )
+    bucket, key = match.groups()
+    try:
+        source = await asyncio.to_thread(
+            S3Store, store_config.model_copy(update={"bucket": bucket}), create_bucket=False
+        )
+        await asyncio.to_thread(source.get_file, key, path)
+    except ArtifactNotFound as exc:
+        what = "its bucket does not exist" if not exc.key else "no such object"
+        raise FileNotStored(f"{uri} does not exist ({what} at {exc.store})") from None
+    except StoreAuthError as exc:
+        raise StoreAuthError(f"{uri}: {exc}") from None

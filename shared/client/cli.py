@@ -95,6 +95,7 @@ def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def validate_locally(path: Path) -> str:
     """Check a run config before anything starts: schema, base model, dataset files."""
+    from shared.client.files import names_stored_files
     from shared.configio import ConfigError
     from shared.models import ModelNotFound, resolve_model_source
     from shared.runconfig import load_run_config
@@ -103,8 +104,9 @@ def validate_locally(path: Path) -> str:
     try:
         cfg = load_run_config(path)
         resolve_model_source(cfg.model.base)
-        build_splits(cfg.task)
-        build_transfer_sets(cfg.evaluation)
+        if not names_stored_files(path.read_text()):  # those the coordinator checks when the run starts
+            build_splits(cfg.task)
+            build_transfer_sets(cfg.evaluation)
     except (ConfigError, ModelNotFound, DatasetError) as exc:
         raise CliError(str(exc), EXIT_CODES[exc.status]) from None
     return path.read_text()

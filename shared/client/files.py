@@ -19,13 +19,27 @@ CHUNK = 1 << 20
 SCHEMES = ("builtin:", "sha256:", "s3://")
 
 
-def file_places(data: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
-    """(mapping, key) of every local file path in a parsed run config."""
+def _places(data: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(mapping, key) of every file a parsed run config names."""
     files = (data.get("task") or {}).get("files")
     places = [(files, k) for k in files] if isinstance(files, dict) else []
     transfer = (data.get("evaluation") or {}).get("transfer")
     places += [(t, "file") for t in transfer if isinstance(t, dict)] if isinstance(transfer, list) else []
-    return [(d, k) for d, k in places if isinstance(d.get(k), str) and not d[k].startswith(SCHEMES)]
+    return [(d, k) for d, k in places if isinstance(d.get(k), str)]
+
+
+def file_places(data: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(mapping, key) of every local file path in a parsed run config."""
+    return [(d, k) for d, k in _places(data) if not d[k].startswith(SCHEMES)]
+
+
+def names_stored_files(config_yaml: str) -> bool:
+    """Whether the config names a file in a store (`sha256:` or `s3://`), which only the coordinator reads."""
+    import yaml
+
+    data = yaml.safe_load(config_yaml)
+    stored = ("sha256:", "s3://")
+    return isinstance(data, dict) and any(d[k].startswith(stored) for d, k in _places(data))
 
 
 def sha256_of(path: Path) -> tuple[str, int]:

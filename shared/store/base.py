@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import builtins
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from shared.errors import NotFoundError
+from shared.errors import NotFoundError, StatusError
 
 MANIFEST_NAME = "MANIFEST.json"
 """Name of the manifest object written last under a directory artifact's prefix."""
@@ -33,8 +33,10 @@ class ArtifactCorrupt(RuntimeError):
     """A downloaded file does not match its directory artifact's manifest."""
 
 
-class StoreAuthError(PermissionError):
+class StoreAuthError(StatusError, PermissionError):
     """The S3 endpoint rejected the credentials or denied access to the bucket."""
+
+    status: ClassVar[str] = "PERMISSION_DENIED"
 
 
 class StoreUnavailable(ConnectionError):

@@ -70,8 +70,15 @@ class S3Store(_BaseStore):
     """Artifacts as objects in one S3 bucket (created if missing); keys are the object names."""
 
     def __init__(
-        self, config: StoreConfig, *, tries: int = 5, backoff_s: float = 0.2, max_backoff_s: float = 3.0
+        self,
+        config: StoreConfig,
+        *,
+        tries: int = 5,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 3.0,
+        create_bucket: bool = True,
     ) -> None:
+        """`create_bucket=False` opens a bucket that must exist (a user's data), NOT_FOUND otherwise."""
         if config.access_key is None or config.secret_key is None:
             raise ValueError("S3Store needs store.access_key and store.secret_key")
         self._bucket, self._endpoint = config.bucket, config.endpoint
@@ -87,10 +94,14 @@ class S3Store(_BaseStore):
         self._s3 = minio.Minio(
             config.endpoint, ak, sk, secure=config.secure, region=config.region, http_client=http
         )
-        self._call("open the bucket", None, self._ensure_bucket)
+        self._call("open the bucket", None, self._ensure_bucket if create_bucket else self._require_bucket)
 
     def describe(self) -> str:
         return f"s3://{self._endpoint}/{self._bucket}"
+
+    def _require_bucket(self) -> None:
+        if not self._s3.bucket_exists(self._bucket):
+            raise ArtifactNotFound("", self.describe(), "the bucket does not exist")
 
     def _ensure_bucket(self) -> None:
         if self._s3.bucket_exists(self._bucket):

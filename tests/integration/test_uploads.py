@@ -4,6 +4,7 @@ and read from there when a run starts (real gRPC, a real nats-server, a real sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
@@ -25,7 +26,8 @@ from shared.client.client import RunClient
 from shared.client.files import upload_files
 from shared.grpc_server import ServiceBinding, serve
 from shared.infra import GrpcConfig, StoreConfig
-from shared.store import LocalStore
+from shared.store import LocalStore, open_store
+from tests.fixtures.s3 import LIMITED_ACCESS_KEY, LIMITED_BUCKET, LIMITED_SECRET_KEY, S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -48,25 +50,38 @@ def _gsm8k(n: int, start: int = 0) -> bytes:
 
 @pytest.fixture
 async def coordinator(nats_config: Any, tmp_path: Path) -> AsyncIterator[tuple[str, LocalStore]]:
+    async with _serving(nats_config, StoreConfig(root=tmp_path / "store"), tmp_path) as (address, store):
+        yield address, store  # type: ignore[misc]
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    nats_config: Any, store_config: StoreConfig, tmp_path: Path
+) -> AsyncIterator[tuple[str, Any]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     port_file = tmp_path / "port"
     cfg = CoordinatorConfig(
         nats=nats_config,
-        store=StoreConfig(root=tmp_path / "store"),
+        store=store_config,
         grpc=GrpcConfig(port_file=port_file, grace_s=0),
         max_upload_bytes=64 * 1024,
     )
     bus = await EventBus.connect(cfg.nats, name="test-coordinator")
     await bus.ensure_topology()
-    store = LocalStore(tmp_path / "store")
+    store = open_store(store_config)
     stop = asyncio.Event()
     binding = ServiceBinding.of(pb_grpc, "RunService", RunApi(cfg, Orchestrator(bus, store)))
     server = asyncio.create_task(serve([binding], cfg.grpc, healthy=lambda: bus.connected, stop=stop))
     while not port_file.exists():
+        if server.done():
+            server.result()  # the server could not start: say why
         await asyncio.sleep(0.02)
-    yield f"127.0.0.1:{port_file.read_text()}", store
-    stop.set()
-    await server
-    await bus.close()
+    try:
+        yield f"127.0.0.1:{port_file.read_text()}", store
+    finally:
+        stop.set()
+        await server
+        await bus.close()
 
 
 def _client_files(root: Path) -> Path:
@@ -171,3 +186,42 @@ async def test_start_run_names_a_missing_or_bad_uploaded_file(coordinator: tuple
     details = broken.value.details() or ""
     assert broken.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"sha256:{digest}:2: each line needs" in details and "/tmp" not in details  # file:line
+
+
+def _s3_config(s3: S3Server, bucket: str) -> str:
+    return f"task: {{name: gsm8k, files: {{train: s3://{bucket}/gsm8k/train.jsonl, test: s3://{bucket}/gsm8k/test.jsonl}}}}"
+
+
+async def test_s3_files_are_read_with_the_stores_credentials_and_errors_name_the_uri(
+    nats_config: Any, s3_server: S3Server, tmp_path: Path
+) -> None:
+    data = s3_server.config(bucket=f"user-data-{tmp_path.name[-8:].lower().replace('_', '-')}")
+    user = open_store(data)  # the user's own bucket, beside the coordinator's store
+    user.put_bytes("gsm8k/train.jsonl", _gsm8k(8))
+    user.put_bytes("gsm8k/test.jsonl", _gsm8k(4, 50))
+    async with _serving(nats_config, s3_server.config(), tmp_path) as (address, store):
+        with RunClient(address) as client:
+            run = await asyncio.to_thread(client.start_run, _s3_config(s3_server, data.bucket))
+            errors = []
+            for config in (
+                _s3_config(s3_server, data.bucket).replace("train.jsonl", "missing.jsonl"),
+                _s3_config(s3_server, "no-such-bucket-x1"),
+            ):
+                with pytest.raises(grpc.RpcError) as err:
+                    await asyncio.to_thread(client.start_run, config)
+                errors.append((err.value.code(), err.value.details() or ""))
+    train = store.get_bytes(keys.dataset_key(run.run_id, "train")).splitlines()
+    assert len(train) == 8 and f"s3://{data.bucket}/gsm8k/train.jsonl" in run.config_yaml
+    assert (
+        errors[0][0] == grpc.StatusCode.NOT_FOUND
+        and "gsm8k/missing.jsonl does not exist (no such object" in errors[0][1]
+    )
+    assert errors[1][0] == grpc.StatusCode.NOT_FOUND and "its bucket does not exist" in errors[1][1]
+    limited = s3_server.config(
+        bucket=LIMITED_BUCKET, access_key=LIMITED_ACCESS_KEY, secret_key=LIMITED_SECRET_KEY
+    )
+    async with _serving(nats_config, limited, tmp_path / "limited") as (address, _):
+        with RunClient(address) as client, pytest.raises(grpc.RpcError) as denied:
+            await asyncio.to_thread(client.start_run, _s3_config(s3_server, data.bucket))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"s3://{data.bucket}/gsm8k/train.jsonl" in (denied.value.details() or "")
