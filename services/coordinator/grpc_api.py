@@ -20,7 +20,7 @@ import grpc
 from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 
-from shared import keys
+from shared import keys, model_files
 from shared.configio import ConfigError
 from shared.errors import StatusError
 from shared.grpc_server import abort_for
@@ -65,10 +65,26 @@ class RunApi(pb_grpc.RunServiceServicer):
             )
         try:
             cfg = parse_run_config(request.config_yaml, source="config_yaml")
-            source = resolve_model_source(cfg.model.base)
+            model_key = await self._model_key(cfg.model.base)
         except (ConfigError, ModelNotFound) as exc:
             await abort_for(context, exc)
-        return cfg, await self._splits(cfg, context), model_store_key(source)
+        return cfg, await self._splits(cfg, context), model_key
+
+    async def _model_key(self, base: str) -> str:
+        """Where the imported base model will live; ModelNotFound when it cannot be had."""
+        if not base.startswith("sha256:"):
+            return model_store_key(resolve_model_source(base))
+        store = self.orc.store
+        key = uploads.key_of(base)
+        if key is None or not await asyncio.to_thread(store.exists, key):
+            raise ModelNotFound(f"model.base: {base} is not in the store; `restem run` uploads a local model")
+        manifest = model_files.parse_manifest(base, await asyncio.to_thread(store.get_bytes, key))
+        missing = await asyncio.to_thread(model_files.missing_files, manifest, store.exists)
+        if missing:
+            raise ModelNotFound(
+                f"model.base: {base} lacks {len(missing)} files in the store ({missing[:3]}); upload it again"
+            )
+        return model_files.store_key(base, manifest)
 
     async def _splits(self, cfg: RunConfig, context: grpc.aio.ServicerContext) -> Any:
         """The run's problems, read from its files (uploaded ones from local copies), checked line by line."""

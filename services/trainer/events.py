@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from restem.events.v1 import events_pb2 as ev
 
-from shared import abandon
+from shared import abandon, model_files
 from shared.artifacts import CheckpointCache
 from shared.auth import server_token
 from shared.bus import EventBus, PermanentError
@@ -85,6 +85,14 @@ class PrepareHandler:
             self.store.put_dir(key, out)
         return info
 
+    def _source(self, model_source: str) -> Path:
+        """The model to import: a path here, or an uploaded model fetched from the store first."""
+        if not model_source.startswith("sha256:"):
+            return resolve_model_source(model_source)
+        digest = model_source.removeprefix("sha256:")
+        manifest = model_files.parse_manifest(model_source, self.store.get_bytes(model_files.PREFIX + digest))
+        return model_files.fetch(manifest, self.store.get_file, self.work_dir / "uploaded-models" / digest)
+
     async def __call__(self, job: ev.PrepareJob) -> None:
         from shared.llm.checkpoint import CheckpointError
 
@@ -95,9 +103,11 @@ class PrepareHandler:
                     await asyncio.to_thread(self.store.get_bytes, f"{job.model_key}/{MODEL_INFO}")
                 )
             else:
-                source = resolve_model_source(job.model_source)
+                source = await asyncio.to_thread(self._source, job.model_source)
                 info = await asyncio.to_thread(self._import, source, job.model_key)
-        except (ModelNotFound, CheckpointError) as exc:
+                if job.model_source.startswith("sha256:"):  # the store has the import now
+                    shutil.rmtree(self.work_dir / "uploaded-models", ignore_errors=True)
+        except (ModelNotFound, CheckpointError, ArtifactNotFound) as exc:
             raise PermanentError(str(exc)) from exc
         await announce(
             self.bus,

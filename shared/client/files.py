@@ -5,7 +5,11 @@ chunks) and sends the config with each path replaced by the file's content name 
 Content the store already holds is not sent again (StatFile), so a second run with the same files
 uploads nothing. A config that names no local file is sent unchanged, comments included.
 
-NOT here: `builtin:` datasets (the coordinator has them), model directories.
+The base model goes the same way when `model.base` is a local directory or `.gguf` file: each of
+its files, then a manifest naming them (`shared.model_files`); the config names the model
+`sha256:<manifest hex>`. An interrupted model upload resumes: stored files are not sent again.
+
+NOT here: `builtin:` datasets and models (the services have them).
 """
 
 from __future__ import annotations
@@ -69,19 +73,55 @@ def upload_files(
 
     data = yaml.safe_load(config_yaml)
     places = file_places(data) if isinstance(data, dict) else []
-    if not places:
+    model = _local_model(data)
+    if not places and model is None:
         return config_yaml, {}
     names: dict[str, str] = {}
     for mapping, key in places:
         path = Path(mapping[key]).expanduser()
-        digest, size = sha256_of(path)
-        name = f"sha256:{digest}"
-        if name not in names:
-            if client.stat_file(digest).exists:
-                say(f"{path}: already stored as {name}")
-            else:
-                client.upload_file(path, digest, size)
-                say(f"{path}: uploaded ({size / 1e6:.1f} MB) as {name}")
+        name = _put(client, path, say)
         names[name] = str(path)
         mapping[key] = name
+    if model is not None:
+        name = _put_model(client, model, say)
+        names[name] = str(model)
+        data["model"]["base"] = name
     return yaml.safe_dump(data, sort_keys=False), names
+
+
+def _put(client: Any, path: Path, say: Callable[[str], None], quiet: bool = False) -> str:
+    """Upload `path` unless the store has its content; its content name."""
+    digest, size = sha256_of(path)
+    name = f"sha256:{digest}"
+    if client.stat_file(digest).exists:
+        if not quiet:
+            say(f"{path}: already stored as {name}")
+    else:
+        client.upload_file(path, digest, size)
+        say(f"{path}: uploaded ({size / 1e6:.1f} MB) as {name}")
+    return name
+
+
+def _local_model(data: Any) -> Path | None:
+    base = (data.get("model") or {}).get("base") if isinstance(data, dict) else None
+    if not isinstance(base, str) or base.startswith(SCHEMES):
+        return None
+    return Path(base).expanduser()
+
+
+def _put_model(client: Any, source: Path, say: Callable[[str], None]) -> str:
+    """Upload the model's files, then its manifest; the manifest's content name."""
+    import tempfile
+
+    from shared.model_files import manifest_for, model_files
+
+    files = model_files(source)
+    digests = {
+        rel: _put(client, path, say, quiet=True).removeprefix("sha256:") for rel, path in files.items()
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "manifest.json"
+        manifest.write_bytes(manifest_for(source, digests))
+        name = _put(client, manifest, lambda _: None)
+    say(f"{source}: model of {len(files)} files stored as {name}")
+    return name

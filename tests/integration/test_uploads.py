@@ -225,3 +225,25 @@ async def test_s3_files_are_read_with_the_stores_credentials_and_errors_name_the
             await asyncio.to_thread(client.start_run, _s3_config(s3_server, data.bucket))
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert f"s3://{data.bucket}/gsm8k/train.jsonl" in (denied.value.details() or "")
+
+
+async def test_start_run_names_a_stored_model_that_is_missing_or_incomplete(
+    coordinator: tuple[str, LocalStore], tmp_path: Path
+) -> None:
+    from shared.model_files import manifest_for
+
+    address, _ = coordinator
+    model = tmp_path / "m"
+    model.mkdir()
+    manifest = manifest_for(model, {"config.json": "1" * 64, "model.safetensors": "2" * 64})
+    digest = hashlib.sha256(manifest).hexdigest()
+    header = pb.FileHeader(name="manifest.json", sha256=digest, size=len(manifest))
+    await asyncio.to_thread(_upload, address, header, [manifest])
+    errors = []
+    with RunClient(address) as client:
+        for base in ("sha256:" + "3" * 64, f"sha256:{digest}"):
+            with pytest.raises(grpc.RpcError) as err:
+                await asyncio.to_thread(client.start_run, f"model: {{base: '{base}'}}\n")
+            errors.append((err.value.code(), err.value.details() or ""))
+    assert errors[0][0] == grpc.StatusCode.NOT_FOUND and "is not in the store" in errors[0][1]
+    assert errors[1][0] == grpc.StatusCode.NOT_FOUND and "lacks 2 files in the store" in errors[1][1]
