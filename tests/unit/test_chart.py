@@ -15,6 +15,7 @@ from pathlib import Path
 import helm_python  # dev dependency (helm-python-sdk): a missing one must fail, not skip
 import kubernetes_validate
 import pytest
+import yaml
 
 from services.coordinator.config import CoordinatorConfig
 from shared.configio import load_service_config
@@ -173,6 +174,10 @@ def test_gpu_values_request_gpus_and_cpu_values_do_not():
     # the trainer service starts its torchrun workers per M-step: nprocPerNode becomes its `nproc`
     assert _container(gpu["trainer"])["command"] == ["python", "-m", "services.trainer"]
     assert "nproc: 4" in service_config_text(manifests(render(load_values("values-gpu.yaml"))), "trainer")
+    sampler = yaml.safe_load(
+        service_config_text(manifests(render(load_values("values-gpu.yaml"))), "sampler")
+    )
+    assert sampler["backend"] == "vllm" and sampler["vllm"]["enable_prefix_caching"] is True
     shm = {v["name"]: v for v in _pod(gpu["sampler"])["volumes"]}["shm"]["emptyDir"]
     assert shm == {"medium": "Memory", "sizeLimit": "16Gi"}
     cache = {v["name"]: v for v in _pod(gpu["sampler"])["volumes"]}["cache"]["ephemeral"][
