@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 LossNormalisation = Literal["token", "sample"]
 TrainMethod = Literal["full", "lora"]
 LrSchedule = Literal["constant", "cosine", "linear"]
+SaveDtype = Literal["auto", "bfloat16", "float16", "float32"]  # auto: the base checkpoint's dtype
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class TrainParams:
     # bound what a killed trainer redoes to a few minutes on the demo's CPU M-step.
     checkpoint_every_steps: int = 50
     patience: int = 1  # with Hooks.validate: stop after this many epochs without a better validation reward
+    # The trained checkpoint's dtype (training itself runs in fp32 weights): a bf16 base stays bf16.
+    save_dtype: SaveDtype = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 2:
@@ -112,6 +115,8 @@ class TrainParams:
             raise ValueError("checkpoint_every_steps must be >= 0")
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1 (got {self.patience})")
+        if self.save_dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ValueError(f"save_dtype {self.save_dtype!r}: use auto, bfloat16, float16 or float32")
 
 
 P = TypeVar("P", GenerationParams, TrainParams)

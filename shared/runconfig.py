@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from shared.configio import parse_yaml_mapping, validate
 from shared.infra import StrictModel
-from shared.params import GenerationParams, LossNormalisation, LrSchedule, TrainMethod, TrainParams
+from shared.params import GenerationParams, LossNormalisation, LrSchedule, SaveDtype, TrainMethod, TrainParams
 
 TaskName = Literal["arithmetic", "gsm8k", "math", "apps", "humaneval"]
 FileTaskName = Literal["gsm8k", "math", "apps", "humaneval"]
@@ -111,6 +111,8 @@ class ModelConfig(StrictModel):
 
     base: str = "builtin:smollm2-135m-instruct"
     """`builtin:<alias>` (a model that ships in a pip package), a Hugging Face model directory or a .gguf file on the machine that runs `restem run` (uploaded to the store), or `sha256:<hex>` (a model already uploaded: its manifest)."""
+    dtype: SaveDtype = TrainParams.save_dtype
+    """dtype of the checkpoints the M-steps write: `auto` keeps the base model's (a bf16 model stays bf16; training runs in fp32 weights either way)."""
     chat_template: bool = True
     """Wrap each question in the tokenizer's chat template."""
     system_prompt: str | None = None

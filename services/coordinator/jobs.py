@@ -193,6 +193,7 @@ def m_step_params(cfg: RunConfig, iteration: int) -> TrainParams:
     lora = t.lora if t.lora is not None else LoraConfig()
     section.update({f"lora_{name}": value for name, value in _shared_fields(lora, None).items()})
     section["seed"] = derive_seed(t.seed, iteration)
+    section["save_dtype"] = cfg.model.dtype
     return TrainParams(**section)
 
 

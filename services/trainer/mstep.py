@@ -52,6 +52,17 @@ def train_params(spec: MStepSpec) -> TrainParams:
     return from_dict(spec.params, TrainParams)
 
 
+def saved_dtype(base_dir: Path, save_dtype: str) -> Any:
+    """The torch dtype the trained checkpoint is written in: `save_dtype`, or the base's for auto."""
+    import torch
+
+    if save_dtype == "auto":
+        config = json.loads((base_dir / "config.json").read_text())
+        save_dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(save_dtype), None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
 def execute(
     spec: MStepSpec,
     device: str,
@@ -100,6 +111,7 @@ def execute(
         model = consolidate(model, params, dp)  # every rank gathers; rank 0 gets the plain model
     if dp is None or dp.rank == 0:
         out = Path(spec.out_dir)
+        model.to(dtype=saved_dtype(Path(spec.base_dir), params.save_dtype))  # type: ignore[call-arg]  # transformers wraps `to`
         save_checkpoint(model, tokenizer, out)  # LoRA: already merged, so a plain checkpoint
         (out.parent / SUMMARY).write_text(json.dumps(result))
     return result

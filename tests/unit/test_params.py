@@ -123,7 +123,7 @@ ELSEWHERE: dict[str, Any] = {
 # Dataclass fields that no run-config field sets, and who sets them.
 DERIVED = {
     GenerationParams: {"stop_regex": "the task's answer pattern", "greedy": "evaluation and validation"},
-    TrainParams: set(),
+    TrainParams: {"save_dtype": "model.dtype: checked below"},
 }
 SECTIONS = [("sampling", SamplingConfig, GenerationParams), ("training", TrainingConfig, TrainParams)]
 
@@ -190,6 +190,14 @@ def test_validation_stopping_decides_the_jobs_validation_section() -> None:
         run, _config("training", ["validation_stopping"], False), ["validation", "test"]
     )
     assert on is not None and on.dataset_key.endswith("validation.jsonl") and off is None
+
+
+def test_the_model_dtype_reaches_the_trainer(tmp_path: Path) -> None:
+    assert RunConfig().model.dtype == TrainParams().save_dtype
+    assert (
+        _trainer_sees(RunConfig.model_validate({"model": {"dtype": "bfloat16"}}), tmp_path).save_dtype
+        == "bfloat16"
+    )
 
 
 def test_unset_contract_fields_decode_to_the_defaults_and_zero_stays_zero() -> None:

@@ -244,3 +244,35 @@ def test_the_train_handler_streams_trains_uploads_and_cleans_up(tokenizer: Any, 
     assert store.dir_exists("runs/r/iter-1/checkpoint")
     assert not (store.root / "runs/r/iter-1/checkpoint-state").exists()  # states deleted, no empty dirs left
     assert list(work.iterdir()) == []  # the M-step's scratch (kept copy, tokenised set, states) is gone
+
+
+@pytest.mark.parametrize(
+    ("base_dtype", "save_dtype", "stored"),
+    [("bfloat16", "auto", "BF16"), ("bfloat16", "float32", "F32"), ("float32", "auto", "F32")],
+)
+def test_the_trained_checkpoint_keeps_the_base_models_dtype_unless_told(
+    tokenizer: Any, tmp_path: Path, base_dtype: str, save_dtype: str, stored: str
+) -> None:
+    import torch
+    from restem.common.v1 import common_pb2
+    from restem.events.v1 import events_pb2 as ev
+    from safetensors import safe_open
+
+    from services.trainer.config import TrainerConfig
+    from services.trainer.events import TrainHandler
+    from shared.llm.checkpoint import save_checkpoint
+    from shared.store import LocalStore
+
+    base = tmp_path / "base"
+    save_checkpoint(tiny(tokenizer).to(getattr(torch, base_dtype)), tokenizer, base)
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("k.jsonl", "".join(json.dumps(r) + "\n" for r in kept_rows(tokenizer, 4)).encode())
+    handler = TrainHandler(None, store, None, TrainerConfig(work_dir=tmp_path / "work"), "cpu")  # type: ignore[arg-type]
+    params = common_pb2.TrainParams(
+        learning_rate=1e-3, batch_size=4, max_steps=1, max_seq_len=256, save_dtype=save_dtype
+    )
+    handler._train(ev.TrainJob(kept_key="k.jsonl", output_key="out", params=params), base, None)
+    store.get_dir("out", tmp_path / "out")
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(name).get_dtype() for name in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+    assert dtypes == {stored}

@@ -29,7 +29,7 @@ class SamplingParams(_message.Message):
     def __init__(self, n: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_regex: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., greedy: _Optional[bool] = ...) -> None: ...
 
 class TrainParams(_message.Message):
-    __slots__ = ("learning_rate", "epochs", "batch_size", "weight_decay", "warmup_ratio", "max_seq_len", "max_grad_norm", "seed", "loss_normalisation", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lr_schedule", "min_lr_ratio", "max_steps", "micro_batch_size", "packing", "length_bucketing", "gradient_checkpointing", "checkpoint_every_steps", "patience")
+    __slots__ = ("learning_rate", "epochs", "batch_size", "weight_decay", "warmup_ratio", "max_seq_len", "max_grad_norm", "seed", "loss_normalisation", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lr_schedule", "min_lr_ratio", "max_steps", "micro_batch_size", "packing", "length_bucketing", "gradient_checkpointing", "checkpoint_every_steps", "patience", "save_dtype")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class TrainParams(_message.Message):
     GRADIENT_CHECKPOINTING_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EVERY_STEPS_FIELD_NUMBER: _ClassVar[int]
     PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    SAVE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     epochs: int
     batch_size: int
@@ -76,7 +77,8 @@ class TrainParams(_message.Message):
     gradient_checkpointing: bool
     checkpoint_every_steps: int
     patience: int
-    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., loss_normalisation: _Optional[str] = ..., method: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lr_schedule: _Optional[str] = ..., min_lr_ratio: _Optional[float] = ..., max_steps: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., packing: _Optional[bool] = ..., length_bucketing: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., checkpoint_every_steps: _Optional[int] = ..., patience: _Optional[int] = ...) -> None: ...
+    save_dtype: str
+    def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., loss_normalisation: _Optional[str] = ..., method: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lr_schedule: _Optional[str] = ..., min_lr_ratio: _Optional[float] = ..., max_steps: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., packing: _Optional[bool] = ..., length_bucketing: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., checkpoint_every_steps: _Optional[int] = ..., patience: _Optional[int] = ..., save_dtype: _Optional[str] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
     __slots__ = ("service", "version", "active_jobs", "jobs_done", "jobs_failed", "loaded_checkpoints", "device", "backend")
