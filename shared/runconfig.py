@@ -116,7 +116,7 @@ class ModelConfig(StrictModel):
     chat_template: bool = True
     """Wrap each question in the tokenizer's chat template."""
     system_prompt: str | None = None
-    """Optional system message for the chat template."""
+    """Optional system message for the chat template; with a template that has no system role (Gemma, Mistral) it opens the user's turn instead."""
 
 
 class AdaptiveSampling(StrictModel):

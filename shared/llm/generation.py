@@ -55,9 +55,20 @@ def render_prompt(tokenizer: Any, user_message: str, *, system: str | None = Non
     """The prompt text: the chat template with a generation prompt (``chat=True``), or ``user_message`` as is."""
     if not chat:
         return user_message
-    messages = [{"role": "system", "content": system}] if system is not None else []
-    messages.append({"role": "user", "content": user_message})
-    return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    user = {"role": "user", "content": user_message}
+    if system is None:
+        return str(tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=False))
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return str(
+            tokenizer.apply_chat_template(
+                [{"role": "system", "content": system}, user], add_generation_prompt=True, tokenize=False
+            )
+        )
+    except TemplateError:  # a template without a system role (Gemma's, Mistral's): the user's turn carries it
+        user["content"] = f"{system}\n\n{user_message}"
+        return str(tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=False))
 
 
 @dataclass(frozen=True)
