@@ -7,8 +7,12 @@ are not sent again. The imported checkpoint's key comes from the manifest's hash
 model is imported once and shared by every run that names it. The trainer's prepare job fetches
 the files back into a directory and imports from there.
 
-NOT here: the upload itself (`shared.client.files`, `RunService.UploadFile`), `s3://` prefixes and
-Hub ids as model sources.
+A model already in an object store is named `s3://bucket/prefix/` (a Hugging Face directory) or
+`s3://bucket/key.gguf`; the coordinator and the trainer read it with their own S3 endpoint and
+credentials, and the imported checkpoint's key comes from the objects' keys, sizes and ETags, so a
+changed model is imported again and an unchanged one never.
+
+NOT here: the upload itself (`shared.client.files`, `RunService.UploadFile`), Hub ids.
 """
 
 from __future__ import annotations
@@ -82,4 +86,57 @@ def fetch(manifest: dict[str, Any], get_file: Any, dest: Path) -> Path:
             get_file(PREFIX + digest, target)
     if manifest["gguf"]:
         return dest / next(f for f in manifest["files"] if f.endswith(".gguf"))
+    return dest
+
+
+def s3_model(uri: str, store_config: Any) -> tuple[Any, str, list[tuple[str, int, str]]]:
+    """(the bucket's store, the key prefix, the model's objects) of `s3://bucket/prefix/`; ModelNotFound
+    when the bucket, the prefix's config.json or the .gguf object is missing."""
+    from shared.store import ArtifactNotFound
+    from shared.store.s3 import S3Store
+
+    match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.*)", uri)
+    if match is None:
+        raise ModelNotFound(f"model.base: {uri} is not an s3://bucket/prefix/ URI")
+    if store_config.kind != "s3":
+        raise ModelNotFound(
+            f"model.base: {uri} needs an S3 store (store.kind: s3) to be read with its credentials"
+        )
+    bucket, prefix = match.groups()
+    try:
+        source = S3Store(store_config.model_copy(update={"bucket": bucket}), create_bucket=False)
+    except ArtifactNotFound:
+        raise ModelNotFound(f"model.base: {uri}: bucket {bucket} does not exist") from None
+    if prefix.endswith(".gguf"):
+        objects = [o for o in source.listing(prefix) if o[0] == prefix]
+    else:
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        objects = source.listing(prefix)
+        if not any(o[0] == f"{prefix}config.json" for o in objects):
+            objects = []
+    if not objects:
+        raise ModelNotFound(
+            f"model.base: {uri} holds neither a .gguf object nor a Hugging Face directory (config.json)"
+        )
+    return source, prefix, objects
+
+
+def s3_store_key(uri: str, objects: list[tuple[str, int, str]]) -> str:
+    """`models/<name>-<16 hex of the objects' keys, sizes and ETags>`."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([uri, sorted(objects)]).encode()).hexdigest()[:16]
+    stem = re.sub(r"[^a-z0-9-]+", "-", Path(uri.rstrip("/")).stem.lower()).strip("-")[:48] or "model"
+    return f"models/{stem}-{digest}"
+
+
+def fetch_s3(source: Any, prefix: str, objects: list[tuple[str, int, str]], dest: Path) -> Path:
+    """Download the model's objects under `dest`; the path to import."""
+    if prefix.endswith(".gguf"):
+        source.get_file(prefix, dest / Path(prefix).name)
+        return dest / Path(prefix).name
+    for key, _, _ in objects:
+        rel = key[len(prefix) :]
+        if rel and ".." not in Path(rel).parts:
+            source.get_file(key, dest / rel)
     return dest

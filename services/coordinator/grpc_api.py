@@ -72,6 +72,9 @@ class RunApi(pb_grpc.RunServiceServicer):
 
     async def _model_key(self, base: str) -> str:
         """Where the imported base model will live; ModelNotFound when it cannot be had."""
+        if base.startswith("s3://"):
+            _, _, objects = await asyncio.to_thread(model_files.s3_model, base, self.config.store)
+            return model_files.s3_store_key(base, objects)
         if not base.startswith("sha256:"):
             return model_store_key(resolve_model_source(base))
         store = self.orc.store

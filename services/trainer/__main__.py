@@ -30,7 +30,9 @@ async def main_async(config_path: Path | None) -> None:
         return Wiring(
             queues=[
                 JobQueue(
-                    "prepare", ev.PrepareJob, PrepareHandler(bus, store, cfg.work_dir, cfg.import_cache_dir)
+                    "prepare",
+                    ev.PrepareJob,
+                    PrepareHandler(bus, store, cfg.work_dir, cfg.import_cache_dir, cfg.store),
                 ),
                 JobQueue("train", ev.TrainJob, TrainHandler(bus, store, checkpoints, cfg, device)),
             ],

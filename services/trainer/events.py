@@ -30,6 +30,7 @@ from shared import abandon, model_files
 from shared.artifacts import CheckpointCache
 from shared.auth import server_token
 from shared.bus import EventBus, PermanentError
+from shared.infra import StoreConfig
 from shared.models import ModelNotFound, resolve_model_source
 from shared.params import GenerationParams, TrainParams, as_dict, from_proto
 from shared.store import ArtifactNotFound, ArtifactStore
@@ -50,9 +51,16 @@ log = logging.getLogger("services.trainer")
 
 class PrepareHandler:
     def __init__(
-        self, bus: EventBus, store: ArtifactStore, work_dir: Path, import_cache: Path | None = None
+        self,
+        bus: EventBus,
+        store: ArtifactStore,
+        work_dir: Path,
+        import_cache: Path | None = None,
+        store_config: StoreConfig | None = None,
     ) -> None:
+        """`store_config`: the S3 endpoint and credentials that `s3://` model sources are read with."""
         self.bus, self.store, self.work_dir, self.import_cache = bus, store, work_dir, import_cache
+        self.store_config = store_config or StoreConfig()
 
     def _import(self, source: Path, key: str) -> dict[str, Any]:
         """Convert `source` and put it under `key`, reusing a host-cached conversion when there is one.
@@ -87,6 +95,14 @@ class PrepareHandler:
 
     def _source(self, model_source: str) -> Path:
         """The model to import: a path here, or an uploaded model fetched from the store first."""
+        if model_source.startswith("s3://"):
+            source, prefix, objects = model_files.s3_model(model_source, self.store_config)
+            dest = (
+                self.work_dir
+                / "uploaded-models"
+                / model_files.s3_store_key(model_source, objects).split("/")[-1]
+            )
+            return model_files.fetch_s3(source, prefix, objects, dest)
         if not model_source.startswith("sha256:"):
             return resolve_model_source(model_source)
         digest = model_source.removeprefix("sha256:")
@@ -105,7 +121,7 @@ class PrepareHandler:
             else:
                 source = await asyncio.to_thread(self._source, job.model_source)
                 info = await asyncio.to_thread(self._import, source, job.model_key)
-                if job.model_source.startswith("sha256:"):  # the store has the import now
+                if job.model_source.startswith(("sha256:", "s3://")):  # the store has the import now
                     shutil.rmtree(self.work_dir / "uploaded-models", ignore_errors=True)
         except (ModelNotFound, CheckpointError, ArtifactNotFound) as exc:
             raise PermanentError(str(exc)) from exc

@@ -103,7 +103,7 @@ def validate_locally(path: Path) -> str:
 
     try:
         cfg = load_run_config(path)
-        if not cfg.model.base.startswith("sha256:"):  # a stored model: the coordinator checks it
+        if not cfg.model.base.startswith(("sha256:", "s3://")):  # a stored model: the coordinator checks it
             resolve_model_source(cfg.model.base)
         if not names_stored_files(path.read_text()):  # those the coordinator checks when the run starts
             build_splits(cfg.task)

@@ -162,6 +162,15 @@ class S3Store(_BaseStore):
             return False
         return True
 
+    def listing(self, prefix: str) -> builtins.list[tuple[str, int, str]]:
+        """(key, size, ETag) of every object under `prefix`: what identifies their contents."""
+
+        def rows() -> builtins.list[tuple[str, int, str]]:
+            objects = self._s3.list_objects(self._bucket, prefix=prefix, recursive=True)
+            return [(o.object_name, int(o.size or 0), str(o.etag)) for o in objects if o.object_name]
+
+        return self._call(f"list {prefix!r}", None, rows)
+
     def list(self, prefix: str) -> builtins.list[str]:
         _check_prefix(prefix, allow_empty=True)
 

@@ -247,3 +247,39 @@ async def test_start_run_names_a_stored_model_that_is_missing_or_incomplete(
             errors.append((err.value.code(), err.value.details() or ""))
     assert errors[0][0] == grpc.StatusCode.NOT_FOUND and "is not in the store" in errors[0][1]
     assert errors[1][0] == grpc.StatusCode.NOT_FOUND and "lacks 2 files in the store" in errors[1][1]
+
+
+async def test_a_model_in_an_object_store_is_checked_at_start_and_imported_by_the_trainer(
+    nats_config: Any, s3_server: S3Server, tmp_path: Path
+) -> None:
+    from restem.events.v1 import events_pb2 as ev
+
+    from services.trainer.events import PrepareHandler
+    from shared.llm.checkpoint import save_checkpoint
+    from tests.fixtures.models import smollm2_tokenizer, tiny_llama
+
+    tokenizer = smollm2_tokenizer()
+    save_checkpoint(tiny_llama(tokenizer), tokenizer, tmp_path / "tiny")
+    user = open_store(s3_server.config(bucket=f"models-{tmp_path.name[-8:].lower().replace('_', '-')}"))
+    user.put_dir("team/tiny", tmp_path / "tiny")
+    uri = f"s3://{user.describe().rsplit('/', 1)[1]}/team/tiny/"
+    store_config = s3_server.config()
+    async with _serving(nats_config, store_config, tmp_path / "coordinator") as (address, store):
+        with RunClient(address) as client:
+            run = await asyncio.to_thread(client.start_run, f"model: {{base: '{uri}'}}\n")
+            with pytest.raises(grpc.RpcError) as missing:
+                await asyncio.to_thread(client.start_run, f"model: {{base: '{uri}nope/'}}\n")
+        bus = await EventBus.connect(nats_config, name="test-trainer")
+        try:
+            handler = PrepareHandler(bus, store, tmp_path / "work", store_config=store_config)
+            job = ev.PrepareJob(
+                run_id=run.run_id, job_id="prepare-1", model_source=uri, model_key=run.base_model_key
+            )
+            await handler(job)
+        finally:
+            await bus.close()
+    assert run.base_model_key.startswith("models/tiny-")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND and "neither a .gguf object" in (
+        missing.value.details() or ""
+    )
+    assert store.dir_exists(run.base_model_key) and not (tmp_path / "work" / "uploaded-models").exists()
