@@ -25,6 +25,26 @@ class ModelNotFound(NotFoundError, FileNotFoundError):
     """The configured base model does not exist; the message says what to set."""
 
 
+_HUB_ID = re.compile(r"([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([\w./-]+))?")
+
+
+def hub_id(base: str) -> tuple[str, str] | None:
+    """(repo, revision) when `base` names a Hugging Face Hub model, `org/name[@revision]` (revision
+    `main` when omitted), and no local path of that name exists; None otherwise."""
+    match = _HUB_ID.fullmatch(base)
+    if match is None or base.startswith(".") or Path(match.group(1)).expanduser().exists():
+        return None
+    return match.group(1), match.group(2) or "main"
+
+
+def hub_store_key(repo: str, revision: str) -> str:
+    """Store prefix of an imported Hub model: one per (repo, revision). Pin a commit for a model that
+    must never change: a branch such as `main` is imported once, when a run first names it."""
+    digest = hashlib.sha256(f"hf:{repo}@{revision}".encode()).hexdigest()[:16]
+    name = re.sub(r"[^a-z0-9-]+", "-", repo.rsplit("/", 1)[-1].lower()).strip("-")[:48] or "model"
+    return f"models/{name}-{digest}"
+
+
 def resolve_model_source(base: str) -> Path:
     """Path of the GGUF file or Hugging Face directory that `model.base` names."""
     if base.startswith("builtin:"):

@@ -110,7 +110,7 @@ class ModelConfig(StrictModel):
     """The base model every M-step starts from."""
 
     base: str = "builtin:smollm2-135m-instruct"
-    """`builtin:<alias>` (a model that ships in a pip package), a Hugging Face model directory or a .gguf file on the machine that runs `restem run` (uploaded to the store), `sha256:<hex>` (a model already uploaded: its manifest), or `s3://bucket/prefix/` (a Hugging Face directory, or a .gguf key, read with the services' S3 credentials)."""
+    """`builtin:<alias>` (a model that ships in a pip package), a Hugging Face model directory or a .gguf file on the machine that runs `restem run` (uploaded to the store), `sha256:<hex>` (a model already uploaded: its manifest), `s3://bucket/prefix/` (a Hugging Face directory, or a .gguf key, read with the services' S3 credentials), or a Hugging Face Hub id `org/name[@revision]` (fetched by the trainer; see its `hub` settings)."""
     dtype: SaveDtype = TrainParams.save_dtype
     """dtype of the checkpoints the M-steps write: `auto` keeps the base model's (a bf16 model stays bf16; training runs in fp32 weights either way)."""
     chat_template: bool = True

@@ -24,7 +24,7 @@ from shared import keys, model_files
 from shared.configio import ConfigError
 from shared.errors import StatusError
 from shared.grpc_server import abort_for
-from shared.models import ModelNotFound, model_store_key, resolve_model_source
+from shared.models import ModelNotFound, hub_id, hub_store_key, model_store_key, resolve_model_source
 from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactNotFound
 from shared.tasks import DatasetError, build_splits, build_transfer_sets, dumps_jsonl, sft_rows
@@ -75,6 +75,9 @@ class RunApi(pb_grpc.RunServiceServicer):
         if base.startswith("s3://"):
             _, _, objects = await asyncio.to_thread(model_files.s3_model, base, self.config.store)
             return model_files.s3_store_key(base, objects)
+        hub = hub_id(base)
+        if hub is not None:  # the trainer fetches it; the coordinator needs no access to the Hub
+            return hub_store_key(*hub)
         if not base.startswith("sha256:"):
             return model_store_key(resolve_model_source(base))
         store = self.orc.store

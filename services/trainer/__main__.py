@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -23,6 +24,8 @@ async def main_async(config_path: Path | None) -> None:
     from .grpc_api import TrainerApi
 
     cfg = load_service_config(TrainerConfig, config_path, env_prefix=env_prefix("trainer"))
+    if not cfg.hub.offline:  # before huggingface_hub is imported: it reads the variable once
+        os.environ["HF_HUB_OFFLINE"] = "0"
     device = pick_device(cfg.device)
 
     async def wire(bus: EventBus, store: ArtifactStore, state: WorkerState) -> Wiring:
@@ -32,7 +35,7 @@ async def main_async(config_path: Path | None) -> None:
                 JobQueue(
                     "prepare",
                     ev.PrepareJob,
-                    PrepareHandler(bus, store, cfg.work_dir, cfg.import_cache_dir, cfg.store),
+                    PrepareHandler(bus, store, cfg.work_dir, cfg.import_cache_dir, cfg.store, cfg.hub),
                 ),
                 JobQueue("train", ev.TrainJob, TrainHandler(bus, store, checkpoints, cfg, device)),
             ],

@@ -9,6 +9,17 @@ from pydantic import Field, model_validator
 from shared.infra import Device, GrpcConfig, LogLevel, NatsConfig, Sharding, StoreConfig, StrictModel
 
 
+class HubSettings(StrictModel):
+    """Base models named by a Hugging Face Hub id (`org/name[@revision]`), fetched by prepare jobs."""
+
+    offline: bool = True
+    """Read Hub models only from the cache (`cache_dir`), never from the network: a cluster without egress, or a cache filled beforehand. `false` downloads what the cache lacks (`HF_ENDPOINT` names a mirror)."""
+    cache_dir: Path | None = None
+    """The huggingface_hub cache to read and fill; default: its own ($HF_HUB_CACHE, $HF_HOME/hub)."""
+    token_file: Path | None = None
+    """File holding a Hub token (a mounted Secret) for gated or private models; default: $HF_TOKEN."""
+
+
 class TrainerConfig(StrictModel):
     """Imports base models into the store and runs M-steps (fine-tuning from the base)."""
 
@@ -30,6 +41,8 @@ class TrainerConfig(StrictModel):
     """Training processes per M-step (one per GPU): >1 starts that many torchrun workers for each job, which share every batch (data parallel; rank 0 writes the checkpoint). 1 trains in the service process."""
     sharding: Sharding = "none"
     """How the `nproc` workers hold the model: `none` = each holds all of it (16 bytes/parameter with AdamW: up to ~3B on 80 GB GPUs; fastest for small models); `fsdp` = each holds 1/nproc of the weights, gradients and optimizer state (FSDP2; bf16 compute on CUDA), for models that do not fit one GPU. Needs nproc > 1. Validation-driven stopping gathers the whole model on every GPU while it decodes (bf16: 2 bytes/parameter; see shared/llm/distributed.py)."""
+    hub: HubSettings = Field(default_factory=HubSettings)
+    """Hugging Face Hub models."""
     verifier_address: str = "127.0.0.1:50053"
     """host:port of the verifier's gRPC API, which scores the validation answers of validation-driven stopping."""
     verify_timeout_s: float = Field(default=60.0, gt=0)

@@ -31,12 +31,13 @@ from shared.artifacts import CheckpointCache
 from shared.auth import server_token
 from shared.bus import EventBus, PermanentError
 from shared.infra import StoreConfig
-from shared.models import ModelNotFound, resolve_model_source
+from shared.models import ModelNotFound, hub_id, resolve_model_source
 from shared.params import GenerationParams, TrainParams, as_dict, from_proto
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import loads_jsonl
 from shared.worker import announce
 
+from .config import HubSettings
 from .core import MODEL_INFO, TRAIN_SUMMARY, examples_from_kept, summary_dict
 from .launch import launch, worker_settings
 from .mstep import MStepSpec, execute
@@ -49,6 +50,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("services.trainer")
 
 
+# What a base model needs from a Hub repository (not its .bin / .pt duplicates or other formats).
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def fetch_hub(repo: str, revision: str, hub: HubSettings) -> Path:
+    """The model's directory in the huggingface_hub cache, downloaded first unless `hub.offline`."""
+    import os
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    token = hub.token_file.read_text().strip() if hub.token_file else os.environ.get("HF_TOKEN")
+    try:
+        path = snapshot_download(
+            repo,
+            revision=revision,
+            cache_dir=hub.cache_dir,
+            token=token or None,
+            local_files_only=hub.offline,
+            allow_patterns=HUB_FILES,
+        )
+    except LocalEntryNotFoundError:
+        where = "the trainer is offline (hub.offline)" if hub.offline else "the Hub could not be reached"
+        raise ModelNotFound(
+            f"model.base: {repo}@{revision} is not in the Hugging Face cache and {where}"
+        ) from None
+    except HfHubHTTPError as exc:  # no such repository or revision, gated, bad token
+        raise ModelNotFound(f"model.base: {repo}@{revision}: {str(exc).splitlines()[0]}") from None
+    return Path(str(path))
+
+
 class PrepareHandler:
     def __init__(
         self,
@@ -57,10 +89,12 @@ class PrepareHandler:
         work_dir: Path,
         import_cache: Path | None = None,
         store_config: StoreConfig | None = None,
+        hub: HubSettings | None = None,
     ) -> None:
-        """`store_config`: the S3 endpoint and credentials that `s3://` model sources are read with."""
+        """`store_config`: the S3 endpoint and credentials that `s3://` model sources are read with;
+        `hub`: how Hub ids are fetched."""
         self.bus, self.store, self.work_dir, self.import_cache = bus, store, work_dir, import_cache
-        self.store_config = store_config or StoreConfig()
+        self.store_config, self.hub = store_config or StoreConfig(), hub or HubSettings()
 
     def _import(self, source: Path, key: str) -> dict[str, Any]:
         """Convert `source` and put it under `key`, reusing a host-cached conversion when there is one.
@@ -95,6 +129,9 @@ class PrepareHandler:
 
     def _source(self, model_source: str) -> Path:
         """The model to import: a path here, or an uploaded model fetched from the store first."""
+        hub = hub_id(model_source)
+        if hub is not None:
+            return fetch_hub(*hub, self.hub)
         if model_source.startswith("s3://"):
             source, prefix, objects = model_files.s3_model(model_source, self.store_config)
             dest = (
@@ -121,7 +158,9 @@ class PrepareHandler:
             else:
                 source = await asyncio.to_thread(self._source, job.model_source)
                 info = await asyncio.to_thread(self._import, source, job.model_key)
-                if job.model_source.startswith(("sha256:", "s3://")):  # the store has the import now
+                if job.model_source.startswith(
+                    ("sha256:", "s3://")
+                ):  # the store has the import now (a Hub model stays in its cache)
                     shutil.rmtree(self.work_dir / "uploaded-models", ignore_errors=True)
         except (ModelNotFound, CheckpointError, ArtifactNotFound) as exc:
             raise PermanentError(str(exc)) from exc

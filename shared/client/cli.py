@@ -97,13 +97,14 @@ def validate_locally(path: Path) -> str:
     """Check a run config before anything starts: schema, base model, dataset files."""
     from shared.client.files import names_stored_files
     from shared.configio import ConfigError
-    from shared.models import ModelNotFound, resolve_model_source
+    from shared.models import ModelNotFound, hub_id, resolve_model_source
     from shared.runconfig import load_run_config
     from shared.tasks import DatasetError, build_splits, build_transfer_sets
 
     try:
         cfg = load_run_config(path)
-        if not cfg.model.base.startswith(("sha256:", "s3://")):  # a stored model: the coordinator checks it
+        stored = cfg.model.base.startswith(("sha256:", "s3://")) or hub_id(cfg.model.base)
+        if not stored:  # a stored or Hub model: the coordinator and the trainer check it
             resolve_model_source(cfg.model.base)
         if not names_stored_files(path.read_text()):  # those the coordinator checks when the run starts
             build_splits(cfg.task)

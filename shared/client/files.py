@@ -104,7 +104,9 @@ def _put(client: Any, path: Path, say: Callable[[str], None], quiet: bool = Fals
 
 def _local_model(data: Any) -> Path | None:
     base = (data.get("model") or {}).get("base") if isinstance(data, dict) else None
-    if not isinstance(base, str) or base.startswith(SCHEMES):
+    from shared.models import hub_id
+
+    if not isinstance(base, str) or base.startswith(SCHEMES) or hub_id(base) is not None:
         return None
     return Path(base).expanduser()
 

@@ -283,3 +283,17 @@ async def test_a_model_in_an_object_store_is_checked_at_start_and_imported_by_th
         missing.value.details() or ""
     )
     assert store.dir_exists(run.base_model_key) and not (tmp_path / "work" / "uploaded-models").exists()
+
+
+async def test_a_hub_model_starts_a_run_keyed_by_repository_and_revision(
+    coordinator: tuple[str, LocalStore],
+) -> None:
+    from shared.models import hub_store_key
+
+    address, _ = coordinator
+    with RunClient(address) as client:
+        run = await asyncio.to_thread(client.start_run, "model: {base: acme/tiny-llama@v1}\n")
+    assert (
+        run.base_model_key == hub_store_key("acme/tiny-llama", "v1")
+        and run.model_source == "acme/tiny-llama@v1"
+    )
