@@ -14,12 +14,12 @@ NOT here: `builtin:` datasets and models (the services have them).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-CHUNK = 1 << 20
+from shared.digest import CHUNK, file_digest
+
 SCHEMES = ("builtin:", "sha256:", "s3://")
 
 
@@ -44,16 +44,6 @@ def names_stored_files(config_yaml: str) -> bool:
     data = yaml.safe_load(config_yaml)
     stored = ("sha256:", "s3://")
     return isinstance(data, dict) and any(d[k].startswith(stored) for d, k in _places(data))
-
-
-def sha256_of(path: Path) -> tuple[str, int]:
-    """The file's sha256 (hex) and size, read in chunks."""
-    sha, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            sha.update(block)
-            size += len(block)
-    return sha.hexdigest(), size
 
 
 def chunks(path: Path) -> Iterator[bytes]:
@@ -91,7 +81,7 @@ def upload_files(
 
 def _put(client: Any, path: Path, say: Callable[[str], None], quiet: bool = False) -> str:
     """Upload `path` unless the store has its content; its content name."""
-    digest, size = sha256_of(path)
+    digest, size = file_digest(path)
     name = f"sha256:{digest}"
     if client.stat_file(digest).exists:
         if not quiet:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -17,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.digest import file_digest
 from shared.store.base import (
-    _CHUNK,
     _TMP_MARK,
     LOCAL_MANIFEST_NAME,
     MANIFEST_NAME,
@@ -29,15 +28,6 @@ from shared.store.base import (
 )
 
 log = logging.getLogger("shared.store")  # the package's logger: records keep the name they had
-
-
-def _file_digest(path: Path) -> tuple[int, str]:
-    sha, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            sha.update(chunk)
-            size += len(chunk)
-    return size, sha.hexdigest()
 
 
 def _scan_dir(src: Path) -> builtins.list[str]:
@@ -80,7 +70,7 @@ def _verify_file(path: Path, entry: dict[str, Any], where: str) -> None:
         raise ArtifactCorrupt(
             f"{where} does not match the manifest: size {size}, expected {entry['size']}; {_CORRUPT_HINT}"
         )
-    _, digest = _file_digest(path)
+    digest, _ = file_digest(path)
     if digest != entry["sha256"]:
         raise ArtifactCorrupt(
             f"{where} does not match the manifest: sha256 {digest}, expected {entry['sha256']}; {_CORRUPT_HINT}"
@@ -149,7 +139,7 @@ class _BaseStore(ABC):
         self.delete(manifest_key)
         files: dict[str, Any] = {}
         for rel in rels:
-            size, digest = _file_digest(src / rel)
+            digest, size = file_digest(src / rel)
             self.put_file(f"{prefix}/{rel}", src / rel)
             files[rel] = {"size": size, "sha256": digest}
         manifest = {"files": files, "created": datetime.now(UTC).isoformat()}
