@@ -24,11 +24,10 @@ from shared import keys
 from shared.bus import ConflictError, DeadLetter, Delivery, EventBus, PermanentError
 from shared.errors import NotFoundError
 from shared.runconfig import RunConfig, parse_run_config
-from shared.seeds import derive_seed
 from shared.store import ArtifactStore
-from shared.tasks import dumps_jsonl, loads_jsonl
+from shared.tasks import loads_jsonl
 
-from . import adaptive, core, filtering, job_records, jobs
+from . import core, filter_io, job_records, jobs
 from .plots import render_plots
 from .report import build_report, render_markdown
 
@@ -119,42 +118,29 @@ class Orchestrator:
     # --- I/O the decisions ask for ----------------------------------------------------------
 
     async def _filter(self, run: pb.Run, cfg: RunConfig, ids: dict[str, list[str]]) -> core.Decision:
+        # In a thread, one shard at a time: the loop keeps serving the API and other runs meanwhile.
         it = run.iterations[-1]
-        samples: list[dict[str, Any]] = []
-        verdicts: list[dict[str, Any]] = []
-        for shard in range(it.shards_total):
-            samples += loads_jsonl(
-                await asyncio.to_thread(
-                    self.store.get_bytes, keys.samples_key(run.run_id, it.iteration, shard)
-                )
-            )
-            verdicts += loads_jsonl(
-                await asyncio.to_thread(
-                    self.store.get_bytes, keys.verdicts_key(run.run_id, it.iteration, shard)
-                )
-            )
-        if cfg.sampling.adaptive.enabled:
-            tallies = adaptive.tally(samples, verdicts)
-            plan = adaptive.plan_next_round(cfg, ids["train"], tallies, it.sampling_rounds)
-            if plan is not None:
-                log.info(
-                    "run %s iteration %d: round %d samples %d problems x %d",
-                    run.run_id, it.iteration, it.sampling_rounds + 1, len(plan.problem_ids), plan.n,
-                )  # fmt: skip
-                return core.on_round_planned(run, cfg, it.iteration, plan)
-        kept, stats = filtering.select_kept(
-            samples,
-            verdicts,
+        out = await asyncio.to_thread(
+            filter_io.filter_iteration,
+            self.store,
+            run.run_id,
+            it.iteration,
+            shards=it.shards_total,
+            rounds_done=it.sampling_rounds,
+            cfg=cfg,
             problem_ids=ids["train"],
-            cutoff=cfg.em.cutoff,
-            seed=derive_seed(cfg.sampling.seed, it.iteration),
         )
-        await asyncio.to_thread(
-            self.store.put_bytes, keys.kept_key(run.run_id, it.iteration), dumps_jsonl(kept)
-        )
+        if out.plan is not None:
+            log.info(
+                "run %s iteration %d: round %d samples %d problems x %d (filter %.2f s)",
+                run.run_id, it.iteration, it.sampling_rounds + 1, len(out.plan.problem_ids), out.plan.n, out.seconds,
+            )  # fmt: skip
+            return core.on_round_planned(run, cfg, it.iteration, out.plan)
+        stats = out.stats
+        assert stats is not None
         log.info(
-            "run %s iteration %d: %d/%d samples correct, %d/%d problems solved, %d kept (%d duplicates dropped)",
-            run.run_id, it.iteration, stats.correct, stats.samples, stats.problems_solved, stats.problems_total, stats.kept, stats.duplicates_dropped,
+            "run %s iteration %d: %d/%d samples correct, %d/%d problems solved, %d kept (%d duplicates dropped); filter %.2f s",
+            run.run_id, it.iteration, stats.correct, stats.samples, stats.problems_solved, stats.problems_total, stats.kept, stats.duplicates_dropped, out.seconds,
         )  # fmt: skip
         return core.on_filtered(run, cfg, it.iteration, stats, self._splits(cfg, ids))
 
