@@ -49,6 +49,7 @@ from shared.delivery import (
 )
 from shared.infra import NatsConfig
 from shared.kv import ConflictError, RunStateKV
+from shared.ordering import KeyedOrder
 
 __all__ = ["JOB_TYPES", "ConflictError", "DeadLetter", "Delivery", "EventBus", "PermanentError"]
 
@@ -56,6 +57,7 @@ log = logging.getLogger("restem.bus")
 
 _DUPLICATE_WINDOW_S = 10 * 60.0
 _EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
+DLQ_MAX_AGE_S = 30 * 24 * 3600.0  # long enough to inspect and replay by hand; bounded, so it ages out
 _FETCH_TIMEOUT_S = 0.5  # also bounds how long `stop` takes to be noticed
 _ERR_STREAM_NAME_IN_USE = 10058
 _FILE = api.StorageType.FILE  # streams survive a NATS restart
@@ -122,7 +124,7 @@ class EventBus:
         for name, subject, retention, max_age in (
             (self.jobs_stream, "restem.jobs.>", work, None),
             (self.events_stream, "restem.events.>", limits, _EVENTS_MAX_AGE_S),
-            (self.dlq_stream, "restem.dlq.>", limits, None),
+            (self.dlq_stream, "restem.dlq.>", limits, DLQ_MAX_AGE_S),
         ):
             config = api.StreamConfig(name=name, subjects=[subject], retention=retention, max_age=max_age)
             await self._ensure_stream(config.evolve(duplicate_window=_DUPLICATE_WINDOW_S, storage=_FILE))
@@ -210,11 +212,25 @@ class EventBus:
         *,
         stop: asyncio.Event,
         filter_subject: str = "restem.events.>",
-        ack_wait_s: float = 30.0,
+        ack_wait_s: float = 10.0,
         max_deliver: int = 10,
         backoff_s: Sequence[float] = (1, 5, 15, 30),
+        concurrency: int = 1,
+        window: int | None = None,
     ) -> None:
-        """Handle events one at a time, in stream order, until `stop` is set."""
+        """Handle events until `stop` is set: up to `concurrency` at once, but one run's events one at
+        a time in stream order.
+
+        With `concurrency` 1 the order is strict, retries included. Above 1, up to `window` events
+        (default `concurrency`) are taken at once and those of a run wait, in order, for its earlier
+        ones, so a run with a backlog does not hold up the others until the window is full of it;
+        a retried event may then come back after its run's later events.
+        `ack_wait_s` is short because a handler still running (or waiting for its turn) sends
+        progress heartbeats: it bounds only how long the events of a consumer that died stay unseen.
+        """
+        window = window or concurrency
+        if concurrency < 1 or window < concurrency:
+            raise ValueError("concurrency must be >= 1 and window >= concurrency")
         check_token("durable", durable)
         if not filter_subject.startswith("restem.events."):
             raise ValueError(f"filter_subject must be under restem.events., got {filter_subject!r}")
@@ -226,10 +242,11 @@ class EventBus:
             dlq_token="events",
             run_id_index=_EVENT_RUN_ID_INDEX,
         )
-        # max_ack_pending=1: the server hands out the next event only after this one is acked,
-        # so order holds even while an event is being retried after a nak.
-        consumer = api.ConsumerConfig(filter_subject=filter_subject, max_ack_pending=1)
-        await self._consume(self.events_stream, consumer, handler, stop, 1, policy)
+        # max_ack_pending = window: with 1 the server hands out the next event only after this one
+        # is acked, so order holds even while an event is retried after a nak.
+        consumer = api.ConsumerConfig(filter_subject=filter_subject, max_ack_pending=window)
+        order = KeyedOrder(limit=concurrency)
+        await self._consume(self.events_stream, consumer, handler, stop, window, policy, order)
 
     async def _subscribe(self, stream: str, consumer: api.ConsumerConfig, policy: RetryPolicy) -> _Sub:
         durable = policy.durable
@@ -264,7 +281,9 @@ class EventBus:
         stop: asyncio.Event,
         concurrency: int,
         policy: RetryPolicy,
+        order: KeyedOrder | None = None,
     ) -> None:
+        """Fetch and handle until `stop`; with `order`, messages of one run are handled in order."""
         sub = await self._subscribe(stream, consumer, policy)
         inflight: set[asyncio.Task[None]] = set()
         stopper = asyncio.ensure_future(stop.wait())
@@ -278,7 +297,12 @@ class EventBus:
                 if msgs is None:
                     break
                 for msg in msgs:
-                    task = asyncio.create_task(self._process(msg, handler, policy))
+                    work = self._process(msg, handler, policy)
+                    if order is not None:
+                        work = order.run(
+                            self._run_id(msg, policy), work, self._keep_alive(msg, policy.ack_wait_s / 3)
+                        )
+                    task = asyncio.create_task(work)
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
             if inflight:  # drain: let running handlers finish and ack
@@ -305,11 +329,15 @@ class EventBus:
             await asyncio.sleep(1.0)
             return []
 
+    @staticmethod
+    def _run_id(msg: Msg, policy: RetryPolicy) -> str:
+        tokens = msg.subject.split(".")
+        return tokens[policy.run_id_index] if len(tokens) > policy.run_id_index else ""
+
     async def _process(self, msg: Msg, handler: Handler, policy: RetryPolicy) -> None:
         meta = msg.metadata
         n = meta.num_delivered
-        tokens = msg.subject.split(".")
-        run_id = tokens[policy.run_id_index] if len(tokens) > policy.run_id_index else ""
+        run_id = self._run_id(msg, policy)
         delivery = Delivery(msg.subject, msg.data, (msg.headers or {}).get("Nats-Msg-Id"), n, run_id)
         if n > policy.max_deliver:  # the last attempt's worker died or timed out without settling
             why = "last error unknown (worker died or timed out)"
@@ -431,10 +459,11 @@ class EventBus:
             total += int(body.get("purged", 0))
         return total
 
-    async def dead_letters(self, run_id: str | None = None) -> list[DeadLetter]:
+    async def dead_letters(self, run_id: str | None = None, *, after_seq: int = 0) -> list[DeadLetter]:
+        """Dead letters (of one run, or all) stored after stream sequence `after_seq`, oldest first."""
         subject = "restem.dlq.>" if run_id is None else f"restem.dlq.*.{check_token('run_id', run_id)}"
         letters: list[DeadLetter] = []
-        seq = 1
+        seq = after_seq + 1
         while True:  # walk the stream with "next message matching subject at or after seq"
             try:
                 raw = await self._js.get_msg(self.dlq_stream, seq=seq, subject=subject, next=True)
@@ -442,8 +471,10 @@ class EventBus:
                 return letters
             headers = {k: str(v) for k, v in (raw.headers or {}).items()}
             subj, reason = headers.get(H_SUBJECT, raw.subject or ""), headers.get(H_REASON, "")
-            letters.append(DeadLetter(subj, raw.data or b"", reason, int(headers.get(H_DELIVERED, "0"))))
-            seq = int(raw.seq or seq) + 1
+            seq = int(raw.seq or seq)
+            delivered = int(headers.get(H_DELIVERED, "0"))
+            letters.append(DeadLetter(subj, raw.data or b"", reason, delivered, seq))
+            seq += 1
 
     async def kv_get(self, key: str) -> tuple[bytes, int] | None:
         return await self._kv.get(key)

@@ -38,6 +38,7 @@ class DeadLetter:
     data: bytes
     reason: str
     num_delivered: int
+    seq: int = 0  # its sequence in the dead-letter stream: a reader resumes after the last it saw
 
 
 Handler = Callable[[Delivery], Awaitable[None]]

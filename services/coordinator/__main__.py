@@ -30,7 +30,12 @@ async def main_async(config_path: Path | None) -> None:
     async def events(stop: asyncio.Event) -> None:
         # Many tries: an event fails only while the store is unreachable, and a dead event fails its run.
         await bus.consume_events(
-            "coordinator", orchestrator.on_event, stop=stop, max_deliver=cfg.event_max_deliver
+            "coordinator",
+            orchestrator.on_event,
+            stop=stop,
+            max_deliver=cfg.event_max_deliver,
+            concurrency=cfg.event_concurrency,
+            window=max(cfg.event_window, cfg.event_concurrency),
         )
 
     async def sweep(stop: asyncio.Event) -> None:

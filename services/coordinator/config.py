@@ -21,6 +21,14 @@ class CoordinatorConfig(StrictModel):
     event_max_deliver: int = Field(default=120, ge=1, le=10_000)
     """Tries per result event before it is dead-lettered and its run fails (backoff up to 30 s: about
     an hour of store outage is ridden out)."""
+    event_concurrency: int = Field(default=32, ge=1, le=1024)
+    """Result events applied at once. Events of different runs run concurrently (a long filter or
+    fan-out of one run does not hold up the others); one run's events are applied one at a time,
+    in order."""
+    event_window: int = Field(default=1024, ge=1, le=100_000)
+    """Result events taken from the stream at once (at least `event_concurrency`): a run's events
+    beyond the ones running wait their turn here, so one run's burst (a shard finished per event)
+    holds up the other runs only once it fills the window."""
     max_config_bytes: int = Field(default=1_000_000, ge=1024)
     """Largest run config accepted by StartRun."""
     max_upload_bytes: int = Field(default=2**30, ge=1024)

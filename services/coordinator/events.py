@@ -84,13 +84,13 @@ class Orchestrator:
         return self._ids[run_id]
 
     async def publish(self, decision: core.Decision) -> None:
-        # Recorded first, so a restarted coordinator can re-publish a job whose message is lost.
-        await job_records.record_jobs(self.store, decision.jobs)
-        for job in decision.jobs:
-            run_id = job.message.run_id  # type: ignore[attr-defined]
-            await self.bus.publish_job(
-                job.job_type, run_id, job.message.SerializeToString(), msg_id=job.job_id
-            )
+        # Each job recorded before it is published, so a restarted coordinator can re-publish a job
+        # whose message is lost; many at once, so a large fan-out is not one round trip per job.
+        await job_records.record_and_publish(self.store, decision.jobs, self.publish_one)
+
+    async def publish_one(self, job: core.Job) -> None:
+        run_id = job.message.run_id  # type: ignore[attr-defined]
+        await self.bus.publish_job(job.job_type, run_id, job.message.SerializeToString(), msg_id=job.job_id)
 
     async def mutate(
         self, run_id: str, apply: Callable[[pb.Run, RunConfig, dict[str, list[str]]], core.Decision]
@@ -225,14 +225,16 @@ class Orchestrator:
             await self.mutate(run_id, fail)
 
     async def sweep_dead_letters(self, stop: asyncio.Event, every_s: float) -> None:
-        """Fail runs whose jobs were dead-lettered without a JobFailed event (e.g. a worker that kept crashing)."""
-        seen: set[tuple[str, int]] = set()
+        """Fail runs whose jobs were dead-lettered without a JobFailed event (e.g. a worker that kept crashing).
+
+        Each pass reads only the dead letters stored since the last one (the stream ages them out).
+        """
+        last_seq = 0
         while not stop.is_set():
             try:
-                for dl in await self.bus.dead_letters():
-                    if (dl.subject, dl.num_delivered) not in seen:
-                        seen.add((dl.subject, dl.num_delivered))
-                        await self._fail_dead_lettered(dl)
+                for dl in await self.bus.dead_letters(after_seq=last_seq):
+                    await self._fail_dead_lettered(dl)
+                    last_seq = dl.seq
             except Exception:
                 log.exception("dead-letter sweep failed; retrying")
             with contextlib.suppress(TimeoutError):

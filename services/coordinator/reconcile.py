@@ -25,12 +25,24 @@ from typing import TYPE_CHECKING, Any
 
 from restem.coordinator.v1 import coordinator_pb2 as pb
 
+from shared.ordering import gather_bounded
+
 from . import core, job_records
 
 if TYPE_CHECKING:
     from .events import Orchestrator
 
 log = logging.getLogger("restem.coordinator.reconcile")
+
+
+# The job types a run in each phase may wait for (the SFT baseline's jobs run beside any phase).
+PHASE_JOBS = {
+    pb.PHASE_PREPARING: ("prepare", "train", "eval"),
+    pb.PHASE_SAMPLING: ("sample", "verify", "train", "eval"),
+    pb.PHASE_VERIFYING: ("verify", "train", "eval"),
+    pb.PHASE_TRAINING: ("train", "eval"),
+    pb.PHASE_EVALUATING: ("eval", "train"),
+}
 
 
 def _current_iteration(run: pb.Run, iteration: int) -> pb.Iteration | None:
@@ -82,9 +94,13 @@ async def reconcile_run(orc: Orchestrator, run_id: str) -> int:
         run = await orc.mutate(run_id, resume)
     if run.status in core.FINISHED:
         return 0
-    jobs = open_jobs(run, await job_records.recorded_jobs(orc.store, run_id))
-    for job in jobs:
-        await orc.bus.publish_job(job.job_type, run_id, job.message.SerializeToString(), msg_id=job.job_id)
+    jobs = open_jobs(
+        run,
+        await job_records.recorded_jobs(
+            orc.store, run_id, PHASE_JOBS.get(run.phase, tuple(job_records.JOB_MESSAGES))
+        ),
+    )
+    await gather_bounded(job_records.IO_CONCURRENCY, (orc.publish_one(job) for job in jobs))
     phase = core.PHASE_NAMES.get(run.phase, str(run.phase))
     log.info(
         "run %s re-entered in %s (iteration %d): %d open jobs re-published",

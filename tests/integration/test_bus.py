@@ -301,6 +301,48 @@ async def test_consume_events_in_order_even_with_retries(bus: EventBus) -> None:
     assert calls == expected
 
 
+async def test_consume_events_runs_apart_concurrently_and_each_run_in_order(bus: EventBus) -> None:
+    # Run "slow"'s first event blocks until run "fast" has all its events handled: with one event
+    # at a time this would never finish. Within each run the order is the stream's.
+    fast_done = asyncio.Event()
+    order: dict[str, list[bytes]] = {"slow": [], "fast": []}
+
+    async def handler(d: Delivery) -> None:
+        order[d.run_id].append(d.data)
+        if d.run_id == "slow" and d.data == b"0":
+            await asyncio.wait_for(fast_done.wait(), timeout=10)
+        await asyncio.sleep(0.002 * (hash(d.data) % 5))  # uneven handler times must not reorder a run
+        if d.run_id == "fast" and len(order["fast"]) == 10:
+            fast_done.set()
+
+    for i in range(10):
+        for run in ("slow", "fast"):
+            await bus.publish_event(run, "sample_done", b"%d" % i, msg_id=f"{run}-{i}")
+    async with running(
+        lambda stop: bus.consume_events("coordinator", handler, stop=stop, concurrency=2, window=32)
+    ):
+        await until(lambda: len(order["slow"]) == len(order["fast"]) == 10)
+    assert order["slow"] == order["fast"] == [b"%d" % i for i in range(10)]
+
+
+async def test_dead_letters_read_from_a_sequence_and_age_out(bus: EventBus, nats_config: NatsConfig) -> None:
+    async def fail(d: Delivery) -> None:
+        raise PermanentError("bad job")
+
+    await bus.publish_job("eval", "r4", b"e", msg_id="d1")
+    async with running(lambda stop: bus.run_worker("eval", fail, stop=stop, **FAST)):
+        first = await until_dead_letters(bus, 1)
+        await bus.publish_job("eval", "r5", b"e", msg_id="d2")
+        both = await until_dead_letters(bus, 2)
+    newer = await bus.dead_letters(after_seq=first[0].seq)
+    assert [dl.subject for dl in newer] == ["restem.jobs.eval.r5"] and newer[0].seq > first[0].seq
+    assert await bus.dead_letters(after_seq=both[-1].seq) == []
+    nc = await nats.connect(nats_config.url)
+    info = await nc.jetstream().stream_info(bus.dlq_stream)
+    await nc.close()
+    assert info.config.max_age == shared.bus.DLQ_MAX_AGE_S
+
+
 # ---------------------------------------------------------------------------- KV
 
 
