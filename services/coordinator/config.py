@@ -29,6 +29,12 @@ class CoordinatorConfig(StrictModel):
     """Result events taken from the stream at once (at least `event_concurrency`): a run's events
     beyond the ones running wait their turn here, so one run's burst (a shard finished per event)
     holds up the other runs only once it fills the window."""
+    sample_jobs_per_run: int = Field(default=0, ge=0, le=1_000_000)
+    """Fair share between runs: at most this many sample jobs of one run are out (queued or running)
+    at once; each finished shard lets the next one out, so a run started behind a large one waits
+    for this many of its jobs, not for its whole E-step. Set it a little above the sampler replicas
+    x `concurrency` (the chart does: 1.25x its most replicas), so a lone run keeps every replica
+    busy. 0: all shards at once (no fair share)."""
     max_config_bytes: int = Field(default=1_000_000, ge=1024)
     """Largest run config accepted by StartRun."""
     max_upload_bytes: int = Field(default=2**30, ge=1024)

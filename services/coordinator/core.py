@@ -131,7 +131,17 @@ def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: S
     return Decision(jobs=jobs)
 
 
-def _start_iteration(run: pb.Run, cfg: RunConfig, train_ids: Sequence[str]) -> Decision:
+def queued_shards(shards: int, sampled: int, window: int) -> int:
+    """How many of an iteration's first-round sample shards are published once `sampled` are done.
+
+    `window` > 0 is fair share: a run keeps at most that many sample jobs out (queued or running);
+    each finished shard lets the next one out, so a run started later queues behind `window` jobs
+    of each earlier run instead of behind all their shards. 0: every shard at once.
+    """
+    return shards if window <= 0 else min(shards, sampled + window)
+
+
+def _start_iteration(run: pb.Run, cfg: RunConfig, train_ids: Sequence[str], window: int) -> Decision:
     _flush_phase(run)  # the evaluation time belongs to the previous iteration
     previous = run.iterations[-1]
     shards = plan_shards(train_ids, cfg.em.shard_size)
@@ -142,7 +152,8 @@ def _start_iteration(run: pb.Run, cfg: RunConfig, train_ids: Sequence[str]) -> D
     it.sampling_rounds = 1 if cfg.sampling.adaptive.enabled else 0
     run.iteration = it.iteration
     _set_phase(run, pb.PHASE_SAMPLING, total=len(shards), unit="shards")
-    return Decision(jobs=[sample_job(run, cfg, it, i, ids) for i, ids in enumerate(shards)])
+    first = shards[: queued_shards(len(shards), 0, window)]
+    return Decision(jobs=[sample_job(run, cfg, it, i, ids) for i, ids in enumerate(first)])
 
 
 def _current(run: pb.Run, iteration: int, phase: int) -> pb.Iteration | None:
@@ -153,10 +164,20 @@ def _current(run: pb.Run, iteration: int, phase: int) -> pb.Iteration | None:
     return it if it.iteration == iteration else None
 
 
-def on_sample_done(run: pb.Run, cfg: RunConfig, done: ev.SampleDone) -> Decision:
+def on_sample_done(
+    run: pb.Run, cfg: RunConfig, done: ev.SampleDone, train_ids: Sequence[str] = (), window: int = 0
+) -> Decision:
     it = _current(run, done.iteration, pb.PHASE_SAMPLING)
     if it is None or done.shard in it.shards_sampled:
         return Decision()
+    jobs = [_verify_job(run, cfg, done.iteration, done.shard)]
+    if window > 0:  # fair share: the next first-round shard goes out (later rounds went out whole)
+        shards = plan_shards(train_ids, cfg.em.shard_size)
+        sampled = len(it.shards_sampled)
+        for i in range(
+            queued_shards(len(shards), sampled, window), queued_shards(len(shards), sampled + 1, window)
+        ):
+            jobs.append(sample_job(run, cfg, it, i, shards[i]))
     it.shards_sampled.append(done.shard)
     it.samples += done.num_samples
     it.tokens_generated += done.num_tokens
@@ -166,7 +187,7 @@ def on_sample_done(run: pb.Run, cfg: RunConfig, done: ev.SampleDone) -> Decision
         _set_phase(
             run, pb.PHASE_VERIFYING, done=len(it.shards_verified), total=it.shards_total, unit="shards"
         )
-    return Decision(jobs=[_verify_job(run, cfg, done.iteration, done.shard)])
+    return Decision(jobs=jobs)
 
 
 def on_verify_done(run: pb.Run, done: ev.VerifyDone) -> Decision:
@@ -272,7 +293,12 @@ def on_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: Seque
 
 
 def on_eval_done(
-    run: pb.Run, cfg: RunConfig, done: ev.EvalDone, splits: Sequence[str], train_ids: Sequence[str]
+    run: pb.Run,
+    cfg: RunConfig,
+    done: ev.EvalDone,
+    splits: Sequence[str],
+    train_ids: Sequence[str],
+    window: int = 0,
 ) -> Decision:
     it = _current(run, done.iteration, pb.PHASE_EVALUATING)
     if it is None or any(e.split == done.split for e in it.evals):
@@ -293,7 +319,7 @@ def on_eval_done(
     if done.iteration < run.iterations_total and _stalled(run, cfg, done.iteration):
         run.iterations_total = done.iteration  # early stop; the report compares with em.iterations
     if done.iteration < run.iterations_total:
-        return _start_iteration(run, cfg, train_ids)
+        return _start_iteration(run, cfg, train_ids, window)
     if _sft_pending(run, splits):
         _set_phase(
             run, pb.PHASE_EVALUATING, done=len(run.sft.evals), total=len(splits), unit="baseline evaluations"

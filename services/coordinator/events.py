@@ -50,9 +50,10 @@ class RunNotFound(NotFoundError, KeyError):
 
 
 class Orchestrator:
-    def __init__(self, bus: EventBus, store: ArtifactStore) -> None:
+    def __init__(self, bus: EventBus, store: ArtifactStore, *, sample_window: int = 0) -> None:
         self.bus = bus
         self.store = store
+        self.sample_window = sample_window  # fair share: see `core.queued_shards`
         self._configs: dict[str, RunConfig] = {}
         self._ids: dict[str, dict[str, list[str]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -197,7 +198,7 @@ class Orchestrator:
         if kind == "prepare_done":
             return core.on_prepare_done(run, cfg, msg, splits)
         if kind == "sample_done":
-            return core.on_sample_done(run, cfg, msg)
+            return core.on_sample_done(run, cfg, msg, ids["train"], self.sample_window)
         if kind == "verify_done":
             return core.on_verify_done(run, msg)
         if kind == "train_progress":
@@ -209,7 +210,7 @@ class Orchestrator:
         if kind == "eval_done":
             if msg.variant == "sft":
                 return core.on_sft_eval_done(run, msg, splits)
-            return core.on_eval_done(run, cfg, msg, splits, ids["train"])
+            return core.on_eval_done(run, cfg, msg, splits, ids["train"], self.sample_window)
         return core.on_job_failed(run, msg)
 
     async def _fail_dead_lettered(self, dl: DeadLetter) -> None:

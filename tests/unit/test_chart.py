@@ -474,3 +474,24 @@ def test_kind_script_reports_missing_prerequisites(tmp_path):
     assert run.returncode == 2, run.stderr
     assert "kind test NOT RUN: prerequisites missing" in run.stderr
     assert "docker" in run.stderr and "kind >= 0.24" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("sampler", "want"),
+    [
+        ({}, 2),  # one replica: one job running, one queued behind it
+        ({"replicas": 64}, 80),
+        ({"replicas": 2, "autoscaling": {"enabled": True, "maxReplicas": 16}}, 20),
+        ({"replicas": 2, "keda": {"enabled": True, "maxReplicas": 48}}, 60),
+    ],
+)
+def test_fair_share_window_follows_the_most_sampler_replicas(sampler, want):
+    values = {"sampler": sampler}
+    text = service_config_text(manifests(render(values)), "coordinator")
+    assert yaml.safe_load(text)["sample_jobs_per_run"] == want
+    # a value the user sets wins
+    mine = {"sampler": sampler, "coordinator": {"config": {"sample_jobs_per_run": 7}}}
+    assert (
+        yaml.safe_load(service_config_text(manifests(render(mine)), "coordinator"))["sample_jobs_per_run"]
+        == 7
+    )

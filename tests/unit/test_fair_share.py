@@ -1,0 +1,45 @@
+"""Fair share: with `sample_jobs_per_run`, a run keeps at most that many sample jobs out, and each
+finished shard lets exactly the next one out."""
+
+from __future__ import annotations
+
+from restem.coordinator.v1 import coordinator_pb2 as pb
+from restem.events.v1 import events_pb2 as ev
+
+from services.coordinator import core
+from shared.runconfig import parse_run_config
+
+CFG = parse_run_config("task: {name: arithmetic}\nem: {shard_size: 2, iterations: 1}\nsampling: {n: 4}\n")
+IDS = [f"p{i}" for i in range(20)]  # 10 shards
+
+
+def started(window: int) -> tuple[pb.Run, list[core.Job]]:
+    run, _ = core.new_run("run-fair", CFG, "", base_model_key="m")
+    core.on_prepare_done(run, CFG, ev.PrepareDone(), ["test"])
+    d = core.on_eval_done(run, CFG, ev.EvalDone(iteration=0, split="test"), ["test"], IDS, window)
+    return run, d.jobs
+
+
+def test_a_window_keeps_that_many_shards_out_and_tops_up_one_per_finished_shard() -> None:
+    run, jobs = started(window=3)
+    assert [j.message.shard for j in jobs] == [0, 1, 2]
+    published = [j.message.shard for j in jobs]
+    for shard in (1, 0, 2, 4, 3, 5, 6, 7, 8, 9):  # out of order, as replicas finish
+        assert shard in published
+        d = core.on_sample_done(run, CFG, ev.SampleDone(iteration=1, shard=shard), IDS, 3)
+        kinds = [j.job_type for j in d.jobs]
+        assert kinds[0] == "verify" and all(k == "sample" for k in kinds[1:])
+        published += [j.message.shard for j in d.jobs[1:]]
+        out = len(published) - len(run.iterations[-1].shards_sampled)
+        assert out == min(3, 10 - len(run.iterations[-1].shards_sampled))
+    assert published == list(range(10))
+    assert [list(j.message.problem_ids) for j in jobs] == [IDS[0:2], IDS[2:4], IDS[4:6]]
+    # a redelivered SampleDone publishes nothing more
+    assert core.on_sample_done(run, CFG, ev.SampleDone(iteration=1, shard=9), IDS, 3).jobs == []
+
+
+def test_without_a_window_every_shard_goes_out_at_once() -> None:
+    run, jobs = started(window=0)
+    assert [j.message.shard for j in jobs] == list(range(10))
+    d = core.on_sample_done(run, CFG, ev.SampleDone(iteration=1, shard=0), IDS, 0)
+    assert [j.job_type for j in d.jobs] == ["verify"]
