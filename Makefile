@@ -9,7 +9,7 @@ GEN := shared/gen
 PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock check-lock proto check-proto lint test test-unit test-integration test-e2e test-slow bench bench-trainer bench-verifier bench-sampler bench-adaptive chaos repro demo up down status clean \
+.PHONY: help setup lock check-lock proto check-proto lint test test-unit test-integration test-e2e test-slow bench bench-trainer bench-verifier bench-sampler bench-adaptive bench-scale chaos repro demo up down status clean \
 	images images-cpu kind-test kind-test-local chart-schema
 
 help: ## List the targets
@@ -111,6 +111,9 @@ bench-sampler: $(STAMP) ## Sampler service vs raw backend tokens/s (CPU), and 1/
 bench-adaptive: $(STAMP) ## Adaptive vs fixed-K sampling on the demo, with count: distinct (default) and count: correct: tokens, kept, test pass@1 (~40 min)
 	$(BIN)/python tests/bench/bench_sampler.py --adaptive
 	$(BIN)/python tests/bench/bench_sampler.py --adaptive --adaptive-settings '{count: correct}'
+
+bench-scale: $(STAMP) ## Control plane at paper scale: MATH 7,500 x 32 x 3 on 64 simulated samplers, APPS, a run behind it, coordinator kills (~30 min; SCALE_ARGS="--case math")
+	$(BIN)/python tests/bench/bench_scale.py $(SCALE_ARGS)
 
 chaos: $(STAMP) ## Chaos test: a small run under >= 15 SIGKILLs of all five services in every phase and 2 NATS crashes vs a clean run (~15 min)
 	$(BIN)/python tests/chaos/chaos.py $(CHAOS_ARGS)

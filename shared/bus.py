@@ -2,11 +2,12 @@
 
 Covers: the topology (streams ``{prefix}_JOBS`` = work queue of ``restem.jobs.<type>.<run_id>``,
 ``{prefix}_EVENTS`` = ``restem.events.<run_id>.<kind>`` kept 7 days, ``{prefix}_DLQ`` =
-``restem.dlq.<type|events>.<run_id>``, KV bucket ``{prefix}_runs``), created idempotently by every
-service; publishing with a caller-chosen ``Nats-Msg-Id``; workers sharing one durable pull consumer
-per job type, with bounded concurrency, progress heartbeats, retry with backoff and dead-lettering
-(a message that exhausts max_deliver would otherwise stay in the work queue for ever); ordered
-one-at-a-time consumption of events; run state with optimistic concurrency (`shared.kv`).
+``restem.dlq.<type|events>.<run_id>`` kept 30 days, KV bucket ``{prefix}_runs``), created
+idempotently by every service; publishing with a caller-chosen ``Nats-Msg-Id``; workers sharing one
+durable pull consumer per job type, with bounded concurrency, progress heartbeats, retry with
+backoff and dead-lettering (a message that exhausts max_deliver would otherwise stay in the work
+queue for ever); events consumed in order per run (runs concurrently); run state with optimistic
+concurrency (`shared.kv`).
 
 NOT provided: exactly-once. Delivery is at-least-once (a crash, a lost ack or an ack_wait expiry
 redelivers), so handlers must be idempotent. ``Nats-Msg-Id`` dedupes *publishes* only, and only
@@ -101,7 +102,11 @@ class EventBus:
     async def on_error(self, err: Exception) -> None:
         # Kept as the cause for the connect error (nats-py only raises "no servers available").
         self._last_error = err
-        log.log(logging.WARNING if self._connected_once else logging.DEBUG, "NATS error: %s", err)
+        log.log(
+            logging.WARNING if self._connected_once else logging.DEBUG,
+            "NATS error: %s",
+            f"{type(err).__name__}: {err}" if str(err) else type(err).__name__,
+        )
 
     async def on_disconnected(self) -> None:
         if hasattr(self, "_nc") and not self._nc.is_closed:
@@ -218,16 +223,12 @@ class EventBus:
         concurrency: int = 1,
         window: int | None = None,
     ) -> None:
-        """Handle events until `stop` is set: up to `concurrency` at once, but one run's events one at
-        a time in stream order.
+        """Handle events until `stop`: `concurrency` at once, one run's one at a time in stream order.
 
-        With `concurrency` 1 the order is strict, retries included. Above 1, up to `window` events
-        (default `concurrency`) are taken at once and those of a run wait, in order, for its earlier
-        ones, so a run with a backlog does not hold up the others until the window is full of it;
-        a retried event may then come back after its run's later events.
-        `ack_wait_s` is short because a handler still running (or waiting for its turn) sends
-        progress heartbeats: it bounds only how long the events of a consumer that died stay unseen.
-        """
+        With `concurrency` 1 the order is strict, retries included. Above 1, `window` events are taken
+        at once (a run's backlog holds up other runs only once it fills the window) and a retried
+        event may come back after its run's later ones. `ack_wait_s` only bounds how long a dead
+        consumer's events stay unseen: a live handler (or one waiting its turn) sends heartbeats."""
         window = window or concurrency
         if concurrency < 1 or window < concurrency:
             raise ValueError("concurrency must be >= 1 and window >= concurrency")
@@ -471,8 +472,7 @@ class EventBus:
                 return letters
             headers = {k: str(v) for k, v in (raw.headers or {}).items()}
             subj, reason = headers.get(H_SUBJECT, raw.subject or ""), headers.get(H_REASON, "")
-            seq = int(raw.seq or seq)
-            delivered = int(headers.get(H_DELIVERED, "0"))
+            seq, delivered = int(raw.seq or seq), int(headers.get(H_DELIVERED, "0"))
             letters.append(DeadLetter(subj, raw.data or b"", reason, delivered, seq))
             seq += 1
 
@@ -494,7 +494,7 @@ class EventBus:
 
     async def kv_watch(self, key: str) -> AsyncGenerator[tuple[bytes, int], None]:
         """Current value first (if any), then every update; close it with ``contextlib.aclosing``."""
-        # aclosing: closing this generator must stop the inner watcher (and its server consumer) too.
+        # aclosing: closing this generator stops the inner watcher (and its server consumer) too.
         async with contextlib.aclosing(self._kv.watch(key)) as updates:  # type: ignore[type-var]
             async for item in updates:
                 yield item

@@ -9,10 +9,12 @@ Not covered: deleting runs and TTLs (runs are kept), and watching several keys a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import nats.js.errors as jserr
 from nats.aio.client import Client as NATS
@@ -127,7 +129,15 @@ class RunStateKV:
         removed at once instead of at garbage collection.
         """
         kv = await self._bucket_handle()
-        watcher = await kv.watch(_valid_key(key))
+        # Shielded: a client that leaves while the watcher is being created (WatchRun cancelled
+        # right after its first message) must not leave a subscription behind that buffers every
+        # later update of the run for ever; it is stopped as soon as it exists.
+        creating = asyncio.ensure_future(kv.watch(_valid_key(key)))
+        try:
+            watcher = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            creating.add_done_callback(_stop_orphan)
+            raise
         try:
             async for entry in watcher:
                 # None marks "initial values delivered"; deletes carry no value to report.
@@ -139,6 +149,16 @@ class RunStateKV:
                 await watcher.stop()
             except Exception:  # closing connection: the ordered consumer dies with it anyway
                 log.debug("stopping KV watcher for %s failed", key, exc_info=True)
+
+
+def _stop_orphan(creating: asyncio.Future[Any]) -> None:
+    if not creating.cancelled() and creating.exception() is None:
+        stopping = asyncio.ensure_future(creating.result().stop())
+        _ORPHANS.add(stopping)  # a strong reference until it is done
+        stopping.add_done_callback(_ORPHANS.discard)
+
+
+_ORPHANS: set[asyncio.Future[Any]] = set()
 
 
 def _valid_key(key: str) -> str:

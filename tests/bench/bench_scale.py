@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samplers", type=int, help="simulated sampler replicas (default 64 x scale)")
     p.add_argument("--verifiers", type=int, default=1, help="real verifier processes")
     p.add_argument("--verifier-concurrency", type=int, default=4)
+    p.add_argument(
+        "--sample-jobs-per-run",
+        type=int,
+        default=None,
+        help="coordinator fair share (default: 1.25x --samplers, as the chart sets it; 0: off)",
+    )
     p.add_argument("--evaluators", type=int, default=2)
     p.add_argument("--runs", type=int, default=1, help="copies of the math case's run started at once")
     p.add_argument("--validation", type=int, default=500)
@@ -114,8 +120,9 @@ async def run_cases(args: argparse.Namespace, state: Path) -> list[tuple[str, Ru
     fleet, out = fleet_of(args), []
     chosen = CASES if args.case == "all" else (args.case,)
     math_spec = spec_of(args, "math")
+    fair = {} if args.sample_jobs_per_run is None else {"sample_jobs_per_run": args.sample_jobs_per_run}
     async with Session.open(state, fleet, s3=args.s3, verifiers=args.verifiers,
-                            verifier_concurrency=args.verifier_concurrency) as session:  # fmt: skip
+                            verifier_concurrency=args.verifier_concurrency, coordinator=fair) as session:  # fmt: skip
         reference = None
         for case in chosen:
             await cases.settle(session)

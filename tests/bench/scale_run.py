@@ -119,9 +119,13 @@ class Session:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, state: Path, fleet: Fleet, *, s3: bool = False, verifiers: int = 1,
-                   verifier_concurrency: int = 4) -> AsyncIterator[Session]:  # fmt: skip
+                   verifier_concurrency: int = 4, coordinator: dict[str, Any] | None = None,
+                   ) -> AsyncIterator[Session]:  # fmt: skip
+        """`coordinator`: settings of its config; by default fair share sized like the chart does
+        (1.25x the sampler replicas)."""
+        settings = {"sample_jobs_per_run": (fleet.samplers * 5 + 3) // 4, **(coordinator or {})}
         stack = await asyncio.to_thread(Stack, state, s3=s3, verifiers=verifiers,
-                                        verifier_concurrency=verifier_concurrency)  # fmt: skip
+                                        verifier_concurrency=verifier_concurrency, coordinator=settings)  # fmt: skip
         obs, api = Observer(), ApiProbe(stack.coordinator.address)
         session = cls(state, stack, fleet, obs, api)
         stop = asyncio.Event()

@@ -169,7 +169,7 @@ class Stack:
     """nats-server, the store, `verifiers` verifier processes and the coordinator, under `state`."""
 
     def __init__(self, state: Path, *, s3: bool = False, verifiers: int = 1, verifier_concurrency: int = 4,
-                 math_workers: int = 0) -> None:  # fmt: skip
+                 math_workers: int = 0, coordinator: dict[str, Any] | None = None) -> None:  # fmt: skip
         self.state = state
         binary = _find_binary()
         if binary is None:
@@ -184,7 +184,7 @@ class Stack:
         self.verifiers = [
             Service(self, f"verifier-{i}", "services.verifier", settings) for i in range(verifiers)
         ]
-        self.coordinator = Service(self, "coordinator", "services.coordinator", {})
+        self.coordinator = Service(self, "coordinator", "services.coordinator", coordinator or {})
         self.memory = MemoryWatch()
         self.memory.pids.append(self.coordinator.pid)
         for svc in (*self.verifiers, self.coordinator):

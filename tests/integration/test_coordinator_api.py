@@ -191,3 +191,22 @@ async def test_concurrent_starts_with_one_name_start_exactly_one_run(api):
     listed = await stub.ListRuns(pb.ListRunsRequest(), timeout=10)
     assert [r.run_id for r in listed.runs] == [started[0].run_id]
     assert {p.split("/")[1] for p in store.list("runs/")} == {started[0].run_id}
+
+
+async def test_watchers_that_leave_after_the_first_message_leave_no_subscription(api):
+    # A client that cancels WatchRun right after the first message cancels the server's watcher
+    # while it is being created; a subscription left behind would buffer every later update of
+    # the run (over a long run, hundreds of MB of coordinator memory).
+    stub, bus, _ = api
+    run_id = (await stub.StartRun(pb.StartRunRequest(config_yaml=GOOD), timeout=10)).run_id
+    await asyncio.sleep(0.5)
+    subs_before = len(bus._nc._subs)
+    for i in range(30):
+        call = stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=10)
+        assert (await call.read()).run.run_id == run_id
+        call.cancel()
+        await asyncio.sleep(0.001 * (i % 10))  # leave at different points of the watcher's setup
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(bus._nc._subs) > subs_before and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(bus._nc._subs) == subs_before

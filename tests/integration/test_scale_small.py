@@ -77,9 +77,6 @@ def test_coordinator_memory_is_bounded(results: dict[str, RunResult]) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False, reason="issue 17: one FIFO queue per job type; a run behind waits for all of it"
-)
 def test_small_run_behind_a_large_one_is_interleaved(results: dict[str, RunResult]) -> None:
     r = results["behind"]
     behind, solo = r.extra["estep_behind_s"], r.extra["estep_solo_s"]
