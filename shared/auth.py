@@ -163,7 +163,14 @@ class _AddToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClient
         return await continuation(self._with_token(details), request)
 
 
+# Round robin over every address the name resolves to: with `dns:///<headless service>:<port>`,
+# calls spread over all replicas instead of one HTTP/2 connection pinned to one pod.
+SPREAD_OPTIONS = [("grpc.lb_policy_name", "round_robin")]
+
+
 def aio_channel(address: str, token: str | None, **kwargs: Any) -> grpc.aio.Channel:
-    """An insecure aio channel that sends `token` on every unary and server-streaming call."""
+    """An insecure aio channel that sends `token` on every unary and server-streaming call and
+    spreads calls over every address of `address` (see SPREAD_OPTIONS)."""
     interceptors = [_AddToken(token)] if token else None
-    return grpc.aio.insecure_channel(address, interceptors=interceptors, **kwargs)
+    options = [*SPREAD_OPTIONS, *kwargs.pop("options", [])]
+    return grpc.aio.insecure_channel(address, interceptors=interceptors, options=options, **kwargs)

@@ -27,6 +27,13 @@ from shared.infra import GrpcConfig
 log = logging.getLogger("restem.grpc")
 
 
+def _connection_age(seconds: float) -> list[tuple[str, int]]:
+    if seconds <= 0:
+        return []
+    ms = int(seconds * 1000)
+    return [("grpc.max_connection_age_ms", ms), ("grpc.max_connection_age_grace_ms", ms)]
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
     """One gRPC service to mount: its generated `add_*_to_server`, the servicer, its full name."""
@@ -90,6 +97,7 @@ async def serve(
             ("grpc.so_reuseport", 0),  # a second server on a busy port must fail, not start silently
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            *_connection_age(config.max_connection_age_s),
         ],
     )
     for b in bindings:

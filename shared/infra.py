@@ -130,3 +130,8 @@ class GrpcConfig(StrictModel):
     """File holding the bearer token (a mounted Secret); wins over auth_token."""
     public_reads: bool = False
     """Let read-only RPCs (Get*, List*, Watch*) through without the token; mutating ones need it."""
+    max_connection_age_s: float = Field(default=0, ge=0)
+    """Close client connections after this long (then as long again for calls in flight), so
+    round-robin clients re-resolve the name and reach replicas added since; 0: never. The chart
+    sets it for the verifier (its clients spread over its replicas); streams such as WatchRun
+    would be cut, so not for the coordinator."""

@@ -34,7 +34,9 @@ async def main_async(config_path: Path | None) -> None:
         # The services share one API token: the evaluator presents its own to the verifier.
         channel = aio_channel(cfg.verifier_address, server_token(cfg.grpc))
         verifier = verifier_pb2_grpc.VerifierServiceStub(channel)
-        handle = EvalHandler(bus, store, checkpoints, verifier, cfg.verify_timeout_s)
+        handle = EvalHandler(
+            bus, store, checkpoints, verifier, cfg.verify_timeout_s, verify_concurrency=cfg.verify_concurrency
+        )
         return Wiring(
             queues=[JobQueue("eval", ev.EvalJob, handle, concurrency=1)],
             bindings=[

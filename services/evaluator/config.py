@@ -19,9 +19,13 @@ class EvaluatorConfig(StrictModel):
     store: StoreConfig = Field(default_factory=StoreConfig)
     """Artifact store."""
     verifier_address: str = "127.0.0.1:50053"
-    """host:port of the verifier's gRPC API, which scores every answer."""
+    """host:port of the verifier's gRPC API, which scores every answer; `dns:///name:port` of a
+    headless Service spreads calls over every verifier replica (round robin; the chart does this)."""
     verify_timeout_s: float = Field(default=60.0, gt=0)
-    """Deadline of each Verify call."""
+    """Deadline of each Verify call (one batch of up to 512 answers)."""
+    verify_concurrency: int = Field(default=4, ge=1, le=256)
+    """Verify calls in flight at once for one evaluation: a large split is verified by several
+    verifier replicas (or sandbox workers) in parallel."""
     device: Device = "auto"
     """Device for the model: `auto` picks CUDA when present."""
     cache_dir: Path = Path(".restem/cache/evaluator")

@@ -15,6 +15,7 @@ from restem.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 
 from shared.artifacts import CheckpointCache, DatasetCache
 from shared.bus import EventBus, PermanentError
+from shared.ordering import gather_bounded
 from shared.params import GenerationParams, from_proto
 from shared.seeds import sample_seeds
 from shared.store import ArtifactNotFound, ArtifactStore
@@ -51,9 +52,11 @@ class EvalHandler:
         checkpoints: CheckpointCache,
         verifier: verifier_pb2_grpc.VerifierServiceStub,
         verify_timeout_s: float,
+        verify_concurrency: int = 1,
     ) -> None:
         self.bus, self.store, self.checkpoints, self.datasets = bus, store, checkpoints, DatasetCache(store)
         self.verifier, self.verify_timeout_s = verifier, verify_timeout_s
+        self.verify_concurrency = verify_concurrency
 
     async def _verify(self, task: str, problems: list[dict], completions: list) -> list:
         verdicts: list = []
@@ -62,7 +65,8 @@ class EvalHandler:
             verifier_pb2.VerifyItem(task=task, reference_json=references[p["id"]], completion=c.text)
             for p, c in zip(problems, completions, strict=True)
         ]
-        for batch in verify_batches(items, VERIFY_BATCH, VERIFY_BATCH_BYTES):
+
+        async def one(batch: list) -> list:
             try:
                 resp = await self.verifier.Verify(
                     verifier_pb2.VerifyRequest(items=batch), timeout=self.verify_timeout_s
@@ -71,7 +75,12 @@ class EvalHandler:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     raise PermanentError(f"verifier rejected the answers: {exc.details()}") from exc
                 raise  # unavailable / deadline: retried with backoff
-            verdicts += resp.verdicts
+            return list(resp.verdicts)
+
+        # Batches at once: with a round-robin channel they land on different verifier replicas.
+        batches = verify_batches(items, VERIFY_BATCH, VERIFY_BATCH_BYTES)
+        for got in await gather_bounded(self.verify_concurrency, (one(b) for b in batches)):
+            verdicts += got
         return verdicts
 
     async def _evaluate(self, job: ev.EvalJob) -> list[dict]:

@@ -55,11 +55,11 @@ def grpc_scorer(address: str, task: str, token: str | None, timeout_s: float) ->
     import grpc
     from restem.verifier.v1 import verifier_pb2, verifier_pb2_grpc
 
-    from shared.auth import metadata
+    from shared.auth import SPREAD_OPTIONS, metadata
 
     def score(references: Sequence[str], completions: Sequence[str]) -> list[bool]:
         correct: list[bool] = []
-        with grpc.insecure_channel(address) as channel:
+        with grpc.insecure_channel(address, options=SPREAD_OPTIONS) as channel:
             stub = verifier_pb2_grpc.VerifierServiceStub(channel)
             for start in range(0, len(references), VERIFY_BATCH):
                 items = [

@@ -158,7 +158,7 @@ def test_config_points_at_the_right_nats_and_s3(tmp_path):
     )
     default = service_config_text(_render_docs(), "evaluator")
     assert "url: nats://restem-nats:4222" in default and "endpoint: restem-minio:9000" in default
-    assert "verifier_address: restem-verifier:50051" in default
+    assert "verifier_address: dns:///restem-verifier-headless:50051" in default
 
 
 def test_gpu_values_request_gpus_and_cpu_values_do_not():
@@ -495,3 +495,16 @@ def test_fair_share_window_follows_the_most_sampler_replicas(sampler, want):
         yaml.safe_load(service_config_text(manifests(render(mine)), "coordinator"))["sample_jobs_per_run"]
         == 7
     )
+
+
+def test_verifier_clients_round_robin_over_a_headless_service():
+    docs = _render_docs()
+    services = by_kind(docs, "Service")
+    headless = services["restem-verifier-headless"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == services["restem-verifier"]["spec"]["selector"]
+    verifier = yaml.safe_load(service_config_text(docs, "verifier"))
+    coordinator = yaml.safe_load(service_config_text(docs, "coordinator"))
+    # clients re-resolve as verifiers scale; the coordinator's WatchRun streams are never cut
+    assert verifier["grpc"]["max_connection_age_s"] == 300
+    assert "max_connection_age_s" not in coordinator["grpc"]

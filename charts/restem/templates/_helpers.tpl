@@ -237,6 +237,9 @@ Chart-owned fields first; `<svc>.config` adds the rest (the schema keeps it off 
 {{- $_ := set $cfg "work_dir" "/var/lib/restem/work" -}}
 {{- $_ := set $cfg "nproc" (int $v.torchrun.nprocPerNode) -}}
 {{- end -}}
+{{- if eq $svc "verifier" -}}
+{{- $_ := set $cfg.grpc "max_connection_age_s" 300 -}}
+{{- end -}}
 {{- if eq $svc "coordinator" -}}
 {{- /* Fair share: a run keeps 1.25x the most sampler replicas' jobs out (see sample_jobs_per_run). */ -}}
 {{- $s := $root.Values.sampler -}}
@@ -244,7 +247,8 @@ Chart-owned fields first; `<svc>.config` adds the rest (the schema keeps it off 
 {{- $_ := set $cfg "sample_jobs_per_run" (div (add (mul $most 5) 3) 4) -}}
 {{- end -}}
 {{- if or (eq $svc "evaluator") (eq $svc "trainer") -}}
-{{- $_ := set $cfg "verifier_address" (printf "%s:%d" (include "restem.componentName" (dict "root" $root "component" "verifier")) (int $root.Values.grpc.port)) -}}
+{{- /* The headless Service: its name resolves to every ready verifier pod, and the client round-robins. */ -}}
+{{- $_ := set $cfg "verifier_address" (printf "dns:///%s-headless:%d" (include "restem.componentName" (dict "root" $root "component" "verifier")) (int $root.Values.grpc.port)) -}}
 {{- end -}}
 {{- toYaml (mergeOverwrite $cfg (deepCopy (default dict $v.config))) -}}
 {{- end -}}
