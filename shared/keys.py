@@ -34,6 +34,11 @@ def dataset_key(run_id: str, split: str) -> str:
     return f"{run_prefix(run_id)}/data/{split}.jsonl"
 
 
+def dataset_ids_key(run_id: str, split: str) -> str:
+    """The split's problem ids in order (a JSON list): what the coordinator needs of a dataset."""
+    return f"{run_prefix(run_id)}/data/{split}.ids.json"
+
+
 def samples_key(run_id: str, iteration: int, shard: int) -> str:
     return f"{iter_prefix(run_id, iteration)}/samples/shard-{shard:05d}.jsonl"
 

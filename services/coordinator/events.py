@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
@@ -45,6 +47,22 @@ EVENT_TYPES: dict[str, type[Message]] = {
 MAX_CAS_RETRIES = 20
 
 
+def _read_ids(store: ArtifactStore, run_id: str, split: str) -> list[str]:
+    """A split's problem ids: from its ids file, or (runs started by an older release) read from the
+    dataset one line at a time, so a dataset of hundreds of MB is never held whole."""
+    key = keys.dataset_ids_key(run_id, split)
+    if store.exists(key):
+        return [str(i) for i in json.loads(store.get_bytes(key))]
+    key = keys.dataset_key(run_id, split)
+    if not store.exists(key):
+        return []
+    with tempfile.TemporaryDirectory(prefix="restem-ids-") as tmp:
+        path = Path(tmp) / "split.jsonl"
+        store.get_file(key, path)
+        with path.open(encoding="utf-8") as f:
+            return [json.loads(line)["id"] for line in f if line.strip()]
+
+
 class RunNotFound(NotFoundError, KeyError):
     pass
 
@@ -74,14 +92,9 @@ class Orchestrator:
     async def split_ids(self, run_id: str) -> dict[str, list[str]]:
         """Problem ids per split, read once from the datasets the run stored at start."""
         if run_id not in self._ids:
-            ids = {}
             cfg = self.config((await self.load(run_id))[0])
-            for split in ("train", "validation", "test", *(t.split for t in cfg.evaluation.transfer)):
-                key = keys.dataset_key(run_id, split)
-                exists = await asyncio.to_thread(self.store.exists, key)
-                rows = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, key)) if exists else []
-                ids[split] = [r["id"] for r in rows]
-            self._ids[run_id] = ids
+            splits = ("train", "validation", "test", *(t.split for t in cfg.evaluation.transfer))
+            self._ids[run_id] = {s: await asyncio.to_thread(_read_ids, self.store, run_id, s) for s in splits}
         return self._ids[run_id]
 
     async def publish(self, decision: core.Decision) -> None:

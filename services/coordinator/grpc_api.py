@@ -26,7 +26,7 @@ from shared.errors import StatusError
 from shared.grpc_server import abort_for
 from shared.models import ModelNotFound, hub_id, hub_store_key, model_store_key, resolve_model_source
 from shared.runconfig import RunConfig, parse_run_config
-from shared.store import ArtifactNotFound
+from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import DatasetError, build_splits, build_transfer_sets, dumps_jsonl, sft_rows
 
 from . import core, uploads
@@ -34,6 +34,12 @@ from .config import CoordinatorConfig
 from .events import Orchestrator, RunNotFound
 
 log = logging.getLogger("restem.coordinator.api")
+
+
+def _put_dataset(store: ArtifactStore, run_id: str, split: str, problems: list[dict[str, Any]]) -> None:
+    """The split's rows, and its ids on their own (the coordinator reads only those afterwards)."""
+    store.put_bytes(keys.dataset_key(run_id, split), dumps_jsonl(problems))
+    store.put_bytes(keys.dataset_ids_key(run_id, split), json.dumps([p["id"] for p in problems]).encode())
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -164,11 +170,11 @@ class RunApi(pb_grpc.RunServiceServicer):
         store = self.orc.store
         await asyncio.to_thread(store.put_bytes, keys.config_key(run_id), request.config_yaml.encode())
         for split, problems in splits.items():
-            await asyncio.to_thread(store.put_bytes, keys.dataset_key(run_id, split), dumps_jsonl(problems))
+            # Serialised in the thread too: an APPS train set is hundreds of MB of JSON.
+            await asyncio.to_thread(_put_dataset, store, run_id, split, problems)
         if sft_train is not None:
-            await asyncio.to_thread(
-                store.put_bytes, f"{keys.sft_prefix(run_id)}/train.jsonl", dumps_jsonl(sft_train)
-            )
+            data = await asyncio.to_thread(dumps_jsonl, sft_train)
+            await asyncio.to_thread(store.put_bytes, f"{keys.sft_prefix(run_id)}/train.jsonl", data)
         run, decision = core.new_run(run_id, cfg, request.config_yaml, base_model_key=model_key)
         await self.orc.publish(decision)
         await self.orc.bus.kv_create(run_id, run.SerializeToString())

@@ -210,3 +210,19 @@ async def test_watchers_that_leave_after_the_first_message_leave_no_subscription
     while len(bus._nc._subs) > subs_before and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
     assert len(bus._nc._subs) == subs_before
+
+
+async def test_the_coordinator_reads_a_runs_problem_ids_not_its_datasets(api, tmp_path):
+    stub, bus, store = api
+    run_id = (await stub.StartRun(pb.StartRunRequest(config_yaml=GOOD), timeout=10)).run_id
+    want = {}
+    for split in ("train", "validation", "test"):
+        rows = [json.loads(line) for line in store.get_bytes(keys.dataset_key(run_id, split)).splitlines()]
+        want[split] = [r["id"] for r in rows]
+        assert json.loads(store.get_bytes(keys.dataset_ids_key(run_id, split))) == want[split]
+    assert len(want["train"]) == 10
+    assert await Orchestrator(bus, store).split_ids(run_id) == {**want}
+    # a run stored by a release without ids files: read from the datasets, line by line
+    for split in want:
+        store.delete(keys.dataset_ids_key(run_id, split))
+    assert await Orchestrator(bus, store).split_ids(run_id) == {**want}
