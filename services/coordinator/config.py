@@ -35,6 +35,10 @@ class CoordinatorConfig(StrictModel):
     for this many of its jobs, not for its whole E-step. Set it a little above the sampler replicas
     x `concurrency` (the chart does: 1.25x its most replicas), so a lone run keeps every replica
     busy. 0: all shards at once (no fair share)."""
+    verify_jobs_per_run: int = Field(default=0, ge=0, le=1_000_000)
+    """The same for verify jobs: at most this many of a run's sampled shards wait for (or are in)
+    verification at once, so a run behind a large one is not verified after all its shards. A
+    little above the verifier replicas x `concurrency` (the chart sets 1.25x); 0: no limit."""
     max_config_bytes: int = Field(default=1_000_000, ge=1024)
     """Largest run config accepted by StartRun."""
     max_upload_bytes: int = Field(default=2**30, ge=1024)

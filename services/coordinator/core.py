@@ -164,21 +164,36 @@ def _current(run: pb.Run, iteration: int, phase: int) -> pb.Iteration | None:
     return it if it.iteration == iteration else None
 
 
+def _verifies_out(it: pb.Iteration, sampled: int, verified: int, window: int) -> list[int]:
+    """Fair share of the verify queue: the sampled shards whose verify job is out, as a slice of
+    `shards_sampled` (in the order they were sampled); `window` 0: every sampled shard's."""
+    return list(it.shards_sampled[: sampled if window <= 0 else min(sampled, verified + window)])
+
+
 def on_sample_done(
-    run: pb.Run, cfg: RunConfig, done: ev.SampleDone, train_ids: Sequence[str] = (), window: int = 0
+    run: pb.Run,
+    cfg: RunConfig,
+    done: ev.SampleDone,
+    train_ids: Sequence[str] = (),
+    window: int = 0,
+    verify_window: int = 0,
 ) -> Decision:
     it = _current(run, done.iteration, pb.PHASE_SAMPLING)
     if it is None or done.shard in it.shards_sampled:
         return Decision()
-    jobs = [_verify_job(run, cfg, done.iteration, done.shard)]
+    sampled, verified = len(it.shards_sampled), len(it.shards_verified)
+    out_before = len(_verifies_out(it, sampled, verified, verify_window))
+    it.shards_sampled.append(done.shard)
+    jobs = [
+        _verify_job(run, cfg, done.iteration, shard)
+        for shard in _verifies_out(it, sampled + 1, verified, verify_window)[out_before:]
+    ]
     if window > 0:  # fair share: the next first-round shard goes out (later rounds went out whole)
         shards = plan_shards(train_ids, cfg.em.shard_size)
-        sampled = len(it.shards_sampled)
         for i in range(
             queued_shards(len(shards), sampled, window), queued_shards(len(shards), sampled + 1, window)
         ):
             jobs.append(sample_job(run, cfg, it, i, shards[i]))
-    it.shards_sampled.append(done.shard)
     it.samples += done.num_samples
     it.tokens_generated += done.num_tokens
     run.progress.done = len(it.shards_sampled)
@@ -190,19 +205,28 @@ def on_sample_done(
     return Decision(jobs=jobs)
 
 
-def on_verify_done(run: pb.Run, done: ev.VerifyDone) -> Decision:
+def on_verify_done(
+    run: pb.Run, done: ev.VerifyDone, cfg: RunConfig | None = None, verify_window: int = 0
+) -> Decision:
+    """A verified shard; with `verify_window` (needs `cfg`), the next sampled shard's verify job goes out."""
     it = _current(
         run, done.iteration, run.phase if run.phase in (pb.PHASE_SAMPLING, pb.PHASE_VERIFYING) else -1
     )
     if it is None or done.shard in it.shards_verified:
         return Decision()
+    sampled, verified = len(it.shards_sampled), len(it.shards_verified)
+    jobs = []
+    if verify_window > 0 and cfg is not None:
+        out_before = len(_verifies_out(it, sampled, verified, verify_window))
+        next_out = _verifies_out(it, sampled, verified + 1, verify_window)[out_before:]
+        jobs = [_verify_job(run, cfg, done.iteration, shard) for shard in next_out]
     it.shards_verified.append(done.shard)
     it.correct_samples += done.num_correct
     if run.phase == pb.PHASE_VERIFYING:
         run.progress.done = len(it.shards_verified)
     run.updated.FromDatetime(_now())
     if len(it.shards_verified) < it.shards_total:
-        return Decision()
+        return Decision(jobs=jobs)
     _set_phase(run, pb.PHASE_FILTERING, total=1, unit="kept sets")
     return Decision(needs_filter=True)
 

@@ -68,10 +68,13 @@ class RunNotFound(NotFoundError, KeyError):
 
 
 class Orchestrator:
-    def __init__(self, bus: EventBus, store: ArtifactStore, *, sample_window: int = 0) -> None:
+    def __init__(
+        self, bus: EventBus, store: ArtifactStore, *, sample_window: int = 0, verify_window: int = 0
+    ) -> None:
         self.bus = bus
         self.store = store
-        self.sample_window = sample_window  # fair share: see `core.queued_shards`
+        # fair share: see `core.queued_shards` and `core.on_verify_done`
+        self.sample_window, self.verify_window = sample_window, verify_window
         self._configs: dict[str, RunConfig] = {}
         self._ids: dict[str, dict[str, list[str]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -211,9 +214,9 @@ class Orchestrator:
         if kind == "prepare_done":
             return core.on_prepare_done(run, cfg, msg, splits)
         if kind == "sample_done":
-            return core.on_sample_done(run, cfg, msg, ids["train"], self.sample_window)
+            return core.on_sample_done(run, cfg, msg, ids["train"], self.sample_window, self.verify_window)
         if kind == "verify_done":
-            return core.on_verify_done(run, msg)
+            return core.on_verify_done(run, msg, cfg, self.verify_window)
         if kind == "train_progress":
             return core.on_train_progress(run, msg)
         if kind == "train_done":

@@ -122,8 +122,12 @@ class Session:
                    verifier_concurrency: int = 4, coordinator: dict[str, Any] | None = None,
                    ) -> AsyncIterator[Session]:  # fmt: skip
         """`coordinator`: settings of its config; by default fair share sized like the chart does
-        (1.25x the sampler replicas)."""
-        settings = {"sample_jobs_per_run": (fleet.samplers * 5 + 3) // 4, **(coordinator or {})}
+        (1.25x the sampler replicas, 1.25x the verifier replicas x their concurrency)."""
+        settings = {
+            "sample_jobs_per_run": (fleet.samplers * 5 + 3) // 4,
+            "verify_jobs_per_run": (verifiers * verifier_concurrency * 5 + 3) // 4,
+            **(coordinator or {}),
+        }
         stack = await asyncio.to_thread(Stack, state, s3=s3, verifiers=verifiers,
                                         verifier_concurrency=verifier_concurrency, coordinator=settings)  # fmt: skip
         obs, api = Observer(), ApiProbe(stack.coordinator.address)

@@ -489,6 +489,8 @@ def test_fair_share_window_follows_the_most_sampler_replicas(sampler, want):
     values = {"sampler": sampler}
     text = service_config_text(manifests(render(values)), "coordinator")
     assert yaml.safe_load(text)["sample_jobs_per_run"] == want
+    # the verify queue's share: 1.25x the verifier replicas (2) x their concurrency (4)
+    assert yaml.safe_load(text)["verify_jobs_per_run"] == 10
     # a value the user sets wins
     mine = {"sampler": sampler, "coordinator": {"config": {"sample_jobs_per_run": 7}}}
     assert (

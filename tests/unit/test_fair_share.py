@@ -43,3 +43,29 @@ def test_without_a_window_every_shard_goes_out_at_once() -> None:
     assert [j.message.shard for j in jobs] == list(range(10))
     d = core.on_sample_done(run, CFG, ev.SampleDone(iteration=1, shard=0), IDS, 0)
     assert [j.job_type for j in d.jobs] == ["verify"]
+
+
+def test_a_verify_window_keeps_that_many_sampled_shards_in_verification() -> None:
+    run, _ = started(window=0)
+    verify_jobs: list[int] = []
+    for shard in range(6):  # six shards sampled before any is verified
+        d = core.on_sample_done(run, CFG, ev.SampleDone(iteration=1, shard=shard), IDS, 0, 2)
+        verify_jobs += [j.message.shard for j in d.jobs if j.job_type == "verify"]
+    assert verify_jobs == [0, 1]
+    d = core.on_verify_done(run, ev.VerifyDone(iteration=1, shard=1), CFG, 2)
+    assert [j.message.shard for j in d.jobs] == [2]
+    d = core.on_verify_done(run, ev.VerifyDone(iteration=1, shard=1), CFG, 2)  # redelivered
+    assert d.jobs == []
+    for shard in (0, 2, 3):
+        verify_jobs += [
+            j.message.shard
+            for j in core.on_verify_done(run, ev.VerifyDone(iteration=1, shard=shard), CFG, 2).jobs
+        ]
+    assert verify_jobs == [0, 1, 3, 4, 5]  # 2 came with the first verify_done above
+    for shard in range(6, 10):  # later shards go straight out while the window has room
+        d = core.on_sample_done(run, CFG, ev.SampleDone(iteration=1, shard=shard), IDS, 0, 2)
+        verify_jobs += [j.message.shard for j in d.jobs if j.job_type == "verify"]
+    assert verify_jobs == [0, 1, 3, 4, 5]  # 4 and 5 are out: no room
+    for shard in (4, 5, 6, 7, 8, 9):
+        core.on_verify_done(run, ev.VerifyDone(iteration=1, shard=shard), CFG, 2)
+    assert run.phase == pb.PHASE_FILTERING
