@@ -29,7 +29,7 @@ from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import DatasetError, build_splits, build_transfer_sets, dumps_jsonl, sft_rows
 
-from . import core, uploads
+from . import core, job_records, uploads
 from .config import CoordinatorConfig
 from .events import Orchestrator, RunNotFound
 
@@ -176,8 +176,12 @@ class RunApi(pb_grpc.RunServiceServicer):
             data = await asyncio.to_thread(dumps_jsonl, sft_train)
             await asyncio.to_thread(store.put_bytes, f"{keys.sft_prefix(run_id)}/train.jsonl", data)
         run, decision = core.new_run(run_id, cfg, request.config_yaml, base_model_key=model_key)
-        await self.orc.publish(decision)
+        # The run exists before its first job is out: a worker that finishes at once (a model
+        # already imported) sends an event that must find it. Recorded first, so a coordinator
+        # that dies before publishing re-publishes them on restart.
+        await job_records.record_jobs(store, decision.jobs)
         await self.orc.bus.kv_create(run_id, run.SerializeToString())
+        await self.orc.publish(decision)
         log.info(
             "run %s started: %s, %d train problems, %d iterations",
             run_id,

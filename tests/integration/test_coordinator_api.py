@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import grpc
+import nats
 import pytest
 from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
@@ -226,3 +227,26 @@ async def test_the_coordinator_reads_a_runs_problem_ids_not_its_datasets(api, tm
     for split in want:
         store.delete(keys.dataset_ids_key(run_id, split))
     assert await Orchestrator(bus, store).split_ids(run_id) == {**want}
+
+
+async def test_a_run_exists_before_its_first_job_is_out(api, nats_config):
+    # A prepare job for a model imported before completes at once: its event must find the run.
+    stub, bus, _ = api
+    nc = await nats.connect(nats_config.url)
+    found: list[bool] = []
+
+    async def on_job(msg):
+        run_id = msg.subject.rsplit(".", 1)[-1]
+        found.append(await bus.kv_get(run_id) is not None)
+
+    await nc.subscribe("restem.jobs.prepare.>", cb=on_job)
+    await nc.flush()
+    for i in range(3):
+        config = GOOD.replace("name: api-run", f"name: api-run-{i}")
+        await stub.StartRun(pb.StartRunRequest(config_yaml=config), timeout=10)
+    for _ in range(100):
+        if len(found) == 3:
+            break
+        await asyncio.sleep(0.02)
+    await nc.close()
+    assert found == [True, True, True]
