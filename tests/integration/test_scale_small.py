@@ -8,8 +8,9 @@ local store and verifier; simulated sampler, trainer and evaluator replicas, 8 s
 - the same shape at 500 problems: the coordinator's peak RSS (VmHWM of a fresh process per run)
   at 4x the samples may grow by at most `RSS_GROWTH_MIB` (memory bounded by per-problem state,
   not by the samples);
-- a 64-problem run alone, then behind a 2,000-problem run whose whole E-step is queued: its
-  E-step must take at most ~2x its time alone.
+- a 64-problem run alone, then started while a 2,000-problem run's E-step is under way (a tenth of
+  its shards sampled): its E-step, to its last verdict, must take at most ~2x its time alone (fair
+  share: without it the small run waits for the large run's whole queued E-step).
 """
 
 from __future__ import annotations
