@@ -205,6 +205,33 @@ def on_sample_done(
     return Decision(jobs=jobs)
 
 
+def windowed_jobs(
+    run: pb.Run, cfg: RunConfig, train_ids: Sequence[str], window: int, verify_window: int
+) -> list[Job]:
+    """The current E-step's sample and verify jobs that the fair-share windows let out now and whose
+    shards are not done. A restarted coordinator publishes them (ids dedupe what is out already):
+    a window that grew across the restart (more replicas after an upgrade) would otherwise leave
+    shards that no event lets out."""
+    if (
+        run.status in FINISHED
+        or run.phase not in (pb.PHASE_SAMPLING, pb.PHASE_VERIFYING)
+        or not run.iterations
+    ):
+        return []
+    it = run.iterations[-1]
+    sampled, verified = len(it.shards_sampled), len(it.shards_verified)
+    jobs = []
+    if window > 0 and run.phase == pb.PHASE_SAMPLING:
+        shards, done = plan_shards(train_ids, cfg.em.shard_size), set(it.shards_sampled)
+        first = range(queued_shards(len(shards), sampled, window))
+        jobs += [sample_job(run, cfg, it, i, shards[i]) for i in first if i not in done]
+    if verify_window > 0:
+        checked = set(it.shards_verified)
+        out = _verifies_out(it, sampled, verified, verify_window)
+        jobs += [_verify_job(run, cfg, it.iteration, s) for s in out if s not in checked]
+    return jobs
+
+
 def on_verify_done(
     run: pb.Run, done: ev.VerifyDone, cfg: RunConfig | None = None, verify_window: int = 0
 ) -> Decision:

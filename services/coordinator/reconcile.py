@@ -101,6 +101,10 @@ async def reconcile_run(orc: Orchestrator, run_id: str) -> int:
         ),
     )
     await gather_bounded(job_records.IO_CONCURRENCY, (orc.publish_one(job) for job in jobs))
+    window_jobs = core.windowed_jobs(
+        run, orc.config(run), (await orc.split_ids(run_id))["train"], orc.sample_window, orc.verify_window
+    )
+    await orc.publish(core.Decision(jobs=window_jobs))
     phase = core.PHASE_NAMES.get(run.phase, str(run.phase))
     log.info(
         "run %s re-entered in %s (iteration %d): %d open jobs re-published",

@@ -69,3 +69,19 @@ def test_a_verify_window_keeps_that_many_sampled_shards_in_verification() -> Non
     for shard in (4, 5, 6, 7, 8, 9):
         core.on_verify_done(run, ev.VerifyDone(iteration=1, shard=shard), CFG, 2)
     assert run.phase == pb.PHASE_FILTERING
+
+
+def test_a_window_that_grew_across_a_restart_leaves_no_gap() -> None:
+    # Out with a window of 2, then the coordinator restarts with 5 (more replicas after an upgrade):
+    # events alone would let out one shard per finished shard past index 5 and never shards 2-4.
+    run, _ = started(window=2)
+    core.on_sample_done(run, CFG, ev.SampleDone(iteration=1, shard=0), IDS, 2, 1)
+    after_restart = core.windowed_jobs(run, CFG, IDS, 5, 3)
+    samples = [j.message.shard for j in after_restart if j.job_type == "sample"]
+    verifies = [j.message.shard for j in after_restart if j.job_type == "verify"]
+    assert samples == [1, 2, 3, 4, 5]  # shard 0 is done; 1 and 2 were out already (deduplicated by id)
+    assert verifies == [0]
+    # with the same windows it names exactly what is out: nothing new
+    assert [j.message.shard for j in core.windowed_jobs(run, CFG, IDS, 2, 1)] == [1, 2, 0]
+    run.phase = pb.PHASE_TRAINING
+    assert core.windowed_jobs(run, CFG, IDS, 5, 3) == []
