@@ -75,6 +75,7 @@ class Orchestrator:
         self.store = store
         # fair share: see `core.queued_shards` and `core.on_verify_done`
         self.sample_window, self.verify_window = sample_window, verify_window
+        self.feeds = filter_io.Feeds(store)  # the filter's input, read while shards are verified
         self._configs: dict[str, RunConfig] = {}
         self._ids: dict[str, dict[str, list[str]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -127,6 +128,8 @@ class Orchestrator:
                     await self._write_report(run)
                 try:
                     await self.bus.kv_update(run_id, run.SerializeToString(), revision=revision)
+                    if run.status in core.FINISHED:
+                        self.feeds.drop(run_id)
                     return run
                 except ConflictError:
                     log.info("run %s changed underneath; re-applying", run_id)
@@ -146,6 +149,7 @@ class Orchestrator:
             rounds_done=it.sampling_rounds,
             cfg=cfg,
             problem_ids=ids["train"],
+            feed=self.feeds.get(run.run_id, it.iteration),
         )
         if out.plan is not None:
             log.info(
@@ -155,6 +159,7 @@ class Orchestrator:
             return core.on_round_planned(run, cfg, it.iteration, out.plan)
         stats = out.stats
         assert stats is not None
+        self.feeds.drop(run.run_id, upto=it.iteration)
         log.info(
             "run %s iteration %d: %d/%d samples correct, %d/%d problems solved, %d kept (%d duplicates dropped); filter %.2f s",
             run.run_id, it.iteration, stats.correct, stats.samples, stats.problems_solved, stats.problems_total, stats.kept, stats.duplicates_dropped, out.seconds,
@@ -203,9 +208,15 @@ class Orchestrator:
         except DecodeError as exc:
             raise PermanentError(f"event {delivery.subject} is not a valid {cls.__name__}") from exc
         try:
-            await self.mutate(msg.run_id, lambda run, cfg, ids: self._apply(kind, msg, run, cfg, ids))
+            run = await self.mutate(msg.run_id, lambda run, cfg, ids: self._apply(kind, msg, run, cfg, ids))
         except RunNotFound:
             log.warning("event %s for unknown run %s ignored", kind, msg.run_id)
+            return
+        verifying = (pb.PHASE_SAMPLING, pb.PHASE_VERIFYING)
+        if kind == "verify_done" and run.phase in verifying and run.iteration == msg.iteration:
+            self.feeds.verified(
+                run.run_id, msg.iteration, msg.shard, self.config(run), self._ids[run.run_id]["train"]
+            )
 
     def _apply(
         self, kind: str, msg: Any, run: pb.Run, cfg: RunConfig, ids: dict[str, list[str]]

@@ -8,9 +8,11 @@ scale has hundreds of shards), and at most `PREFETCH` shards are held at once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,16 +50,16 @@ def _shard_bytes(store: ArtifactStore, run_id: str, iteration: int, shard: int) 
 
 
 def _prefetched(
-    store: ArtifactStore, run_id: str, iteration: int, shards: int
-) -> Iterator[tuple[bytes, bytes]]:
-    """Each shard's (samples, verdicts) bytes in shard order, fetched up to PREFETCH ahead."""
+    store: ArtifactStore, run_id: str, iteration: int, shards: Sequence[int]
+) -> Iterator[tuple[int, tuple[bytes, bytes]]]:
+    """Each of `shards` with its (samples, verdicts) bytes, in order, fetched up to PREFETCH ahead."""
     with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="filter-fetch") as pool:
         pending: dict[int, Future[tuple[bytes, bytes]]] = {}
-        for shard in range(shards):
-            for ahead in range(shard, min(shards, shard + PREFETCH)):
+        for i, shard in enumerate(shards):
+            for ahead in shards[i : i + PREFETCH]:
                 if ahead not in pending:
                     pending[ahead] = pool.submit(_shard_bytes, store, run_id, iteration, ahead)
-            yield pending.pop(shard).result()
+            yield shard, pending.pop(shard).result()
 
 
 def _rows(data: bytes) -> Iterator[dict[str, Any]]:
@@ -90,6 +92,37 @@ def add_shard(sel: KeptSelection, samples: bytes, verdicts: bytes) -> None:
     sel.add_shard(_rows(samples), {v["sample_id"] for v in judged if v["correct"]})
 
 
+class ShardFeed:
+    """An iteration's selection, fed one shard at a time as its verdicts arrive, so the filter at the
+    end of the E-step reads only what is left (the selection's result does not depend on the order).
+    Thread-safe; each shard is fed once."""
+
+    def __init__(self, cfg: RunConfig, iteration: int, problem_ids: Sequence[str]) -> None:
+        seed = derive_seed(cfg.sampling.seed, iteration)
+        self.selection = KeptSelection(problem_ids, cutoff=cfg.em.cutoff, seed=seed)
+        self.fed: set[int] = set()
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def add(self, shard: int, samples: bytes, verdicts: bytes) -> None:
+        with self._lock:
+            if shard not in self.fed and not self.closed:
+                add_shard(self.selection, samples, verdicts)
+                self.fed.add(shard)
+
+    def feed(self, store: ArtifactStore, run_id: str, iteration: int, shard: int) -> None:
+        """Read and add one verified shard (a no-op if it is in already or the feed is closed)."""
+        with self._lock:
+            if shard in self.fed or self.closed:
+                return
+        self.add(shard, *_shard_bytes(store, run_id, iteration, shard))
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            self.selection.close()
+
+
 def filter_iteration(
     store: ArtifactStore,
     run_id: str,
@@ -99,16 +132,21 @@ def filter_iteration(
     rounds_done: int,
     cfg: RunConfig,
     problem_ids: Sequence[str],
+    feed: ShardFeed | None = None,
 ) -> FilterOutcome:
     """Read the iteration's shards once; plan the next adaptive round or write the kept set.
 
     `rounds_done`: the adaptive sampling rounds verified so far (1 after the first round).
+    `feed`: the shards fed while they were verified (the caller closes it); only the rest are read.
     """
     start = time.monotonic()
-    seed = derive_seed(cfg.sampling.seed, iteration)
-    with KeptSelection(problem_ids, cutoff=cfg.em.cutoff, seed=seed) as sel:
-        for samples, verdicts in _prefetched(store, run_id, iteration, shards):
-            add_shard(sel, samples, verdicts)
+    mine = feed is None or feed.closed
+    use = ShardFeed(cfg, iteration, problem_ids) if mine or feed is None else feed
+    try:
+        missing = [shard for shard in range(shards) if shard not in use.fed]
+        for shard, data in _prefetched(store, run_id, iteration, missing):
+            use.add(shard, *data)
+        sel = use.selection
         if cfg.sampling.adaptive.enabled:
             plan = adaptive.plan_next_round(cfg, problem_ids, sel.tallies(), rounds_done)
             if plan is not None:
@@ -118,3 +156,44 @@ def filter_iteration(
             out.flush()
             store.put_file(keys.kept_key(run_id, iteration), Path(out.name))
         return FilterOutcome(None, sel.stats(), time.monotonic() - start)
+    finally:
+        if mine:
+            use.close()
+
+
+class Feeds:
+    """The coordinator's `ShardFeed`s, one per (run, iteration) being verified, fed in the background
+    as verify_done events are applied. Lost with the process: a restarted coordinator's filter reads
+    every shard, with the same result."""
+
+    def __init__(self, store: ArtifactStore, *, at_once: int = 2) -> None:
+        self.store = store
+        self._feeds: dict[tuple[str, int], ShardFeed] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(at_once)  # threads parsing shards beside the event loop
+
+    def get(self, run_id: str, iteration: int) -> ShardFeed | None:
+        return self._feeds.get((run_id, iteration))
+
+    def verified(
+        self, run_id: str, iteration: int, shard: int, cfg: RunConfig, problem_ids: Sequence[str]
+    ) -> None:
+        """Start feeding a shard whose verdicts were just applied."""
+        feed = self._feeds.get((run_id, iteration))
+        if feed is None:
+            feed = self._feeds[(run_id, iteration)] = ShardFeed(cfg, iteration, problem_ids)
+        task = asyncio.create_task(self._feed(feed, run_id, iteration, shard))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _feed(self, feed: ShardFeed, run_id: str, iteration: int, shard: int) -> None:
+        async with self._slots:
+            try:
+                await asyncio.to_thread(feed.feed, self.store, run_id, iteration, shard)
+            except Exception as err:  # the filter reads it at the end instead
+                log.info("run %s iteration %d: shard %d not fed early (%s)", run_id, iteration, shard, err)
+
+    def drop(self, run_id: str, *, upto: int | None = None) -> None:
+        """Close the run's feeds (of iterations <= `upto`, or all)."""
+        for key in [k for k in self._feeds if k[0] == run_id and (upto is None or k[1] <= upto)]:
+            self._feeds.pop(key).close()

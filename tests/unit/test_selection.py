@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from services.coordinator.filter_io import add_shard, filter_iteration
+from services.coordinator.filter_io import ShardFeed, add_shard, filter_iteration
 from services.coordinator.selection import KeptSelection
 from shared import keys
 from shared.runconfig import parse_run_config
@@ -162,3 +162,24 @@ def test_filter_memory_does_not_grow_with_the_sample_count(tmp_path: Path) -> No
     assert large_bytes == 4 * small_bytes
     assert large < small + 2_000_000, (small, large)
     assert large < large_bytes / 4, (large, large_bytes)
+
+
+def test_shards_fed_while_verified_give_the_same_kept_set(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    shards = _store_iteration(store, k=8, problems=60, per_shard=8)
+    cfg = parse_run_config(json.dumps({"task": {"name": "arithmetic"}, "em": {"cutoff": 4}}), source="test")
+    ids = [f"p{p}" for p in range(60)]
+    whole = filter_iteration(store, "run-1", 1, shards=shards, rounds_done=1, cfg=cfg, problem_ids=ids)
+    want = store.get_bytes(keys.kept_key("run-1", 1))
+    feed = ShardFeed(cfg, 1, ids)
+    for shard in (5, 0, 3, 3):  # some shards, out of order, one twice (a redelivered event)
+        feed.feed(store, "run-1", 1, shard)
+    assert feed.fed == {0, 3, 5}
+    store.delete(keys.kept_key("run-1", 1))
+    fed = filter_iteration(
+        store, "run-1", 1, shards=shards, rounds_done=1, cfg=cfg, problem_ids=ids, feed=feed
+    )
+    assert store.get_bytes(keys.kept_key("run-1", 1)) == want
+    assert fed.stats == whole.stats and feed.fed == set(range(shards))
+    feed.close()
+    feed.feed(store, "run-1", 1, 1)  # a late feed after the filter: touches nothing
