@@ -23,10 +23,6 @@ class KeyedOrder:
         self._tails: dict[str, asyncio.Future[None]] = {}
         self._slots = asyncio.Semaphore(limit)
 
-    def pending(self) -> int:
-        """Keys with work submitted and not finished."""
-        return len(self._tails)
-
     async def run(
         self,
         key: str,

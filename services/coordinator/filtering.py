@@ -7,12 +7,14 @@ validation split only; `plan_shards` cuts the train split into sample jobs.
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from restem.coordinator.v1 import coordinator_pb2 as pb
 
-from .selection import FilterStats, select_in_memory
+from .selection import FilterStats, KeptSelection
 
 __all__ = ["FilterStats", "choose_best_iteration", "plan_shards", "select_kept"]
 
@@ -42,7 +44,12 @@ def select_kept(
     This is the in-memory form; the coordinator streams shards through `selection.KeptSelection`,
     which applies the same rule with memory bounded by the number of problems.
     """
-    return select_in_memory(samples, verdicts, problem_ids=problem_ids, cutoff=cutoff, seed=seed)
+    correct_ids = {v["sample_id"] for v in verdicts if v["correct"]}
+    with KeptSelection(problem_ids, cutoff=cutoff, seed=seed) as sel:
+        sel.add_shard(samples, correct_ids)
+        out = io.BytesIO()
+        sel.write_kept(out)
+        return [json.loads(line) for line in out.getvalue().decode().splitlines()], sel.stats()
 
 
 def choose_best_iteration(run: pb.Run) -> int:

@@ -17,7 +17,6 @@ back with a new, smaller rank, which is then compared afresh.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -164,22 +163,3 @@ class KeptSelection:
             self._spill.seek(offset)
             written += out.write(self._spill.read(length))
         return written
-
-
-def select_in_memory(
-    samples: Iterable[dict[str, Any]],
-    verdicts: Iterable[dict[str, Any]],
-    *,
-    problem_ids: Iterable[str],
-    cutoff: int,
-    seed: int,
-) -> tuple[list[dict[str, Any]], FilterStats]:
-    """`KeptSelection` over rows already in memory (one shard); the kept rows parsed back."""
-    correct_ids = {v["sample_id"] for v in verdicts if v["correct"]}
-    with KeptSelection(problem_ids, cutoff=cutoff, seed=seed) as sel:
-        sel.add_shard(samples, correct_ids)
-        buf = io.BytesIO()
-        sel.write_kept(buf)
-        stats = sel.stats()
-    rows = [json.loads(line) for line in buf.getvalue().decode().splitlines()]
-    return rows, stats
