@@ -21,7 +21,11 @@ async def main_async(config_path: Path | None) -> None:
     cfg = load_service_config(CoordinatorConfig, config_path, env_prefix=env_prefix("coordinator"))
     bus, store = await open_service("coordinator", cfg)
     orchestrator = Orchestrator(
-        bus, store, sample_window=cfg.sample_jobs_per_run, verify_window=cfg.verify_jobs_per_run
+        bus,
+        store,
+        sample_window=cfg.sample_jobs_per_run,
+        verify_window=cfg.verify_jobs_per_run,
+        sampler_slots=cfg.sampler_slots,
     )
     binding = ServiceBinding.of(coordinator_pb2_grpc, "RunService", RunApi(cfg, orchestrator))
 

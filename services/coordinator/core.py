@@ -23,7 +23,7 @@ from shared import keys
 from shared.runconfig import RunConfig
 
 from . import adaptive
-from .filtering import FilterStats, choose_best_iteration, plan_shards
+from .filtering import FilterStats, choose_best_iteration, plan_shards, shard_count
 from .jobs import (
     Job,
     _eval_jobs,
@@ -141,10 +141,20 @@ def queued_shards(shards: int, sampled: int, window: int) -> int:
     return shards if window <= 0 else min(shards, sampled + window)
 
 
-def _start_iteration(run: pb.Run, cfg: RunConfig, train_ids: Sequence[str], window: int) -> Decision:
+def _first_round(it: pb.Iteration, cfg: RunConfig, train_ids: Sequence[str]) -> list[list[str]]:
+    """The shards of the E-step's first round, as planned when the iteration started (its count is
+    recorded, so a coordinator restarted with other `sampler_slots` plans the same shards); [] once
+    a later adaptive round started (the first is then sampled whole)."""
+    return plan_shards(train_ids, cfg.em.shard_size, it.shards_total) if it.sampling_rounds <= 1 else []
+
+
+def _start_iteration(
+    run: pb.Run, cfg: RunConfig, train_ids: Sequence[str], window: int, slots: int
+) -> Decision:
     _flush_phase(run)  # the evaluation time belongs to the previous iteration
     previous = run.iterations[-1]
-    shards = plan_shards(train_ids, cfg.em.shard_size)
+    size = cfg.em.shard_size
+    shards = plan_shards(train_ids, size, shard_count(len(train_ids), size, slots))
     it = run.iterations.add(
         iteration=previous.iteration + 1, policy_key=previous.checkpoint_key, shards_total=len(shards)
     )
@@ -189,7 +199,7 @@ def on_sample_done(
         for shard in _verifies_out(it, sampled + 1, verified, verify_window)[out_before:]
     ]
     if window > 0:  # fair share: the next first-round shard goes out (later rounds went out whole)
-        shards = plan_shards(train_ids, cfg.em.shard_size)
+        shards = _first_round(it, cfg, train_ids)
         for i in range(
             queued_shards(len(shards), sampled, window), queued_shards(len(shards), sampled + 1, window)
         ):
@@ -222,7 +232,7 @@ def windowed_jobs(
     sampled, verified = len(it.shards_sampled), len(it.shards_verified)
     jobs = []
     if window > 0 and run.phase == pb.PHASE_SAMPLING:
-        shards, done = plan_shards(train_ids, cfg.em.shard_size), set(it.shards_sampled)
+        shards, done = _first_round(it, cfg, train_ids), set(it.shards_sampled)
         first = range(queued_shards(len(shards), sampled, window))
         jobs += [sample_job(run, cfg, it, i, shards[i]) for i in first if i not in done]
     if verify_window > 0:
@@ -258,13 +268,15 @@ def on_verify_done(
     return Decision(needs_filter=True)
 
 
-def on_round_planned(run: pb.Run, cfg: RunConfig, iteration: int, plan: adaptive.RoundPlan) -> Decision:
+def on_round_planned(
+    run: pb.Run, cfg: RunConfig, iteration: int, plan: adaptive.RoundPlan, slots: int = 0
+) -> Decision:
     """Adaptive sampling: sample the next round; its shards are numbered after the earlier rounds'."""
     it = _current(run, iteration, pb.PHASE_FILTERING)
     if it is None:
         return Decision()
-    start = it.shards_total
-    shards = plan_shards(plan.problem_ids, cfg.em.shard_size)
+    start, size = it.shards_total, cfg.em.shard_size
+    shards = plan_shards(plan.problem_ids, size, shard_count(len(plan.problem_ids), size, slots))
     it.shards_total += len(shards)
     it.sampling_rounds += 1
     _set_phase(run, pb.PHASE_SAMPLING, done=start, total=it.shards_total, unit="shards")
@@ -350,6 +362,7 @@ def on_eval_done(
     splits: Sequence[str],
     train_ids: Sequence[str],
     window: int = 0,
+    slots: int = 0,
 ) -> Decision:
     it = _current(run, done.iteration, pb.PHASE_EVALUATING)
     if it is None or any(e.split == done.split for e in it.evals):
@@ -370,7 +383,7 @@ def on_eval_done(
     if done.iteration < run.iterations_total and _stalled(run, cfg, done.iteration):
         run.iterations_total = done.iteration  # early stop; the report compares with em.iterations
     if done.iteration < run.iterations_total:
-        return _start_iteration(run, cfg, train_ids, window)
+        return _start_iteration(run, cfg, train_ids, window, slots)
     if _sft_pending(run, splits):
         _set_phase(
             run, pb.PHASE_EVALUATING, done=len(run.sft.evals), total=len(splits), unit="baseline evaluations"

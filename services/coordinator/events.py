@@ -69,12 +69,19 @@ class RunNotFound(NotFoundError, KeyError):
 
 class Orchestrator:
     def __init__(
-        self, bus: EventBus, store: ArtifactStore, *, sample_window: int = 0, verify_window: int = 0
+        self,
+        bus: EventBus,
+        store: ArtifactStore,
+        *,
+        sample_window: int = 0,
+        verify_window: int = 0,
+        sampler_slots: int = 0,
     ) -> None:
         self.bus = bus
         self.store = store
         # fair share: see `core.queued_shards` and `core.on_verify_done`
         self.sample_window, self.verify_window = sample_window, verify_window
+        self.sampler_slots = sampler_slots
         self.feeds = filter_io.Feeds(store)  # the filter's input, read while shards are verified
         self._configs: dict[str, RunConfig] = {}
         self._ids: dict[str, dict[str, list[str]]] = {}
@@ -156,7 +163,7 @@ class Orchestrator:
                 "run %s iteration %d: round %d samples %d problems x %d (filter %.2f s)",
                 run.run_id, it.iteration, it.sampling_rounds + 1, len(out.plan.problem_ids), out.plan.n, out.seconds,
             )  # fmt: skip
-            return core.on_round_planned(run, cfg, it.iteration, out.plan)
+            return core.on_round_planned(run, cfg, it.iteration, out.plan, self.sampler_slots)
         stats = out.stats
         assert stats is not None
         self.feeds.drop(run.run_id, upto=it.iteration)
@@ -237,7 +244,9 @@ class Orchestrator:
         if kind == "eval_done":
             if msg.variant == "sft":
                 return core.on_sft_eval_done(run, msg, splits)
-            return core.on_eval_done(run, cfg, msg, splits, ids["train"], self.sample_window)
+            return core.on_eval_done(
+                run, cfg, msg, splits, ids["train"], self.sample_window, self.sampler_slots
+            )
         return core.on_job_failed(run, msg)
 
     async def _fail_dead_lettered(self, dl: DeadLetter) -> None:

@@ -58,7 +58,7 @@ async def behind_case(session: Session, big: RunSpec, small: RunSpec, timeout_s:
     big_id, _ = await asyncio.to_thread(session.start_run, big)
     # Behind: the big run's E-step is under way (a tenth of its shards sampled, the rest waiting:
     # all of them queued without fair share, its window of them with it) when the small run starts.
-    await wait_until(lambda: len(session.obs.of(big_id, "sample_done", 1)) >= big.shards() // 10,
+    await wait_until(lambda: len(session.obs.of(big_id, "sample_done", 1)) >= big.shards(session.fleet.samplers) // 10,
                      timeout_s, "the big run's E-step to be under way")  # fmt: skip
     run_id, started = await asyncio.to_thread(session.start_run, small)
     ended = await session.wait_finished(run_id, timeout_s)
@@ -91,7 +91,7 @@ class Killer:
     def __call__(self, what: str, run: str, kind: str, seen: Seen) -> None:
         if run != self.run_id:
             return
-        obs, shards = self.session.obs, self.spec.shards()
+        obs, shards = self.session.obs, self.spec.shards(self.session.fleet.samplers)
         verify_1 = what == "event" and kind == "verify_done" and seen.iteration == 1
         if verify_1 and "filter" not in self.fired and len({s.part for s in obs.of(run, kind, 1)}) == shards:
             self.fired.add("filter")
@@ -114,7 +114,7 @@ class Killer:
         published = len({s.part for s in obs.of(self.run_id, "sample", 2, job=True)})
         down_s = await asyncio.to_thread(self.session.stack.restart_coordinator)
         state = f"kept set of iteration 1 {'already' if kept else 'not yet'} written, " \
-                f"{published}/{self.spec.shards()} iteration-2 sample jobs published"  # fmt: skip
+                f"{published}/{self.spec.shards(self.session.fleet.samplers)} iteration-2 sample jobs published"  # fmt: skip
         self.notes.append(f"SIGKILL {where}: {state}; serving again after {down_s:.1f} s")
 
 

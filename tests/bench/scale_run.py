@@ -48,8 +48,11 @@ class RunSpec:
     test: int = 100
     seed: int = 0
 
-    def shards(self) -> int:
-        return math.ceil(self.problems / self.shard_size)
+    def shards(self, slots: int) -> int:
+        """Sample jobs of one iteration with `slots` sampler replicas (`sampler_slots`, as the chart sets)."""
+        from services.coordinator.filtering import shard_count
+
+        return shard_count(self.problems, self.shard_size, slots)
 
     def ideal_s(self, fleet: Fleet, runs_at_once: int = 1) -> dict[str, float]:
         """The simulated work alone, compressed as the bench runs it: E-step, M-step, one evaluation."""
@@ -122,10 +125,12 @@ class Session:
                    verifier_concurrency: int = 4, coordinator: dict[str, Any] | None = None,
                    ) -> AsyncIterator[Session]:  # fmt: skip
         """`coordinator`: settings of its config; by default fair share sized like the chart does
-        (1.25x the sampler replicas, 1.25x the verifier replicas x their concurrency)."""
+        (1.25x the sampler replicas, 1.25x the verifier replicas x their concurrency), and the
+        E-step cut into a multiple of the sampler replicas."""
         settings = {
             "sample_jobs_per_run": (fleet.samplers * 5 + 3) // 4,
             "verify_jobs_per_run": (verifiers * verifier_concurrency * 5 + 3) // 4,
+            "sampler_slots": fleet.samplers,
             **(coordinator or {}),
         }
         stack = await asyncio.to_thread(Stack, state, s3=s3, verifiers=verifiers,
@@ -245,10 +250,10 @@ async def measure(session: Session, run_id: str, spec: RunSpec, started: float, 
 async def _check_shards(session: Session, run_id: str, spec: RunSpec, result: RunResult) -> None:
     """Lost: a shard without SampleDone or verdicts; doubled: samples computed twice, or two
     SampleDone for one shard in the events stream."""
-    store = session.stack.store()
+    store, shards = session.stack.store(), spec.shards(session.fleet.samplers)
     for it in range(1, spec.iterations + 1):
         seen = {s.part for s in session.obs.of(run_id, "sample_done", it)}
-        for shard in range(spec.shards()):
+        for shard in range(shards):
             verdicts = await asyncio.to_thread(store.exists, keys.verdicts_key(run_id, it, shard))
             if str(shard) not in seen or not verdicts:
                 result.lost.append(f"i{it}.{shard}")
@@ -262,6 +267,6 @@ async def _check_shards(session: Session, run_id: str, spec: RunSpec, result: Ru
         session.stack.nats.url, "RESTEM_EVENTS", f"restem.events.{run_id}.sample_done"
     )
     result.sample_done_in_stream = sum(counts.values())
-    if result.sample_done_in_stream > spec.shards() * spec.iterations:
+    if result.sample_done_in_stream > shards * spec.iterations:
         result.doubled.append(f"{result.sample_done_in_stream} SampleDone in the stream for "
-                              f"{spec.shards() * spec.iterations} shards")  # fmt: skip
+                              f"{shards * spec.iterations} shards")  # fmt: skip

@@ -65,7 +65,7 @@ def test_no_shard_lost_or_done_twice(results: dict[str, RunResult]) -> None:
         assert r.status == "succeeded", (name, r.notes)
         assert r.lost == [], f"{name}: shards lost {r.lost[:10]}"
         assert r.doubled == [], f"{name}: shards done twice {r.doubled[:10]}"
-        assert r.sample_done_in_stream == r.spec.shards(), name
+        assert r.sample_done_in_stream == r.spec.shards(8), name  # 8 samplers: 250 jobs -> 256
         assert 1 in r.kept_sha256, f"{name}: no kept set"
 
 

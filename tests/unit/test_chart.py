@@ -489,6 +489,7 @@ def test_fair_share_window_follows_the_most_sampler_replicas(sampler, want):
     values = {"sampler": sampler}
     text = service_config_text(manifests(render(values)), "coordinator")
     assert yaml.safe_load(text)["sample_jobs_per_run"] == want
+    assert yaml.safe_load(text)["sampler_slots"] == (want * 4) // 5  # the most replicas
     # the verify queue's share: 1.25x the verifier replicas (2) x their concurrency (4)
     assert yaml.safe_load(text)["verify_jobs_per_run"] == 10
     # a value the user sets wins

@@ -245,6 +245,8 @@ Chart-owned fields first; `<svc>.config` adds the rest (the schema keeps it off 
 {{- $s := $root.Values.sampler -}}
 {{- $most := ternary $s.keda.maxReplicas (ternary $s.autoscaling.maxReplicas $s.replicas $s.autoscaling.enabled) $s.keda.enabled | int -}}
 {{- $_ := set $cfg "sample_jobs_per_run" (div (add (mul $most 5) 3) 4) -}}
+{{- /* Each sampler runs one job at a time: the E-step is cut into a multiple of its most replicas. */ -}}
+{{- $_ := set $cfg "sampler_slots" $most -}}
 {{- $w := $root.Values.verifier -}}
 {{- $wmost := ternary $w.keda.maxReplicas (ternary $w.autoscaling.maxReplicas $w.replicas $w.autoscaling.enabled) $w.keda.enabled | int -}}
 {{- $slots := mul $wmost (default 1 (default dict $w.config).concurrency | int) -}}
