@@ -139,7 +139,7 @@ clean: ## Remove the local stack's state (.restem)
 # --- Kubernetes (charts/restem; docs/kubernetes.md) ---------------------------------------------
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 REGISTRY ?=
-IMAGE_TARGETS ?= coordinator verifier evaluator sampler-cpu trainer-cpu trainer sampler
+IMAGE_TARGETS ?= coordinator verifier evaluator sampler-cpu trainer-cpu trainer sampler evaluator-cuda
 
 images: ## Build the service images from services/Dockerfile (Docker + BuildKit; REGISTRY=, IMAGE_TAG=)
 	@command -v docker >/dev/null || { echo "make images needs Docker with BuildKit"; exit 2; }

@@ -311,6 +311,10 @@ class EvaluationConfig(StrictModel):
     """Nucleus filtering of the sampled evaluation (the paper: 0.95)."""
     seed: int = Field(default=1234, ge=0)
     """Seed of the sampled evaluation (fixed across iterations so they are compared on equal terms)."""
+    shard_size: int = Field(default=256, ge=1, le=1_000_000)
+    """Most problems per eval job: a larger split is evaluated by several evaluator replicas at once
+    (shards of equal size), and its pass@1, pass@k and maj@k are the problem-weighted means of the
+    shards' (the same numbers as one job's)."""
     transfer: list[TransferSet] = Field(default_factory=list)
     """Extra eval sets of other tasks (e.g. train on MATH, also evaluate GSM8K and HumanEval), greedy pass@1 with every checkpoint."""
 

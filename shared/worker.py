@@ -47,7 +47,7 @@ class WorkerState:
 
     service: str
     device: str = ""
-    backend: str = ""  # generation backend (sampler), shown by GetStats
+    backend: str = ""  # generation backend (sampler, evaluator), shown by GetStats
     active_jobs: set[str] = field(default_factory=set)
     jobs_done: int = 0
     jobs_failed: int = 0

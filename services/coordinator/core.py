@@ -12,7 +12,7 @@ Not handled here: reading samples and verdicts for the filter (the adapter does 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -22,12 +22,13 @@ from restem.events.v1 import events_pb2 as ev
 from shared import keys
 from shared.runconfig import RunConfig
 
-from . import adaptive
+from . import adaptive, eval_shards
 from .filtering import FilterStats, choose_best_iteration, plan_shards, shard_count
 from .jobs import (
     Job,
     _eval_jobs,
     _verify_job,
+    eval_job_count,
     prompt_format,
     sample_job,
     train_params_for,
@@ -103,14 +104,14 @@ def new_run(run_id: str, cfg: RunConfig, config_yaml: str, *, base_model_key: st
     return run, Decision(jobs=[Job("prepare", job, job.job_id)])
 
 
-def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: Sequence[str]) -> Decision:
+def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: Mapping[str, int]) -> Decision:
     if run.status in FINISHED or run.phase != pb.PHASE_PREPARING:
         return Decision()
     it = run.iterations.add(iteration=0, checkpoint_key=run.base_model_key, policy_key=run.base_model_key)
     it.started.FromDatetime(_now())
     run.iteration = 0
-    _set_phase(run, pb.PHASE_EVALUATING, total=len(splits), unit="evaluations")
     jobs = _eval_jobs(run, cfg, 0, run.base_model_key, splits)
+    _set_phase(run, pb.PHASE_EVALUATING, total=len(jobs), unit="evaluations")
     if run.sft_enabled:
         # The SFT baseline runs beside the EM loop: the same trainer settings on reference solutions.
         run.sft.CopyFrom(pb.Iteration(iteration=0, policy_key=run.base_model_key))
@@ -288,7 +289,7 @@ def on_round_planned(
 
 
 def on_filtered(
-    run: pb.Run, cfg: RunConfig, iteration: int, stats: FilterStats, splits: Sequence[str]
+    run: pb.Run, cfg: RunConfig, iteration: int, stats: FilterStats, splits: Mapping[str, int]
 ) -> Decision:
     """After the kept set is written: train from the base, or skip an empty M-step."""
     it = _current(run, iteration, pb.PHASE_FILTERING)
@@ -304,8 +305,7 @@ def on_filtered(
         # over unchanged and the report records the skip (documented in the README).
         it.train.skipped = True
         it.checkpoint_key = it.policy_key
-        _set_phase(run, pb.PHASE_EVALUATING, total=len(splits), unit="evaluations")
-        return Decision(jobs=_eval_jobs(run, cfg, iteration, it.checkpoint_key, splits))
+        return _evaluate(run, cfg, iteration, it.checkpoint_key, splits)
     job = ev.TrainJob(
         run_id=run.run_id,
         job_id=keys.job_id("train", run.run_id, iteration),
@@ -345,37 +345,36 @@ def _train_summary(done: ev.TrainDone) -> pb.TrainSummary:
     )
 
 
-def on_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: Sequence[str]) -> Decision:
+def _evaluate(
+    run: pb.Run, cfg: RunConfig, iteration: int, checkpoint: str, splits: Mapping[str, int]
+) -> Decision:
+    jobs = _eval_jobs(run, cfg, iteration, checkpoint, splits)
+    _set_phase(run, pb.PHASE_EVALUATING, total=len(jobs), unit="evaluations")
+    return Decision(jobs=jobs)
+
+
+def on_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: Mapping[str, int]) -> Decision:
     it = _current(run, done.iteration, pb.PHASE_TRAINING)
     if it is None:
         return Decision()
     it.checkpoint_key = done.checkpoint_key
     it.train.CopyFrom(_train_summary(done))
-    _set_phase(run, pb.PHASE_EVALUATING, total=len(splits), unit="evaluations")
-    return Decision(jobs=_eval_jobs(run, cfg, done.iteration, it.checkpoint_key, splits))
+    return _evaluate(run, cfg, done.iteration, it.checkpoint_key, splits)
 
 
 def on_eval_done(
     run: pb.Run,
     cfg: RunConfig,
     done: ev.EvalDone,
-    splits: Sequence[str],
+    splits: Mapping[str, int],
     train_ids: Sequence[str],
     window: int = 0,
     slots: int = 0,
 ) -> Decision:
     it = _current(run, done.iteration, pb.PHASE_EVALUATING)
-    if it is None or any(e.split == done.split for e in it.evals):
+    if it is None or not eval_shards.record(it, done):
         return Decision()
-    it.evals.add(
-        split=done.split,
-        num_problems=done.num_problems,
-        num_correct=done.num_correct,
-        pass_at_1=done.pass_at_1,
-        results_key=done.results_key,
-        metrics=dict(done.metrics),
-    )
-    run.progress.done = len(it.evals)
+    run.progress.done = eval_shards.jobs_done(it)
     run.updated.FromDatetime(_now())
     if len(it.evals) < len(splits):
         return Decision()
@@ -385,9 +384,8 @@ def on_eval_done(
     if done.iteration < run.iterations_total:
         return _start_iteration(run, cfg, train_ids, window, slots)
     if _sft_pending(run, splits):
-        _set_phase(
-            run, pb.PHASE_EVALUATING, done=len(run.sft.evals), total=len(splits), unit="baseline evaluations"
-        )
+        total, done_jobs = eval_job_count(cfg, splits), eval_shards.jobs_done(run.sft)
+        _set_phase(run, pb.PHASE_EVALUATING, done=done_jobs, total=total, unit="baseline evaluations")
         return Decision()
     finish(run, pb.RUN_STATUS_SUCCEEDED)
     return Decision(finished=True)
@@ -405,16 +403,16 @@ def _stalled(run: pb.Run, cfg: RunConfig, iteration: int) -> bool:
     return iteration - choose_best_iteration(run) >= patience
 
 
-def _sft_pending(run: pb.Run, splits: Sequence[str]) -> bool:
+def _sft_pending(run: pb.Run, splits: Mapping[str, int]) -> bool:
     return run.sft_enabled and len(run.sft.evals) < len(splits)
 
 
-def _em_complete(run: pb.Run, splits: Sequence[str]) -> bool:
+def _em_complete(run: pb.Run, splits: Mapping[str, int]) -> bool:
     last = run.iterations[-1] if run.iterations else None
     return last is not None and last.iteration >= run.iterations_total and len(last.evals) >= len(splits)
 
 
-def on_sft_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: Sequence[str]) -> Decision:
+def on_sft_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: Mapping[str, int]) -> Decision:
     if run.status in FINISHED or not run.sft_enabled or run.sft.checkpoint_key:
         return Decision()
     run.sft.checkpoint_key = done.checkpoint_key
@@ -423,11 +421,9 @@ def on_sft_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: S
     return Decision(jobs=_eval_jobs(run, cfg, 0, done.checkpoint_key, splits, variant="sft"))
 
 
-def on_sft_eval_done(run: pb.Run, done: ev.EvalDone, splits: Sequence[str]) -> Decision:
-    if run.status in FINISHED or not run.sft_enabled or any(e.split == done.split for e in run.sft.evals):
+def on_sft_eval_done(run: pb.Run, done: ev.EvalDone, splits: Mapping[str, int]) -> Decision:
+    if run.status in FINISHED or not run.sft_enabled or not eval_shards.record(run.sft, done):
         return Decision()
-    run.sft.evals.add(split=done.split, num_problems=done.num_problems, num_correct=done.num_correct,
-                      pass_at_1=done.pass_at_1, results_key=done.results_key, metrics=dict(done.metrics))  # fmt: skip
     run.updated.FromDatetime(_now())
     if _sft_pending(run, splits):
         return Decision()

@@ -29,7 +29,7 @@ from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactStore
 from shared.tasks import loads_jsonl
 
-from . import core, filter_io, job_records, jobs
+from . import core, eval_shards, filter_io, job_records, jobs
 from .plots import render_plots
 from .report import build_report, render_markdown
 
@@ -175,15 +175,16 @@ class Orchestrator:
 
     async def _test_results(self, run: pb.Run) -> dict[str, list[dict]]:
         """Per-problem test results of every checkpoint that has them (for the difficulty buckets)."""
-        where = {("base" if it.iteration == 0 else str(it.iteration)): e.results_key
-                 for it in run.iterations for e in it.evals if e.split == "test" and e.results_key}  # fmt: skip
+        where = {("base" if it.iteration == 0 else str(it.iteration)): eval_shards.result_keys(e)
+                 for it in run.iterations for e in it.evals if e.split == "test"}  # fmt: skip
         for e in run.sft.evals:
-            if e.split == "test" and e.results_key:
-                where["sft"] = e.results_key
+            if e.split == "test":
+                where["sft"] = eval_shards.result_keys(e)
         out = {}
-        for name, key in where.items():
-            if await asyncio.to_thread(self.store.exists, key):
-                out[name] = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, key))
+        for name, parts in where.items():
+            rows = await asyncio.to_thread(_read_rows, self.store, parts)
+            if rows is not None:
+                out[name] = rows
         return out
 
     async def _write_report(self, run: pb.Run) -> None:
@@ -199,7 +200,7 @@ class Orchestrator:
         run.report_key = key
 
     @staticmethod
-    def _splits(cfg: RunConfig, ids: dict[str, list[str]]) -> list[str]:
+    def _splits(cfg: RunConfig, ids: dict[str, list[str]]) -> dict[str, int]:
         return jobs.eval_splits(cfg, {k: len(v) for k, v in ids.items()})
 
     # --- events -----------------------------------------------------------------------------------
@@ -276,3 +277,10 @@ class Orchestrator:
                 log.exception("dead-letter sweep failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every_s)
+
+
+def _read_rows(store: ArtifactStore, parts: list[str]) -> list[dict] | None:
+    """The result rows of a split's files (a split in shards has one per shard), None when any is missing."""
+    if not parts or not all(store.exists(key) for key in parts):
+        return None
+    return [row for key in parts for row in loads_jsonl(store.get_bytes(key))]

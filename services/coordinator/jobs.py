@@ -6,7 +6,7 @@ shard, so publishing the same decision twice is deduplicated by NATS and changes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -42,38 +42,71 @@ def split_task(cfg: RunConfig, split: str) -> tuple[str, int]:
     return cfg.task.name, cfg.evaluation.max_new_tokens or cfg.sampling.max_new_tokens
 
 
+def eval_shard_bounds(problems: int, shard_size: int) -> list[tuple[int, int]]:
+    """(offset, count) of each eval job of a split of `problems` problems (sorted by id): as few
+    shards of at most `shard_size` as hold them, their sizes within one of each other."""
+    count = max(1, -(-problems // shard_size))
+    size, extra = divmod(problems, count)
+    return [(i * size + min(i, extra), size + (i < extra)) for i in range(count)]
+
+
+def eval_job_count(cfg: RunConfig, splits: Mapping[str, int]) -> int:
+    return sum(len(eval_shard_bounds(n, cfg.evaluation.shard_size)) for n in splits.values())
+
+
+def _eval_output_key(run: pb.Run, iteration: int, split: str, variant: str, shard: int, shards: int) -> str:
+    whole = (
+        f"{keys.sft_prefix(run.run_id)}/eval/{split}.jsonl"
+        if variant
+        else keys.eval_key(run.run_id, iteration, split)
+    )
+    return whole if shards == 1 else whole.removesuffix(".jsonl") + f".shard-{shard:05d}.jsonl"
+
+
+def _eval_job_id(run: pb.Run, iteration: int, split: str, variant: str, shard: int, shards: int) -> str:
+    part = f"{variant}.{split}" if variant else split
+    return keys.job_id(
+        "eval", run.run_id, None if variant else iteration, part if shards == 1 else f"{part}.{shard}"
+    )
+
+
 def _eval_jobs(
-    run: pb.Run, cfg: RunConfig, iteration: int, checkpoint: str, splits: Sequence[str], variant: str = ""
+    run: pb.Run, cfg: RunConfig, iteration: int, checkpoint: str, splits: Mapping[str, int], variant: str = ""
 ) -> list[Job]:
+    """The eval jobs of every split (`splits`: problems per split), a split cut in shards of at most
+    `evaluation.shard_size` problems."""
     jobs = []
-    for split in splits:
+    for split, problems in splits.items():
         task, max_new_tokens = split_task(cfg, split)
         greedy = _greedy(cfg, task, max_new_tokens)
-        params = sampling_params(greedy)
-        job = ev.EvalJob(
-            run_id=run.run_id,
-            job_id=keys.job_id(
-                "eval", run.run_id, None if variant else iteration, f"{variant}.{split}" if variant else split
-            ),
-            iteration=iteration,
-            split=split,
-            task=task,
-            dataset_key=keys.dataset_key(run.run_id, split),
-            checkpoint_key=checkpoint,
-            params=params,
-            output_key=f"{keys.sft_prefix(run.run_id)}/eval/{split}.jsonl"
-            if variant
-            else keys.eval_key(run.run_id, iteration, split),
-            prompt_format=prompt_format(cfg),
-            variant=variant,
-        )
+        sample_params = None
         if cfg.evaluation.samples > 0 and split in cfg.evaluation.sample_splits:
             e = cfg.evaluation
             sampled = replace(
                 greedy, greedy=False, n=e.samples, temperature=e.temperature, top_p=e.top_p, seed=e.seed
             )
-            job.sample_params.CopyFrom(sampling_params(sampled))
-        jobs.append(Job("eval", job, job.job_id))
+            sample_params = sampling_params(sampled)
+        bounds = eval_shard_bounds(problems, cfg.evaluation.shard_size)
+        for shard, (offset, count) in enumerate(bounds):
+            job = ev.EvalJob(
+                run_id=run.run_id,
+                job_id=_eval_job_id(run, iteration, split, variant, shard, len(bounds)),
+                iteration=iteration,
+                split=split,
+                task=task,
+                dataset_key=keys.dataset_key(run.run_id, split),
+                checkpoint_key=checkpoint,
+                params=sampling_params(greedy),
+                output_key=_eval_output_key(run, iteration, split, variant, shard, len(bounds)),
+                prompt_format=prompt_format(cfg),
+                variant=variant,
+                sample_params=sample_params,
+                shard=shard,
+                num_shards=len(bounds),
+                problem_offset=offset if len(bounds) > 1 else 0,
+                problem_count=count if len(bounds) > 1 else 0,
+            )
+            jobs.append(Job("eval", job, job.job_id))
     return jobs
 
 
@@ -83,10 +116,10 @@ def prompt_format(cfg: RunConfig) -> common_pb2.PromptFormat:
     )
 
 
-def eval_splits(cfg: RunConfig, split_sizes: dict[str, int]) -> list[str]:
-    """The run's non-empty eval splits, then its transfer sets (`transfer-<name>`)."""
-    own = [s for s in cfg.evaluation.splits if split_sizes.get(s, 0) > 0]
-    return own + [t.split for t in cfg.evaluation.transfer if split_sizes.get(t.split, 0) > 0]
+def eval_splits(cfg: RunConfig, split_sizes: Mapping[str, int]) -> dict[str, int]:
+    """The run's non-empty eval splits, then its transfer sets (`transfer-<name>`), with their sizes."""
+    names = [*cfg.evaluation.splits, *(t.split for t in cfg.evaluation.transfer)]
+    return {s: split_sizes[s] for s in names if split_sizes.get(s, 0) > 0}
 
 
 def sample_job(
@@ -140,7 +173,7 @@ def _verify_job(run: pb.Run, cfg: RunConfig, iteration: int, shard: int) -> Job:
     return Job("verify", job, job.job_id)
 
 
-def train_validation(run: pb.Run, cfg: RunConfig, splits: Sequence[str]) -> ev.TrainValidation | None:
+def train_validation(run: pb.Run, cfg: RunConfig, splits: Mapping[str, int]) -> ev.TrainValidation | None:
     """Validation-driven stopping of the M-step: on when the run evaluates a (non-empty) validation split.
 
     The greedy settings are the validation evaluation's, so the trainer's reward is that pass@1.

@@ -62,7 +62,7 @@ def outstanding(run: pb.Run, job_type: str, msg: Any) -> bool:
             return False
         if job_type == "train":
             return not run.sft.checkpoint_key
-        return bool(run.sft.checkpoint_key) and all(e.split != msg.split for e in run.sft.evals)
+        return bool(run.sft.checkpoint_key) and _eval_outstanding(run.sft, msg)
     it = _current_iteration(run, msg.iteration)
     if it is None:
         return False
@@ -74,8 +74,15 @@ def outstanding(run: pb.Run, job_type: str, msg: Any) -> bool:
     if job_type == "train":
         return bool(run.phase == pb.PHASE_TRAINING)
     if job_type == "eval":
-        return run.phase == pb.PHASE_EVALUATING and all(e.split != msg.split for e in it.evals)
+        return run.phase == pb.PHASE_EVALUATING and _eval_outstanding(it, msg)
     return False
+
+
+def _eval_outstanding(it: pb.Iteration, msg: Any) -> bool:
+    """Neither the eval job's split nor (a split in shards) its shard is recorded yet."""
+    if any(e.split == msg.split for e in it.evals):
+        return False
+    return msg.num_shards <= 1 or all(s.split != msg.split or s.shard != msg.shard for s in it.eval_shards)
 
 
 def open_jobs(run: pb.Run, jobs: Sequence[core.Job]) -> list[core.Job]:

@@ -15,6 +15,7 @@ async def main_async(config_path: Path | None) -> None:
     from shared.bus import EventBus
     from shared.configio import load_service_config
     from shared.grpc_server import ServiceBinding
+    from shared.llm.backends import configured_backend
     from shared.llm.checkpoint import pick_device
     from shared.service import env_prefix
     from shared.store import ArtifactStore
@@ -26,11 +27,17 @@ async def main_async(config_path: Path | None) -> None:
 
     cfg = load_service_config(EvaluatorConfig, config_path, env_prefix=env_prefix("evaluator"))
     device = pick_device(cfg.device)
+    backend = configured_backend(cfg.backend, cfg.vllm)
 
     async def wire(bus: EventBus, store: ArtifactStore, state: WorkerState) -> Wiring:
         checkpoints = CheckpointCache(
-            store, cfg.cache_dir, device, max_batch_sequences=cfg.max_batch_sequences
+            store,
+            cfg.cache_dir,
+            device,
+            max_batch_sequences=cfg.max_batch_sequences,
+            load=backend[1] if backend else None,
         )
+        state.backend = backend[0] if backend else cfg.backend
         # The services share one API token: the evaluator presents its own to the verifier.
         channel = aio_channel(cfg.verifier_address, server_token(cfg.grpc))
         verifier = verifier_pb2_grpc.VerifierServiceStub(channel)

@@ -7,10 +7,12 @@ from pathlib import Path
 from pydantic import Field
 
 from shared.infra import Device, GrpcConfig, LogLevel, NatsConfig, StoreConfig, StrictModel
+from shared.llm.backends import BackendName, VllmSettings
 
 
 class EvaluatorConfig(StrictModel):
-    """Greedy pass@1 of a checkpoint on a split; answers are scored by the verifier service."""
+    """Greedy pass@1 (and sampled pass@k / maj@k) of a checkpoint on a split or a shard of one;
+    answers are scored by the verifier service."""
 
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     """gRPC server."""
@@ -26,6 +28,12 @@ class EvaluatorConfig(StrictModel):
     verify_concurrency: int = Field(default=4, ge=1, le=256)
     """Verify calls in flight at once for one evaluation: a large split is verified by several
     verifier replicas (or sandbox workers) in parallel."""
+    backend: BackendName = "transformers"
+    """Generation backend, as the sampler's: `transformers` (CPU or GPU) or `vllm` (GPU; the `vllm`
+    package, imported only when selected). Run the evaluator on the sampler's backend so evaluation
+    decodes as the E-step does."""
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    """vLLM engine settings (with `backend: vllm`)."""
     device: Device = "auto"
     """Device for the model: `auto` picks CUDA when present."""
     cache_dir: Path = Path(".restem/cache/evaluator")

@@ -1,4 +1,5 @@
-"""Eval jobs from the work queue: greedy answers on a split, scored by the verifier's gRPC API.
+"""Eval jobs from the work queue: greedy answers on a split (or a shard of one), scored by the
+verifier's gRPC API.
 
 Idempotent: an existing results object is only re-announced.
 """
@@ -42,6 +43,20 @@ def verify_batches(items: list, max_items: int, max_bytes: int) -> list[list]:
         batches[-1].append(item)
         size += n
     return batches
+
+
+def shard_of(dataset: dict[str, dict], job: ev.EvalJob) -> list[dict]:
+    """The job's problems: the split sorted by id, or (a split in shards) its slice of it."""
+    problems = sorted(dataset.values(), key=lambda p: p["id"])
+    if job.num_shards <= 1:
+        return problems
+    part = problems[job.problem_offset : job.problem_offset + job.problem_count]
+    if len(part) != job.problem_count or not part:
+        raise PermanentError(
+            f"eval shard {job.shard} of {job.split} asks for problems {job.problem_offset}.."
+            f"{job.problem_offset + job.problem_count} of a split of {len(problems)}"
+        )
+    return part
 
 
 class EvalHandler:
@@ -88,7 +103,7 @@ class EvalHandler:
         from shared.llm.generation import render_prompt
 
         try:
-            problems = sorted((await self.datasets.get(job.dataset_key)).values(), key=lambda p: p["id"])
+            problems = shard_of(await self.datasets.get(job.dataset_key), job)
             generator = await self.checkpoints.generator(job.checkpoint_key)
         except (ArtifactNotFound, CheckpointError) as exc:
             raise PermanentError(str(exc)) from exc

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import SamplerConfig
-
-# (name shown by GetStats, checkpoint directory -> generator)
-Backend = tuple[str, Callable[[Path], Any]]
-
-
-def configured_backend(cfg: SamplerConfig) -> Backend | None:
-    """The configured backend's loader; None for transformers (the checkpoint cache's default)."""
-    if cfg.backend == "vllm":
-        from .vllm_backend import VllmGenerator, import_vllm
-
-        import_vllm()  # a missing vllm fails the start-up, not every job
-        return "vllm", functools.partial(VllmGenerator.load, settings=cfg.vllm)
-    return None
+    from shared.llm.backends import Backend
 
 
 async def main_async(config_path: Path | None, backend: Backend | None = None) -> None:
@@ -33,6 +18,7 @@ async def main_async(config_path: Path | None, backend: Backend | None = None) -
     from shared.bus import EventBus
     from shared.configio import load_service_config
     from shared.grpc_server import ServiceBinding
+    from shared.llm.backends import configured_backend
     from shared.llm.checkpoint import pick_device
     from shared.service import env_prefix
     from shared.store import ArtifactStore
@@ -44,7 +30,7 @@ async def main_async(config_path: Path | None, backend: Backend | None = None) -
 
     cfg = load_service_config(SamplerConfig, config_path, env_prefix=env_prefix("sampler"))
     device = pick_device(cfg.device)
-    backend = backend or configured_backend(cfg)
+    backend = backend or configured_backend(cfg.backend, cfg.vllm)
 
     async def wire(bus: EventBus, store: ArtifactStore, state: WorkerState) -> Wiring:
         load = backend[1] if backend else None

@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
 from shared.infra import Device, GrpcConfig, LogLevel, NatsConfig, StoreConfig, StrictModel
-
-
-class VllmSettings(StrictModel):
-    """vLLM's offline engine (`vllm.LLM`); read only with `backend: vllm`."""
-
-    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
-    """GPUs one engine shards the model over."""
-    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
-    """Fraction of GPU memory the engine may take (weights + KV cache)."""
-    enable_prefix_caching: bool = True
-    """Reuse the KV cache of prompt prefixes the prompts share (system prompt, few-shot examples)."""
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Weight and activation dtype; `auto` follows the checkpoint's config."""
-    max_model_len: int | None = Field(default=None, ge=16)
-    """Longest prompt + completion in tokens; default: the model's own limit."""
+from shared.llm.backends import BackendName, VllmSettings
 
 
 class SamplerConfig(StrictModel):
@@ -34,7 +19,7 @@ class SamplerConfig(StrictModel):
     """NATS JetStream connection."""
     store: StoreConfig = Field(default_factory=StoreConfig)
     """Artifact store."""
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: BackendName = "transformers"
     """Generation backend: `transformers` (CPU or GPU, always installed) or `vllm` (GPU; needs the `vllm` package, imported only when selected)."""
     vllm: VllmSettings = Field(default_factory=VllmSettings)
     """vLLM engine settings (with `backend: vllm`)."""

@@ -80,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=1, help="copies of the math case's run started at once")
     p.add_argument("--validation", type=int, default=500)
     p.add_argument("--test", type=int, default=500)
+    p.add_argument("--eval-shard-size", type=int, default=256, help="evaluation.shard_size of the runs")
     p.add_argument("--small-problems", type=int, default=64, help="the run started behind the big one")
     p.add_argument("--tokens-per-sample", type=int, default=600)
     p.add_argument("--tokens-per-s", type=float, default=8000.0)
@@ -113,7 +114,7 @@ def spec_of(args: argparse.Namespace, task: str) -> RunSpec:
     default_p, default_k = (7500, 32) if task == "math" else (5000, 64)
     problems = args.problems or max(8, round(default_p * args.scale))
     return RunSpec(task, problems, args.k or default_k, args.iterations if task == "math" else 1,
-                   args.shard_size, 10, args.validation, args.test, args.seed)  # fmt: skip
+                   args.shard_size, 10, args.validation, args.test, args.seed, args.eval_shard_size)  # fmt: skip
 
 
 async def run_cases(args: argparse.Namespace, state: Path) -> list[tuple[str, RunResult]]:

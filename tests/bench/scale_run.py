@@ -47,6 +47,7 @@ class RunSpec:
     validation: int = 100
     test: int = 100
     seed: int = 0
+    eval_shard_size: int = 256
 
     def shards(self, slots: int) -> int:
         """Sample jobs of one iteration with `slots` sampler replicas (`sampler_slots`, as the chart sets)."""
@@ -58,8 +59,8 @@ class RunSpec:
         """The simulated work alone, compressed as the bench runs it: E-step, M-step, one evaluation."""
         t = fleet.timing
         estep = t.generation_s(self.problems * self.k) * runs_at_once / fleet.samplers
-        splits = [t.generation_s(n) for n in (self.validation, self.test) if n]
-        evals = max(max(splits, default=0.0), sum(splits) * runs_at_once / max(1, fleet.evaluators))
+        # evaluation in shards: the splits' generation spread evenly over the evaluators
+        evals = t.generation_s(self.validation + self.test) * runs_at_once / max(1, fleet.evaluators)
         mstep = t.mstep_s / t.time_scale * runs_at_once / max(1, fleet.trainers)
         total = evals + self.iterations * (estep + mstep + evals)
         return {"estep": estep, "mstep": mstep, "eval": evals, "total": total}
@@ -76,7 +77,10 @@ def run_config(spec: RunSpec, files: dict[str, Path], model: Path, tokens: int) 
         },
         "sampling": {"n": spec.k, "max_new_tokens": tokens, "seed": spec.seed},
         "training": {"validation_stopping": False},
-        "evaluation": {"splits": [s for s in ("validation", "test") if getattr(spec, s)]},
+        "evaluation": {
+            "splits": [s for s in ("validation", "test") if getattr(spec, s)],
+            "shard_size": spec.eval_shard_size,
+        },
     }
     return yaml.safe_dump(cfg, sort_keys=False)
 
@@ -101,6 +105,9 @@ class RunResult:
     kept_sha256: dict[int, str] = field(default_factory=dict)
     kept_identical: bool | None = None  # the kill case: kept sets equal those of a run without the kill
     rss_mib: float = 0.0  # the coordinator's peak (VmHWM) during the case
+    evals: dict[str, tuple[int, int]] = field(
+        default_factory=dict
+    )  # last iteration: split -> (problems, shard files)
     extra: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -220,6 +227,8 @@ async def measure(session: Session, run_id: str, spec: RunSpec, started: float, 
     run = session.api.last[run_id]
     result = RunResult(run_id, spec, pb.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower(),
                        ended - started, spec.ideal_s(session.fleet, runs_at_once))  # fmt: skip
+    if run.iterations:
+        result.evals = {e.split: (e.num_problems, len(e.results_keys) or 1) for e in run.iterations[-1].evals}
     windows = []
     for it in range(1, spec.iterations + 1):
         times = iteration_times(session.obs, run_id, it)

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.integration
 
 RSS_GROWTH_MIB = 32.0  # per-problem state for 1,500 more problems is far below this; 12k more samples are not
 INTERLEAVE_FACTOR, INTERLEAVE_SLACK_S = 2.0, 1.0
-BIG = RunSpec("math", problems=2000, k=8, iterations=1, shard_size=8, cutoff=4, validation=16, test=16)
+BIG = RunSpec("math", problems=2000, k=8, iterations=1, shard_size=8, cutoff=4, validation=16, test=20,
+              eval_shard_size=8)  # fmt: skip
 FAST = TimeModel(time_scale=2000.0, mstep_s=60.0, checkpoint_bytes=2**20)
 # Behind case: slow enough that the big E-step (250 shards on 8 replicas) lasts ~10 s.
 SLOW = dataclasses.replace(FAST, time_scale=15.0)
@@ -67,6 +68,11 @@ def test_no_shard_lost_or_done_twice(results: dict[str, RunResult]) -> None:
         assert r.doubled == [], f"{name}: shards done twice {r.doubled[:10]}"
         assert r.sample_done_in_stream == r.spec.shards(8), name  # 8 samplers: 250 jobs -> 256
         assert 1 in r.kept_sha256, f"{name}: no kept set"
+
+
+def test_splits_are_evaluated_in_shards_and_merged(results: dict[str, RunResult]) -> None:
+    # evaluation.shard_size 8: validation 16 -> 2 eval jobs, test 20 -> 3 (7, 7, 6), merged per split
+    assert results["x1"].evals == {"validation": (16, 2), "test": (20, 3)}
 
 
 def test_coordinator_memory_is_bounded(results: dict[str, RunResult]) -> None:

@@ -93,8 +93,8 @@ def test_a_first_round_above_the_maximum_is_a_config_error():
 
 def _run_to_filtering(cfg):
     run, _ = core.new_run("demo-abc123", cfg, "", base_model_key="models/base")
-    core.on_prepare_done(run, cfg, ev.PrepareDone(), ["test"])
-    d = core.on_eval_done(run, cfg, ev.EvalDone(iteration=0, split="test"), ["test"], IDS)
+    core.on_prepare_done(run, cfg, ev.PrepareDone(), {"test": 64})
+    d = core.on_eval_done(run, cfg, ev.EvalDone(iteration=0, split="test"), {"test": 64}, IDS)
     for job in d.jobs:
         core.on_sample_done(run, cfg, ev.SampleDone(iteration=1, shard=job.message.shard, num_samples=4))
     for job in d.jobs:

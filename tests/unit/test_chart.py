@@ -369,6 +369,14 @@ def test_pdbs_and_autoscaling():
     [
         ({"sampler": {"image": {"variant": "cpu"}}}, r"sampler.gpus=1 but sampler.image.variant=cpu"),
         (
+            {"evaluator": {"config": {"backend": "vllm"}}},
+            r"evaluator.config.backend=vllm but evaluator.image.variant=cpu .*restem-evaluator-cuda",
+        ),
+        (
+            {"sampler": {"gpus": 0, "image": {"variant": "cpu"}, "config": {"backend": "vllm"}}},
+            r"sampler.config.backend=vllm but sampler.image.variant=cpu",
+        ),
+        (
             {"minio": {"install": False}},
             r"no S3 store configured: MinIO is disabled and there is no external endpoint",
         ),

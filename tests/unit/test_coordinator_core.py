@@ -72,7 +72,7 @@ def _started():
 def test_a_whole_iteration_of_decisions():
     cfg, run, d = _started()
     assert [j.job_type for j in d.jobs] == ["prepare"]
-    splits = ["validation", "test"]
+    splits = {"validation": 32, "test": 64}
     train_ids = [f"train-{i:05d}" for i in range(20)]
     d = core.on_prepare_done(run, cfg, ev.PrepareDone(run_id=run.run_id), splits)
     assert [j.message.checkpoint_key for j in d.jobs] == ["models/base", "models/base"]
@@ -133,14 +133,14 @@ def test_a_whole_iteration_of_decisions():
 
 def test_an_empty_kept_set_skips_training_and_carries_the_policy():
     cfg, run, _ = _started()
-    core.on_prepare_done(run, cfg, ev.PrepareDone(), ["test"])
-    core.on_eval_done(run, cfg, ev.EvalDone(iteration=0, split="test"), ["test"], ["t1"])
+    core.on_prepare_done(run, cfg, ev.PrepareDone(), {"test": 64})
+    core.on_eval_done(run, cfg, ev.EvalDone(iteration=0, split="test"), {"test": 64}, ["t1"])
     core.on_sample_done(run, cfg, ev.SampleDone(iteration=1, shard=0, num_samples=8))
     core.on_verify_done(run, ev.VerifyDone(iteration=1, shard=0, num_samples=8))
     stats = core.FilterStats(
         samples=8, correct=0, problems_total=1, problems_solved=0, kept=0, duplicates_dropped=0
     )
-    d = core.on_filtered(run, cfg, 1, stats, ["test"])
+    d = core.on_filtered(run, cfg, 1, stats, {"test": 64})
     assert run.iterations[-1].train.skipped and [j.job_type for j in d.jobs] == ["eval"]
     assert d.jobs[0].message.checkpoint_key == "models/base"
 
@@ -149,7 +149,7 @@ def test_events_of_a_finished_or_other_iteration_are_ignored():
     cfg, run, _ = _started()
     core.on_job_failed(run, ev.JobFailed(job_id="x", job_type="prepare", reason="boom"))
     assert run.status == pb.RUN_STATUS_FAILED and "boom" in run.error
-    assert core.on_prepare_done(run, cfg, ev.PrepareDone(), ["test"]).jobs == []
+    assert core.on_prepare_done(run, cfg, ev.PrepareDone(), {"test": 64}).jobs == []
     core.finish(run, pb.RUN_STATUS_CANCELLED)
     assert run.status == pb.RUN_STATUS_FAILED  # the first ending stands
 
@@ -173,7 +173,7 @@ def test_the_sft_baseline_runs_beside_the_em_loop_and_the_run_waits_for_it():
     text = CFG_YAML + "baseline: {sft: true}\n"
     cfg = parse_run_config(text)
     run, _ = core.new_run("demo-abc123", cfg, text, base_model_key="models/base")
-    splits, train_ids = ["test"], ["t1"]
+    splits, train_ids = {"test": 64}, ["t1"]
     d = core.on_prepare_done(run, cfg, ev.PrepareDone(), splits)
     sft_job = next(j.message for j in d.jobs if j.job_type == "train")
     assert sft_job.variant == "sft" and sft_job.base_key == "models/base"

@@ -66,8 +66,8 @@ def test_every_checkpoint_is_evaluated_on_the_transfer_sets_with_their_own_task(
     cfg = parse_run_config(CFG)
     sizes = {"train": 8, "validation": 4, "test": 4, "transfer-he": 5, "transfer-code": 4}
     splits = coordinator_jobs.eval_splits(cfg, sizes)
-    assert splits == ["validation", "test", "transfer-he", "transfer-code"]
-    assert coordinator_jobs.eval_splits(cfg, {**sizes, "transfer-he": 0})[-1] == "transfer-code"
+    assert list(splits) == ["validation", "test", "transfer-he", "transfer-code"]
+    assert list(coordinator_jobs.eval_splits(cfg, {**sizes, "transfer-he": 0}))[-1] == "transfer-code"
     run, _ = core.new_run("t-000001", cfg, CFG, base_model_key="models/base")
     jobs = {
         j.message.split: j.message
@@ -118,7 +118,7 @@ def test_early_stop_ends_the_loop_when_validation_stops_improving() -> None:
     text = "task: {arithmetic: {train: 2, validation: 2, test: 2}}\nem: {iterations: 5, early_stop_patience: 2}\n"
     cfg = parse_run_config(text)
     run, _ = core.new_run("e-000001", cfg, text, base_model_key="models/base")
-    splits = ["validation", "test"]
+    splits = {"validation": 8, "test": 8}
     core.on_prepare_done(run, cfg, ev.PrepareDone(run_id=run.run_id), splits)
     finished = []
     for iteration, val in enumerate([0.1, 0.5, 0.4, 0.5]):  # best at 1; 2 and 3 do not beat it

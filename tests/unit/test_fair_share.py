@@ -15,8 +15,8 @@ IDS = [f"p{i}" for i in range(20)]  # 10 shards
 
 def started(window: int) -> tuple[pb.Run, list[core.Job]]:
     run, _ = core.new_run("run-fair", CFG, "", base_model_key="m")
-    core.on_prepare_done(run, CFG, ev.PrepareDone(), ["test"])
-    d = core.on_eval_done(run, CFG, ev.EvalDone(iteration=0, split="test"), ["test"], IDS, window)
+    core.on_prepare_done(run, CFG, ev.PrepareDone(), {"test": 64})
+    d = core.on_eval_done(run, CFG, ev.EvalDone(iteration=0, split="test"), {"test": 64}, IDS, window)
     return run, d.jobs
 
 

@@ -30,21 +30,23 @@ def _filtered(cfg_yaml: str, splits: list[str]) -> tuple[object, ev.TrainJob]:
 
 
 def test_the_train_job_asks_for_validation_stopping_when_there_is_a_validation_split() -> None:
-    _, job = _filtered(YAML, ["validation", "test"])
+    _, job = _filtered(YAML, {"validation": 32, "test": 64})
     assert job.HasField("validation")
     v = job.validation
     assert v.dataset_key == keys.dataset_key("demo-abc123", "validation") and v.task == "arithmetic"
     assert job.params.patience == 2 and v.params.greedy and v.params.n == 1 and v.params.stop_regex
     assert v.prompt_format.chat_template  # rendered like the evaluator renders validation prompts
-    _, no_split = _filtered(YAML, ["test"])
+    _, no_split = _filtered(YAML, {"test": 64})
     assert not no_split.HasField("validation")
-    _, off = _filtered(YAML.replace("patience: 2", "validation_stopping: false"), ["validation", "test"])
+    _, off = _filtered(
+        YAML.replace("patience: 2", "validation_stopping: false"), {"validation": 32, "test": 64}
+    )
     assert not off.HasField("validation")
 
 
 def test_per_epoch_validation_rewards_reach_the_report() -> None:
     cfg = parse_run_config(YAML)
-    run, _ = _filtered(YAML, ["validation", "test"])
+    run, _ = _filtered(YAML, {"validation": 32, "test": 64})
     done = ev.TrainDone(
         iteration=1,
         checkpoint_key="ck1",
@@ -53,7 +55,7 @@ def test_per_epoch_validation_rewards_reach_the_report() -> None:
         best_epoch=2,
         epochs=3,
     )
-    core.on_train_done(run, cfg, done, ["validation", "test"])
+    core.on_train_done(run, cfg, done, {"validation": 32, "test": 64})
     report = build_report(run)
     assert report["iterations"][1]["train"]["validation_rewards"] == [0.25, 0.5, 0.25]
     assert "- iteration 1: 25.0 %, **50.0 %**, 25.0 %" in render_markdown(report)

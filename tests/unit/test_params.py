@@ -185,9 +185,9 @@ def test_every_field_reaches_its_consumer(
 
 def test_validation_stopping_decides_the_jobs_validation_section() -> None:
     run = pb.Run(run_id="run-abcdef")
-    on = jobs.train_validation(run, RunConfig(), ["validation", "test"])
+    on = jobs.train_validation(run, RunConfig(), {"validation": 32, "test": 64})
     off = jobs.train_validation(
-        run, _config("training", ["validation_stopping"], False), ["validation", "test"]
+        run, _config("training", ["validation_stopping"], False), {"validation": 32, "test": 64}
     )
     assert on is not None and on.dataset_key.endswith("validation.jsonl") and off is None
 

@@ -15,11 +15,11 @@ IDS = [f"p{i}" for i in range(12)]
 def _sampling_run() -> tuple[pb.Run, list[core.Job]]:
     run, decision = core.new_run("r-1", CFG, "", base_model_key="models/base")
     jobs = list(decision.jobs)
-    decision = core.on_prepare_done(run, CFG, ev.PrepareDone(run_id="r-1"), ["validation", "test"])
+    decision = core.on_prepare_done(run, CFG, ev.PrepareDone(run_id="r-1"), {"validation": 32, "test": 64})
     jobs += decision.jobs
     for split in ("validation", "test"):
         done = ev.EvalDone(run_id="r-1", iteration=0, split=split, num_problems=4)
-        jobs += core.on_eval_done(run, CFG, done, ["validation", "test"], IDS).jobs
+        jobs += core.on_eval_done(run, CFG, done, {"validation": 32, "test": 64}, IDS).jobs
     return run, jobs
 
 
@@ -61,10 +61,10 @@ def test_a_finished_run_has_no_open_jobs():
 
 def test_evaluating_reopens_only_splits_without_a_result():
     run, _ = core.new_run("r-3", CFG, "", base_model_key="m")
-    jobs = core.on_prepare_done(run, CFG, ev.PrepareDone(run_id="r-3"), ["validation", "test"]).jobs
+    jobs = core.on_prepare_done(run, CFG, ev.PrepareDone(run_id="r-3"), {"validation": 32, "test": 64}).jobs
     assert _types(open_jobs(run, jobs)) == [keys.job_id("eval", "r-3", 0, s) for s in ("test", "validation")]
     core.on_eval_done(
-        run, CFG, ev.EvalDone(run_id="r-3", iteration=0, split="test"), ["validation", "test"], IDS
+        run, CFG, ev.EvalDone(run_id="r-3", iteration=0, split="test"), {"validation": 32, "test": 64}, IDS
     )
     assert _types(open_jobs(run, jobs)) == [keys.job_id("eval", "r-3", 0, "validation")]
 
@@ -73,7 +73,7 @@ def test_the_sft_baseline_train_job_stays_open_until_its_checkpoint_is_known():
     cfg = parse_run_config("task: {arithmetic: {train: 8, validation: 0, test: 4}}\nbaseline: {sft: true}\n")
     run, _ = core.new_run("r-4", cfg, "", base_model_key="m")
     run.sft_enabled = True
-    jobs = core.on_prepare_done(run, cfg, ev.PrepareDone(run_id="r-4"), ["test"]).jobs
+    jobs = core.on_prepare_done(run, cfg, ev.PrepareDone(run_id="r-4"), {"test": 64}).jobs
     sft = [j for j in jobs if j.job_type == "train"]
     assert len(sft) == 1 and open_jobs(run, sft) == sft
     run.sft.checkpoint_key = "runs/r-4/sft/checkpoint"

@@ -52,8 +52,8 @@ def test_the_chunk_count_plans_chunks_of_shard_size() -> None:
 def _started(slots: int, window: int = 0) -> tuple[core.pb.Run, list[core.Job], list[str]]:
     ids = [f"p{i}" for i in range(100)]
     run, _ = core.new_run("run-bal", CFG, "", base_model_key="m")
-    core.on_prepare_done(run, CFG, ev.PrepareDone(), ["test"])
-    d = core.on_eval_done(run, CFG, ev.EvalDone(iteration=0, split="test"), ["test"], ids, window, slots)
+    core.on_prepare_done(run, CFG, ev.PrepareDone(), {"test": 64})
+    d = core.on_eval_done(run, CFG, ev.EvalDone(iteration=0, split="test"), {"test": 64}, ids, window, slots)
     return run, d.jobs, ids
 
 

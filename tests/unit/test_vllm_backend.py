@@ -24,12 +24,13 @@ from typing import Any, ClassVar
 import pytest
 from transformers import AutoTokenizer
 
-from services.sampler.__main__ import configured_backend
-from services.sampler.config import SamplerConfig, VllmSettings
-from services.sampler.vllm_backend import VllmGenerator, import_vllm, sampling_kwargs
+from services.evaluator.config import EvaluatorConfig
+from services.sampler.config import SamplerConfig
 from shared.artifacts import CheckpointCache
 from shared.infra import StoreConfig
+from shared.llm.backends import VllmSettings, configured_backend
 from shared.llm.generation import GenerationParams, encode_prompt, render_prompt
+from shared.llm.vllm_backend import VllmGenerator, import_vllm, sampling_kwargs
 from shared.models import resolve_model_source
 from shared.seeds import sample_seeds
 from shared.store import open_store
@@ -207,15 +208,22 @@ def test_a_missing_vllm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(RuntimeError, match=r"vllm package is not installed.*backend: transformers"):
         import_vllm()
-    with pytest.raises(RuntimeError, match="not installed"):
-        configured_backend(SamplerConfig(backend="vllm"))
-    assert configured_backend(SamplerConfig()) is None  # transformers never imports vllm
+    for cfg in (SamplerConfig(backend="vllm"), EvaluatorConfig(backend="vllm")):
+        with pytest.raises(RuntimeError, match="not installed"):
+            configured_backend(cfg.backend, cfg.vllm)
+    assert configured_backend("transformers", VllmSettings()) is None  # transformers never imports vllm
 
 
-def test_the_sampler_loads_the_vllm_backend_and_says_so(fake_vllm: Any, tmp_path: Path) -> None:
-    backend = configured_backend(SamplerConfig(backend="vllm"))
+@pytest.mark.parametrize("service", ["sampler", "evaluator"])
+def test_the_sampler_and_the_evaluator_load_the_vllm_backend_and_say_so(
+    fake_vllm: Any, tmp_path: Path, service: str
+) -> None:
+    cfg = (SamplerConfig if service == "sampler" else EvaluatorConfig).model_validate(
+        {"backend": "vllm", "vllm": {"max_model_len": 1024}}
+    )
+    backend = configured_backend(cfg.backend, cfg.vllm)
     assert backend is not None and backend[0] == "vllm"
-    assert WorkerState("sampler", backend=backend[0]).to_proto().backend == "vllm"
+    assert WorkerState(service, backend=backend[0]).to_proto().backend == "vllm"
     store = open_store(StoreConfig(kind="local", root=tmp_path / "store"))
     for key in ("ck/1", "ck/2"):
         src = tmp_path / key
@@ -232,3 +240,4 @@ def test_the_sampler_loads_the_vllm_backend_and_says_so(fake_vllm: Any, tmp_path
     first, second = asyncio.run(load_two())
     assert isinstance(second, VllmGenerator) and second.llm.model == str(cache.local_dir("ck/2"))
     assert first.llm is None  # the previous engine was closed before the next one was built
+    assert second.llm.max_model_len == 1024  # the service's own engine settings

@@ -57,7 +57,7 @@ class PhaseProgress(_message.Message):
     def __init__(self, phase: _Optional[_Union[Phase, str]] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ...) -> None: ...
 
 class EvalResult(_message.Message):
-    __slots__ = ("split", "num_problems", "num_correct", "pass_at_1", "results_key", "metrics")
+    __slots__ = ("split", "num_problems", "num_correct", "pass_at_1", "results_key", "metrics", "shard", "results_keys")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,13 +71,17 @@ class EvalResult(_message.Message):
     PASS_AT_1_FIELD_NUMBER: _ClassVar[int]
     RESULTS_KEY_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_KEYS_FIELD_NUMBER: _ClassVar[int]
     split: str
     num_problems: int
     num_correct: int
     pass_at_1: float
     results_key: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, split: _Optional[str] = ..., num_problems: _Optional[int] = ..., num_correct: _Optional[int] = ..., pass_at_1: _Optional[float] = ..., results_key: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    shard: int
+    results_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, split: _Optional[str] = ..., num_problems: _Optional[int] = ..., num_correct: _Optional[int] = ..., pass_at_1: _Optional[float] = ..., results_key: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., shard: _Optional[int] = ..., results_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainSummary(_message.Message):
     __slots__ = ("steps", "examples", "tokens", "loss_first", "loss_last", "seconds", "skipped", "validation_rewards", "best_epoch", "epochs")
@@ -104,7 +108,7 @@ class TrainSummary(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ..., skipped: _Optional[bool] = ..., validation_rewards: _Optional[_Iterable[float]] = ..., best_epoch: _Optional[int] = ..., epochs: _Optional[int] = ...) -> None: ...
 
 class Iteration(_message.Message):
-    __slots__ = ("iteration", "policy_key", "checkpoint_key", "samples", "correct_samples", "train_pass_rate", "problems_solved", "problems_total", "kept", "kept_key", "train", "evals", "tokens_generated", "phase_seconds", "seconds", "shards_total", "shards_sampled", "shards_verified", "verdict_keys", "started", "sampling_rounds")
+    __slots__ = ("iteration", "policy_key", "checkpoint_key", "samples", "correct_samples", "train_pass_rate", "problems_solved", "problems_total", "kept", "kept_key", "train", "evals", "tokens_generated", "phase_seconds", "seconds", "shards_total", "shards_sampled", "shards_verified", "verdict_keys", "started", "sampling_rounds", "eval_shards")
     class PhaseSecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +137,7 @@ class Iteration(_message.Message):
     VERDICT_KEYS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_SHARDS_FIELD_NUMBER: _ClassVar[int]
     iteration: int
     policy_key: str
     checkpoint_key: str
@@ -154,7 +159,8 @@ class Iteration(_message.Message):
     verdict_keys: _containers.RepeatedScalarFieldContainer[str]
     started: _timestamp_pb2.Timestamp
     sampling_rounds: int
-    def __init__(self, iteration: _Optional[int] = ..., policy_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., train_pass_rate: _Optional[float] = ..., problems_solved: _Optional[int] = ..., problems_total: _Optional[int] = ..., kept: _Optional[int] = ..., kept_key: _Optional[str] = ..., train: _Optional[_Union[TrainSummary, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., tokens_generated: _Optional[int] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., seconds: _Optional[float] = ..., shards_total: _Optional[int] = ..., shards_sampled: _Optional[_Iterable[int]] = ..., shards_verified: _Optional[_Iterable[int]] = ..., verdict_keys: _Optional[_Iterable[str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sampling_rounds: _Optional[int] = ...) -> None: ...
+    eval_shards: _containers.RepeatedCompositeFieldContainer[EvalResult]
+    def __init__(self, iteration: _Optional[int] = ..., policy_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., train_pass_rate: _Optional[float] = ..., problems_solved: _Optional[int] = ..., problems_total: _Optional[int] = ..., kept: _Optional[int] = ..., kept_key: _Optional[str] = ..., train: _Optional[_Union[TrainSummary, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., tokens_generated: _Optional[int] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., seconds: _Optional[float] = ..., shards_total: _Optional[int] = ..., shards_sampled: _Optional[_Iterable[int]] = ..., shards_verified: _Optional[_Iterable[int]] = ..., verdict_keys: _Optional[_Iterable[str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sampling_rounds: _Optional[int] = ..., eval_shards: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ...) -> None: ...
 
 class Run(_message.Message):
     __slots__ = ("run_id", "name", "status", "phase", "iteration", "iterations_total", "progress", "iterations", "error", "config_yaml", "base_model_key", "created", "updated", "finished", "best_iteration", "report_key", "task", "phase_started", "model_source", "sft_enabled", "sft")

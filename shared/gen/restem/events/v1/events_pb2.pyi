@@ -210,7 +210,7 @@ class TrainDone(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., checkpoint_key: _Optional[str] = ..., steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ..., variant: _Optional[str] = ..., validation_rewards: _Optional[_Iterable[float]] = ..., best_epoch: _Optional[int] = ..., epochs: _Optional[int] = ...) -> None: ...
 
 class EvalJob(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "split", "task", "dataset_key", "checkpoint_key", "params", "output_key", "prompt_format", "sample_params", "variant")
+    __slots__ = ("run_id", "job_id", "iteration", "split", "task", "dataset_key", "checkpoint_key", "params", "output_key", "prompt_format", "sample_params", "variant", "shard", "num_shards", "problem_offset", "problem_count")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +223,10 @@ class EvalJob(_message.Message):
     PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_PARAMS_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -235,10 +239,14 @@ class EvalJob(_message.Message):
     prompt_format: _common_pb2.PromptFormat
     sample_params: _common_pb2.SamplingParams
     variant: str
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., split: _Optional[str] = ..., task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., output_key: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ..., sample_params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., variant: _Optional[str] = ...) -> None: ...
+    shard: int
+    num_shards: int
+    problem_offset: int
+    problem_count: int
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., split: _Optional[str] = ..., task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., output_key: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ..., sample_params: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., variant: _Optional[str] = ..., shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., problem_offset: _Optional[int] = ..., problem_count: _Optional[int] = ...) -> None: ...
 
 class EvalDone(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "split", "results_key", "num_problems", "num_correct", "pass_at_1", "seconds", "num_tokens", "metrics", "variant")
+    __slots__ = ("run_id", "job_id", "iteration", "split", "results_key", "num_problems", "num_correct", "pass_at_1", "seconds", "num_tokens", "metrics", "variant", "shard", "num_shards")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +266,8 @@ class EvalDone(_message.Message):
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -270,7 +280,9 @@ class EvalDone(_message.Message):
     num_tokens: int
     metrics: _containers.ScalarMap[str, float]
     variant: str
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., split: _Optional[str] = ..., results_key: _Optional[str] = ..., num_problems: _Optional[int] = ..., num_correct: _Optional[int] = ..., pass_at_1: _Optional[float] = ..., seconds: _Optional[float] = ..., num_tokens: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., variant: _Optional[str] = ...) -> None: ...
+    shard: int
+    num_shards: int
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., split: _Optional[str] = ..., results_key: _Optional[str] = ..., num_problems: _Optional[int] = ..., num_correct: _Optional[int] = ..., pass_at_1: _Optional[float] = ..., seconds: _Optional[float] = ..., num_tokens: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., variant: _Optional[str] = ..., shard: _Optional[int] = ..., num_shards: _Optional[int] = ...) -> None: ...
 
 class JobFailed(_message.Message):
     __slots__ = ("run_id", "job_id", "job_type", "reason")

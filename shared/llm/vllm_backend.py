@@ -1,7 +1,8 @@
 """The vLLM backend: restem's generation contract on vLLM's offline engine (`vllm.LLM`).
 
 `VllmGenerator` has the transformers backend's interface (`tokenizer`, `generate(prompts, params)`
-returning K `Completion`s per prompt), so the sampler's job path is the same for both. The
+returning K `Completion`s per prompt), so the sampler's and the evaluator's job paths are the same
+for both. The
 mapping, both ways:
 
 * restem `GenerationParams` + per-sample seeds -> one request per (prompt, sample index), each with
@@ -51,9 +52,9 @@ from shared.llm.generation import (
     encode_prompt,
 )
 
-from .config import VllmSettings
+from .backends import VllmSettings
 
-log = logging.getLogger("restem.sampler.vllm")
+log = logging.getLogger("restem.vllm")
 
 _SEED_MOD = 2**63  # vLLM seeds are int64
 
@@ -64,7 +65,7 @@ def import_vllm() -> Any:
         return importlib.import_module("vllm")
     except ImportError as exc:
         raise RuntimeError(
-            "sampler backend 'vllm' is selected but the vllm package is not installed: "
+            "backend 'vllm' is selected but the vllm package is not installed: "
             "use a restem CUDA image (its lock installs the `cuda` extra: vLLM) or set backend: transformers"
         ) from exc
 
