@@ -63,11 +63,21 @@ class CheckpointCache:
         self.load = load
         self._loaded: tuple[str, Any] | None = None
         self._lock = asyncio.Lock()
+        self._fetches: dict[str, asyncio.Future[Path]] = {}
 
     def local_dir(self, key: str) -> Path:
         return self.cache_dir / key.replace("/", "__")
 
     async def fetch(self, key: str) -> Path:
+        """The checkpoint's local directory, downloaded once: a call while it downloads (a prefetch,
+        then the first job) waits for that download instead of starting another."""
+        task = self._fetches.get(key)
+        if task is None:
+            task = self._fetches[key] = asyncio.ensure_future(self._download(key))
+            task.add_done_callback(lambda _: self._fetches.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _download(self, key: str) -> Path:
         if not await asyncio.to_thread(self.store.dir_exists, key):
             raise ArtifactNotFound(key, self.store.describe(), "the checkpoint's MANIFEST.json is missing")
         dest = self.local_dir(key)

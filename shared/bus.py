@@ -7,7 +7,7 @@ idempotently by every service; publishing with a caller-chosen ``Nats-Msg-Id``; 
 durable pull consumer per job type, with bounded concurrency, progress heartbeats, retry with
 backoff and dead-lettering (a message that exhausts max_deliver would otherwise stay in the work
 queue for ever); events consumed in order per run (runs concurrently); run state with optimistic
-concurrency (`shared.kv`).
+concurrency (`shared.kv`); the core-NATS client for hints (`shared.hints`).
 
 NOT provided: exactly-once. Delivery is at-least-once (a crash, a lost ack or an ack_wait expiry
 redelivers), so handlers must be idempotent. ``Nats-Msg-Id`` dedupes *publishes* only, and only
@@ -71,8 +71,7 @@ _Sub = JetStreamContext.PullSubscription
 class EventBus:
     """Facade over one NATS connection: streams, publishers, workers, dead letters and run-state KV."""
 
-    # Set by `connect`, the only way to get a usable bus.
-    _nc: NATS
+    _nc: NATS  # these three are set by `connect`, the only way to get a usable bus
     _js: JetStreamContext
     _kv: RunStateKV
 
@@ -102,11 +101,8 @@ class EventBus:
     async def on_error(self, err: Exception) -> None:
         # Kept as the cause for the connect error (nats-py only raises "no servers available").
         self._last_error = err
-        log.log(
-            logging.WARNING if self._connected_once else logging.DEBUG,
-            "NATS error: %s",
-            f"{type(err).__name__}: {err}" if str(err) else type(err).__name__,
-        )
+        what, level = type(err).__name__, logging.WARNING if self._connected_once else logging.DEBUG
+        log.log(level, "NATS error: %s", f"{what}: {err}" if str(err) else what)
 
     async def on_disconnected(self) -> None:
         if hasattr(self, "_nc") and not self._nc.is_closed:
@@ -118,6 +114,10 @@ class EventBus:
     @property
     def connected(self) -> bool:
         return self._nc.is_connected
+
+    @property
+    def client(self) -> NATS:
+        return self._nc
 
     async def close(self) -> None:
         await self._nc.close()  # flushes pending acks/publishes first; a no-op when already closed
@@ -493,8 +493,8 @@ class EventBus:
         return await self._kv.entries()
 
     async def kv_watch(self, key: str) -> AsyncGenerator[tuple[bytes, int], None]:
-        """Current value first (if any), then every update; close it with ``contextlib.aclosing``."""
-        # aclosing: closing this generator stops the inner watcher (and its server consumer) too.
+        """Current value first (if any), then every update; close it with ``contextlib.aclosing``, which
+        stops the inner watcher (and its server consumer) too."""
         async with contextlib.aclosing(self._kv.watch(key)) as updates:  # type: ignore[type-var]
             async for item in updates:
                 yield item

@@ -53,6 +53,9 @@ class Decision:
     needs_filter: bool = False
     # The run just finished successfully: the adapter writes the report.
     finished: bool = False
+    # Checkpoints the run's next E-step samples from: the adapter hints them to the samplers
+    # (`shared.hints`), which download them while the run evaluates.
+    prefetch: list[str] = field(default_factory=list)
 
 
 # --- state transitions --------------------------------------------------------------------------
@@ -129,7 +132,7 @@ def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: M
             validation=train_validation(run, cfg, splits),
         )
         jobs.append(Job("train", job, job.job_id))
-    return Decision(jobs=jobs)
+    return Decision(jobs=jobs, prefetch=[run.base_model_key] if run.iterations_total > 0 else [])
 
 
 def queued_shards(shards: int, sampled: int, window: int) -> int:
@@ -359,7 +362,10 @@ def on_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: Mappi
         return Decision()
     it.checkpoint_key = done.checkpoint_key
     it.train.CopyFrom(_train_summary(done))
-    return _evaluate(run, cfg, done.iteration, it.checkpoint_key, splits)
+    decision = _evaluate(run, cfg, done.iteration, it.checkpoint_key, splits)
+    if done.iteration < run.iterations_total:  # another E-step follows (unless early stopping ends it)
+        decision.prefetch = [it.checkpoint_key]
+    return decision
 
 
 def on_eval_done(

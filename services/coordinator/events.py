@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from restem.coordinator.v1 import coordinator_pb2 as pb
 from restem.events.v1 import events_pb2 as ev
 
-from shared import keys
+from shared import hints, keys
 from shared.bus import ConflictError, DeadLetter, Delivery, EventBus, PermanentError
 from shared.errors import NotFoundError
 from shared.runconfig import RunConfig, parse_run_config
@@ -113,6 +113,13 @@ class Orchestrator:
         # whose message is lost; many at once, so a large fan-out is not one round trip per job.
         await job_records.record_and_publish(self.store, decision.jobs, self.publish_one)
 
+    async def _hint(self, run_id: str, checkpoints: list[str]) -> None:
+        for key in checkpoints:
+            try:
+                await hints.publish_policy(self.bus, run_id, key)
+            except Exception as exc:
+                log.warning("could not hint policy %s of run %s: %s", key, run_id, exc)
+
     async def publish_one(self, job: core.Job) -> None:
         run_id = job.message.run_id  # type: ignore[attr-defined]
         await self.bus.publish_job(job.job_type, run_id, job.message.SerializeToString(), msg_id=job.job_id)
@@ -129,6 +136,7 @@ class Orchestrator:
                 ids = await self.split_ids(run_id)
                 decision = apply(run, cfg, ids)
                 await self.publish(decision)
+                await self._hint(run_id, decision.prefetch)
                 if decision.needs_filter:
                     await self.publish(await self._filter(run, cfg, ids))
                 if decision.finished or (run.status in core.FINISHED and not run.report_key):

@@ -27,6 +27,7 @@ async def main_async(config_path: Path | None, backend: Backend | None = None) -
     from .config import SamplerConfig
     from .events import SampleHandler
     from .grpc_api import SamplerApi
+    from .prefetch import prefetch_hinted
 
     cfg = load_service_config(SamplerConfig, config_path, env_prefix=env_prefix("sampler"))
     device = pick_device(cfg.device)
@@ -39,10 +40,13 @@ async def main_async(config_path: Path | None, backend: Backend | None = None) -
         )
         state.backend = backend[0] if backend else cfg.backend
         handle = SampleHandler(bus, store, checkpoints, cfg.max_samples_per_job)
+        spread = cfg.prefetch_spread_s
+        close = None if spread is None else await prefetch_hinted(bus, checkpoints, spread)
         return Wiring(
             # One shard at a time: a shard already uses every core (or the whole GPU).
             queues=[JobQueue("sample", ev.SampleJob, handle, concurrency=1)],
             bindings=[ServiceBinding.of(sampler_pb2_grpc, "SamplerService", SamplerApi(checkpoints, state))],
+            close=close,
         )
 
     await run_worker_service("sampler", cfg, wire, device=device)

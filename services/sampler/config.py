@@ -31,6 +31,10 @@ class SamplerConfig(StrictModel):
     """Most sequences (prompts x K) decoded together."""
     max_samples_per_job: int = Field(default=65_536, ge=1)
     """Largest shard (problems x K) accepted; bigger jobs fail with a clear error."""
+    prefetch_spread_s: float | None = Field(default=10.0, ge=0, le=3600)
+    """Download a run's next policy when the coordinator hints it (while the run evaluates), after a
+    random delay of up to this many seconds, so replicas neither wait for the download in the next
+    E-step nor all ask the store at once. None: no prefetch (the first job downloads it)."""
     max_deliver: int = Field(default=3, ge=1, le=100)
     """Attempts per job before it is dead-lettered and the run fails."""
     ack_wait_s: float = Field(default=60.0, gt=1)

@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-scale", type=float, default=10.0)
     p.add_argument("--mstep-s", type=float, default=120.0, help="one simulated M-step, uncompressed")
     p.add_argument("--checkpoint-mb", type=float, default=16.0)
+    p.add_argument("--no-prefetch", action="store_true",
+                   help="samplers fetch each policy at their first job, not when the coordinator hints it")  # fmt: skip
     p.add_argument("--correct", type=float, default=0.3, help="mean share of correct samples")
     p.add_argument("--wrong-boxed", type=float, default=0.01, help="share of wrong samples with a \\boxed{}")
     p.add_argument("--apps-code", type=float, default=0.001)
@@ -107,7 +109,8 @@ def fleet_of(args: argparse.Namespace) -> Fleet:
                        int(args.checkpoint_mb * 2**20))  # fmt: skip
     samplers = args.samplers or max(1, round(64 * args.scale))
     text = SimTextModel("math", args.correct, args.wrong_boxed)
-    return Fleet(samplers=samplers, evaluators=args.evaluators, timing=timing, text=text)
+    return Fleet(samplers=samplers, evaluators=args.evaluators, timing=timing, text=text,
+                 prefetch_spread_s=None if args.no_prefetch else 10.0)  # fmt: skip
 
 
 def spec_of(args: argparse.Namespace, task: str) -> RunSpec:
@@ -170,6 +173,9 @@ def print_result(case: str, r: RunResult, fleet: Fleet, flush: bool = False) -> 
     print(
         f"  shards lost: {len(r.lost)} {r.lost[:5]}; doubled: {len(r.doubled)} {r.doubled[:5]}", flush=flush
     )
+    if "sample_job_overhead_s" in r.extra:
+        print(f"  sample job beyond its simulated generation (the replica's own work, policy downloads): "
+              f"mean {r.extra['sample_job_overhead_s']:.2f} s, p99 {r.extra['sample_job_overhead_p99_s']:.2f} s", flush=flush)  # fmt: skip
     for note in r.notes:
         print(f"  {note}", flush=flush)
 

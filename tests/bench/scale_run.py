@@ -272,6 +272,10 @@ async def _check_shards(session: Session, run_id: str, spec: RunSpec, result: Ru
                 await asyncio.to_thread(store.get_bytes, kept)
             ).hexdigest()
     result.doubled = session.ledger.doubled(f"sample.{run_id}.")
+    extra = [v for k, v in session.ledger.sample_overhead_s.items() if k.startswith(f"sample.{run_id}.")]
+    if extra:
+        result.extra["sample_job_overhead_s"] = sum(extra) / len(extra)
+        result.extra["sample_job_overhead_p99_s"] = percentile(extra, 99)
     counts = await stream_counts(
         session.stack.nats.url, "RESTEM_EVENTS", f"restem.events.{run_id}.sample_done"
     )

@@ -65,6 +65,9 @@ class Ledger:
     computed: Counter[str] = field(default_factory=Counter)
     checkpoint_fetches: int = 0
     checkpoint_bytes: int = 0
+    # sample job id -> seconds its handler took beyond the simulated generation (the replica's own
+    # work: job, dataset, prompts, writing the samples, the event; and waiting for a policy download)
+    sample_overhead_s: dict[str, float] = field(default_factory=dict)
 
     def doubled(self, prefix: str = "") -> list[str]:
         return sorted(j for j, n in self.computed.items() if n > 1 and j.startswith(prefix))
@@ -123,22 +126,34 @@ class SimGenerator:
 
 
 class SimCheckpoints:
-    """One replica's `CheckpointCache`: downloads a policy's files once, then hands out the generator."""
+    """One replica's `CheckpointCache`: downloads a policy's files once (a prefetch and a job share
+    the download), then hands out the generator."""
 
     def __init__(self, store: ArtifactStore, generator: SimGenerator, ledger: Ledger) -> None:
         self.store, self.sim, self.ledger = store, generator, ledger
         self._have: set[str] = set()
+        self._disk: dict[str, asyncio.Future[None]] = {}
 
     def _download(self, key: str) -> int:
         manifest = json.loads(self.store.get_bytes(f"{key}/MANIFEST.json"))
         return sum(len(self.store.get_bytes(f"{key}/{rel}")) for rel in manifest["files"])
 
+    async def _counted(self, key: str) -> None:
+        nbytes = await asyncio.to_thread(self._download, key)
+        self.ledger.checkpoint_fetches += 1
+        self.ledger.checkpoint_bytes += nbytes
+
+    async def fetch(self, key: str) -> Path:
+        task = self._disk.get(key)
+        if task is None or (task.done() and task.exception() is not None):
+            task = self._disk[key] = asyncio.ensure_future(self._counted(key))
+        await asyncio.shield(task)
+        return Path(key)
+
     async def generator(self, key: str) -> SimGenerator:
         if key not in self._have:
-            nbytes = await asyncio.to_thread(self._download, key)
+            await self.fetch(key)
             self._have = {key}  # one policy in memory at a time, as the real cache
-            self.ledger.checkpoint_fetches += 1
-            self.ledger.checkpoint_bytes += nbytes
         return self.sim
 
 
@@ -216,6 +231,7 @@ class Fleet:
     text: SimTextModel = field(default_factory=SimTextModel)
     ack_wait_s: float = 30.0
     max_deliver: int = 3
+    prefetch_spread_s: float | None = 10.0  # the sampler's setting (None: off), divided by the time scale
 
 
 def _counted(handle: Callable[[Any], Any], store: ArtifactStore, ledger: Ledger) -> Callable[[Any], Any]:
@@ -246,6 +262,7 @@ async def run_fleet(
     import shared.llm.checkpoint  # noqa: F401  (imports torch: once here, not inside the first eval job)
     from services.evaluator.events import EvalHandler
     from services.sampler.events import SampleHandler
+    from services.sampler.prefetch import prefetch_hinted
 
     # Sleeping generators hold a thread each: the default pool (cores + 4) would serialise them.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=fleet.samplers + 32))
@@ -262,9 +279,24 @@ async def run_fleet(
         workers.append(bus.run_worker(job_type, handler, stop=stop, concurrency=1, ack_wait_s=fleet.ack_wait_s,
                                       max_deliver=fleet.max_deliver, abandon_if=run_is_over(bus)))  # fmt: skip
 
+    stops = []
+
+    def timed(handle: Callable[[ev.SampleJob], Any]) -> Callable[[ev.SampleJob], Any]:
+        async def wrapped(job: ev.SampleJob) -> None:
+            started = time.monotonic()
+            await handle(job)
+            generation = fleet.timing.generation_s(len(job.problem_ids) * job.params.n)
+            ledger.sample_overhead_s[job.job_id] = time.monotonic() - started - generation
+
+        return wrapped
+
     for _ in range(fleet.samplers):
-        sampler = SampleHandler(bus, store, SimCheckpoints(store, sim, ledger), max_samples=1 << 30)  # type: ignore[arg-type]
-        worker("sample", ev.SampleJob, _counted(sampler, store, ledger))
+        checkpoints = SimCheckpoints(store, sim, ledger)
+        sampler = SampleHandler(bus, store, checkpoints, max_samples=1 << 30)  # type: ignore[arg-type]
+        worker("sample", ev.SampleJob, _counted(timed(sampler), store, ledger))
+        if fleet.prefetch_spread_s is not None:
+            spread = fleet.prefetch_spread_s / fleet.timing.time_scale
+            stops.append(await prefetch_hinted(bus, checkpoints, spread))
     for _ in range(fleet.evaluators):
         stub = verifier_pb2_grpc.VerifierServiceStub(channel)
         evaluator = EvalHandler(bus, store, SimCheckpoints(store, sim, ledger), stub, 600.0)  # type: ignore[arg-type]
@@ -275,5 +307,7 @@ async def run_fleet(
     try:
         await asyncio.gather(*workers)
     finally:
+        for stop_prefetch in stops:
+            await stop_prefetch()
         await channel.close()
         await bus.close()
