@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 
 import nats
 import nats.errors
@@ -50,7 +50,7 @@ from shared.delivery import (
 )
 from shared.infra import NatsConfig
 from shared.kv import ConflictError, RunStateKV
-from shared.ordering import KeyedOrder
+from shared.ordering import KeyedOrder, ModelSlot
 
 __all__ = ["JOB_TYPES", "ConflictError", "DeadLetter", "Delivery", "EventBus", "PermanentError"]
 
@@ -114,6 +114,12 @@ class EventBus:
     @property
     def connected(self) -> bool:
         return self._nc.is_connected
+
+    @property
+    def runs(self) -> RunStateKV:
+        """The run records (KV bucket ``{prefix}_runs``): get, create, update (compare-and-set), keys,
+        entries, watch (close it with ``contextlib.aclosing``)."""
+        return self._kv
 
     @property
     def client(self) -> NATS:
@@ -190,11 +196,14 @@ class EventBus:
         max_deliver: int = 5,
         backoff_s: Sequence[float] = (1, 5, 15, 30),
         abandon_if: AbandonIf | None = None,
+        pipelined: bool = False,
     ) -> None:
         """Handle `job_type` jobs until `stop` is set, then drain. Call ensure_topology first.
 
         With `abandon_if`, a job whose run is over is not started, and a running one is abandoned
-        within `_ABANDON_POLL_S` (see `shared.abandon`); either way its message is terminated."""
+        within `_ABANDON_POLL_S` (see `shared.abandon`); either way its message is terminated.
+        `pipelined`: see `shared.ordering.ModelSlot` (the sampler's next job is pulled when its
+        model is free, while the last job still writes its output)."""
         check_job_type(job_type)
         if concurrency < 1 or max_deliver < 1 or ack_wait_s <= 0:
             raise ValueError("concurrency and max_deliver must be >= 1 and ack_wait_s > 0")
@@ -208,7 +217,8 @@ class EventBus:
             abandon_if=abandon_if,
         )
         consumer = api.ConsumerConfig(filter_subject=f"restem.jobs.{job_type}.>")
-        await self._consume(self.jobs_stream, consumer, handler, stop, concurrency, policy)
+        slot = ModelSlot() if pipelined else None
+        await self._consume(self.jobs_stream, consumer, handler, stop, concurrency, policy, slot=slot)
 
     async def consume_events(
         self,
@@ -283,8 +293,10 @@ class EventBus:
         concurrency: int,
         policy: RetryPolicy,
         order: KeyedOrder | None = None,
+        slot: ModelSlot | None = None,
     ) -> None:
-        """Fetch and handle until `stop`; with `order`, messages of one run are handled in order."""
+        """Fetch and handle until `stop`; with `order`, messages of one run are handled in order;
+        with `slot`, one message at a time, each once the slot is free (it is the message's job's)."""
         sub = await self._subscribe(stream, consumer, policy)
         inflight: set[asyncio.Task[None]] = set()
         stopper = asyncio.ensure_future(stop.wait())
@@ -294,7 +306,11 @@ class EventBus:
                 if free == 0:
                     await asyncio.wait({*inflight, stopper}, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                msgs = await self._fetch(sub, policy.durable, free)
+                if slot is not None and not await slot.claim(stopper):
+                    break
+                msgs = await self._fetch(sub, policy.durable, free if slot is None else 1)
+                if slot is not None and not msgs:
+                    slot.release()
                 if msgs is None:
                     break
                 for msg in msgs:
@@ -303,7 +319,7 @@ class EventBus:
                         work = order.run(
                             self._run_id(msg, policy), work, self._keep_alive(msg, policy.ack_wait_s / 3)
                         )
-                    task = asyncio.create_task(work)
+                    task = slot.start(work) if slot is not None else asyncio.create_task(work)
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
             if inflight:  # drain: let running handlers finish and ack
@@ -475,26 +491,3 @@ class EventBus:
             seq, delivered = int(raw.seq or seq), int(headers.get(H_DELIVERED, "0"))
             letters.append(DeadLetter(subj, raw.data or b"", reason, delivered, seq))
             seq += 1
-
-    async def kv_get(self, key: str) -> tuple[bytes, int] | None:
-        return await self._kv.get(key)
-
-    async def kv_create(self, key: str, value: bytes) -> int:
-        return await self._kv.create(key, value)
-
-    async def kv_update(self, key: str, value: bytes, *, revision: int) -> int:
-        return await self._kv.update(key, value, revision=revision)
-
-    async def kv_keys(self) -> list[str]:
-        return await self._kv.keys()
-
-    async def kv_entries(self) -> list[tuple[str, bytes, int]]:
-        """(key, value, revision) of every run record, sorted by key."""
-        return await self._kv.entries()
-
-    async def kv_watch(self, key: str) -> AsyncGenerator[tuple[bytes, int], None]:
-        """Current value first (if any), then every update; close it with ``contextlib.aclosing``, which
-        stops the inner watcher (and its server consumer) too."""
-        async with contextlib.aclosing(self._kv.watch(key)) as updates:  # type: ignore[type-var]
-            async for item in updates:
-                yield item

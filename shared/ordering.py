@@ -3,13 +3,16 @@
 `KeyedOrder`: the same key one at a time in submission order, other keys in parallel (the
 coordinator applies the events of different runs concurrently while each run still sees its own
 events in stream order). `gather_bounded`: many store writes or publishes with bounded concurrency
-(a fan-out of a thousand jobs is not a thousand round trips one after another).
+(a fan-out of a thousand jobs is not a thousand round trips one after another). `ModelSlot`: a
+worker's pipelined pull (its next job is taken once the model is free, not when the last job is
+done).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -87,3 +90,56 @@ async def gather_bounded(limit: int, work: Iterable[Awaitable[T]]) -> list[T]:
     if errors:
         raise errors[0]
     return results  # type: ignore[return-value]
+
+
+class ModelSlot:
+    """A replica's model, held by one job at a time from its pull to the end of its generation.
+
+    The worker claims the slot before it pulls a job and the job gives it back with `model_done()`
+    once its generation is over (or when it ends, whichever is first), so the replica pulls its next
+    job while the last one still writes its output and announces it: the GPU does not wait for
+    the store. The replica never holds a job it cannot start soon (a pulled job waits at most for
+    the one generation before it), so fair share between runs is kept.
+    """
+
+    def __init__(self) -> None:
+        self._free = asyncio.Semaphore(1)
+
+    async def claim(self, stopped: asyncio.Future[Any]) -> bool:
+        """Wait for the slot; False when `stopped` completes first."""
+        claim = asyncio.ensure_future(self._free.acquire())
+        await asyncio.wait({claim, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if claim.done():
+            return True
+        claim.cancel()
+        return False
+
+    def release(self) -> None:
+        self._free.release()
+
+    def start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run the job that holds the slot; the slot is free at its `model_done()` or its end."""
+        held = [True]
+
+        def done(*_: Any) -> None:
+            if held[0]:
+                held[0] = False
+                self.release()
+
+        token = _MODEL_DONE.set(done)
+        try:
+            task = asyncio.create_task(work)  # the task's context carries `done`
+        finally:
+            _MODEL_DONE.reset(token)
+        task.add_done_callback(done)
+        return task
+
+
+_MODEL_DONE: contextvars.ContextVar[Any] = contextvars.ContextVar("restem_model_done", default=None)
+
+
+def model_done() -> None:
+    """Called by a job when it no longer needs the model (a no-op outside a pipelined worker)."""
+    done = _MODEL_DONE.get()
+    if done is not None:
+        done()

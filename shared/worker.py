@@ -109,7 +109,7 @@ def run_is_over(bus: EventBus) -> Callable[[str], Awaitable[bool]]:
     A run with no state is not over: a job is never dropped for a run this bus cannot see."""
 
     async def over(run_id: str) -> bool:
-        entry = await bus.kv_get(run_id)
+        entry = await bus.runs.get(run_id)
         return entry is not None and coordinator_pb2.Run.FromString(entry[0]).status in _OVER
 
     return over
@@ -165,6 +165,7 @@ class JobQueue:
     message_cls: type[Message]
     handle: Callable[[Any], Awaitable[None]]
     concurrency: int = 1
+    pipelined: bool = False  # see `shared.ordering.ModelSlot`
 
 
 @dataclass
@@ -211,6 +212,7 @@ def _work_loop(bus: EventBus, queue: JobQueue, cfg: WorkerConfig, state: WorkerS
             handler,
             stop=stop,
             concurrency=queue.concurrency,
+            pipelined=queue.pipelined,
             ack_wait_s=cfg.ack_wait_s,
             max_deliver=cfg.max_deliver,
             abandon_if=run_is_over(bus),

@@ -90,7 +90,7 @@ class Orchestrator:
     # --- state access ---------------------------------------------------------------------------
 
     async def load(self, run_id: str) -> tuple[pb.Run, int]:
-        got = await self.bus.kv_get(run_id)
+        got = await self.bus.runs.get(run_id)
         if got is None:
             raise RunNotFound(run_id)
         return pb.Run.FromString(got[0]), got[1]
@@ -142,7 +142,7 @@ class Orchestrator:
                 if decision.finished or (run.status in core.FINISHED and not run.report_key):
                     await self._write_report(run)
                 try:
-                    await self.bus.kv_update(run_id, run.SerializeToString(), revision=revision)
+                    await self.bus.runs.update(run_id, run.SerializeToString(), revision=revision)
                     if run.status in core.FINISHED:
                         self.feeds.drop(run_id)
                     return run

@@ -180,7 +180,7 @@ class RunApi(pb_grpc.RunServiceServicer):
         # already imported) sends an event that must find it. Recorded first, so a coordinator
         # that dies before publishing re-publishes them on restart.
         await job_records.record_jobs(store, decision.jobs)
-        await self.orc.bus.kv_create(run_id, run.SerializeToString())
+        await self.orc.bus.runs.create(run_id, run.SerializeToString())
         await self.orc.publish(decision)
         log.info(
             "run %s started: %s, %d train problems, %d iterations",
@@ -192,7 +192,7 @@ class RunApi(pb_grpc.RunServiceServicer):
         return pb.StartRunResponse(run_id=run_id, run=run)
 
     async def _all_runs(self) -> list[pb.Run]:
-        runs = [pb.Run.FromString(value) for _, value, _ in await self.orc.bus.kv_entries()]
+        runs = [pb.Run.FromString(value) for _, value, _ in await self.orc.bus.runs.entries()]
         return sorted(runs, key=lambda r: r.created.ToNanoseconds())
 
     async def _get(self, run_id: str, context: grpc.aio.ServicerContext) -> pb.Run:
@@ -247,7 +247,7 @@ class RunApi(pb_grpc.RunServiceServicer):
         if run.status in core.FINISHED and run.report_key:
             return
         # aclosing: stop the server-side watcher as soon as the run ends or the client leaves.
-        async with contextlib.aclosing(self.orc.bus.kv_watch(request.run_id)) as updates:
+        async with contextlib.aclosing(self.orc.bus.runs.watch(request.run_id)) as updates:
             async for value, _ in updates:
                 run = pb.Run.FromString(value)
                 yield pb.WatchRunResponse(run=run)

@@ -126,7 +126,7 @@ async def reconcile_run(orc: Orchestrator, run_id: str) -> int:
 async def reconcile_all(orc: Orchestrator) -> dict[str, int]:
     """`reconcile_run` for every stored run that is running or lacks its report; a failure is logged."""
     done: dict[str, int] = {}
-    for run_id, value, _ in await orc.bus.kv_entries():
+    for run_id, value, _ in await orc.bus.runs.entries():
         try:
             run = pb.Run.FromString(value)
             if run.status in core.FINISHED and run.report_key:

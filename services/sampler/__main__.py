@@ -43,8 +43,9 @@ async def main_async(config_path: Path | None, backend: Backend | None = None) -
         spread = cfg.prefetch_spread_s
         close = None if spread is None else await prefetch_hinted(bus, checkpoints, spread)
         return Wiring(
-            # One shard at a time: a shard already uses every core (or the whole GPU).
-            queues=[JobQueue("sample", ev.SampleJob, handle, concurrency=1)],
+            # One shard generates at a time (it already uses every core, or the whole GPU); the next
+            # one is pulled as it finishes generating, while it writes its samples (pipelined).
+            queues=[JobQueue("sample", ev.SampleJob, handle, concurrency=2, pipelined=True)],
             bindings=[ServiceBinding.of(sampler_pb2_grpc, "SamplerService", SamplerApi(checkpoints, state))],
             close=close,
         )

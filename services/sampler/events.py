@@ -5,7 +5,8 @@ re-announced, never regenerated, so its samples are counted once; a shard regene
 before the write draws the same samples, because sample `i` of problem `p` is seeded from (job seed,
 `p`, `i`) alone (`shared.seeds.sample_seeds`). The same rule makes a sample independent of the shard
 and adaptive round it lands in. Generation runs in a thread so the event loop keeps the job's
-heartbeat (`in_progress`) going.
+heartbeat (`in_progress`) going; once it is over the replica pulls its next shard while this one's
+samples are written (`shared.ordering.ModelSlot`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from restem.events.v1 import events_pb2 as ev
 
 from shared.artifacts import CheckpointCache, DatasetCache
 from shared.bus import EventBus, PermanentError
+from shared.ordering import model_done
 from shared.params import GenerationParams, from_proto
 from shared.seeds import sample_seeds
 from shared.store import ArtifactNotFound, ArtifactStore
@@ -52,6 +54,7 @@ class SampleHandler:
         params = from_proto(job.params, GenerationParams)
         seeds = sample_seeds(job.params.seed, job.problem_ids, params.n, job.first_index)
         completions = await asyncio.to_thread(generator.generate, prompts, params, seeds=seeds)
+        model_done()  # the replica pulls its next shard while this one is written
         return sample_rows(job.iteration, problems, prompts, completions, job.first_index)
 
     async def __call__(self, job: ev.SampleJob) -> None:

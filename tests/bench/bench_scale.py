@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-scale", type=float, default=10.0)
     p.add_argument("--mstep-s", type=float, default=120.0, help="one simulated M-step, uncompressed")
     p.add_argument("--checkpoint-mb", type=float, default=16.0)
+    p.add_argument("--no-pipeline", action="store_true",
+                   help="samplers pull their next shard only when the last one is written")  # fmt: skip
     p.add_argument("--no-prefetch", action="store_true",
                    help="samplers fetch each policy at their first job, not when the coordinator hints it")  # fmt: skip
     p.add_argument("--correct", type=float, default=0.3, help="mean share of correct samples")
@@ -110,7 +112,7 @@ def fleet_of(args: argparse.Namespace) -> Fleet:
     samplers = args.samplers or max(1, round(64 * args.scale))
     text = SimTextModel("math", args.correct, args.wrong_boxed)
     return Fleet(samplers=samplers, evaluators=args.evaluators, timing=timing, text=text,
-                 prefetch_spread_s=None if args.no_prefetch else 10.0)  # fmt: skip
+                 prefetch_spread_s=None if args.no_prefetch else 10.0, pipelined=not args.no_pipeline)  # fmt: skip
 
 
 def spec_of(args: argparse.Namespace, task: str) -> RunSpec:

@@ -1,7 +1,8 @@
 """Simulated sampler, trainer and evaluator replicas for the scale bench: no model, no CPU to speak of.
 
-Each replica is `EventBus.run_worker(job_type, handler, concurrency=1)` on the job type's shared
-durable consumer, as a real replica is, all of them asyncio workers in the bench process. The
+Each replica is `EventBus.run_worker(job_type, handler)` (samplers pipelined, as the real one) on
+the job type's shared durable consumer, as a real replica is, all of them asyncio workers in the
+bench process. The
 sample and eval handlers ARE the real services' (`services.sampler.events.SampleHandler`,
 `services.evaluator.events.EvalHandler`: same idempotent writes, row schemas, Done events, gRPC
 verification of evaluation answers) with `SimGenerator` in place of a model: it sleeps for the
@@ -232,6 +233,7 @@ class Fleet:
     ack_wait_s: float = 30.0
     max_deliver: int = 3
     prefetch_spread_s: float | None = 10.0  # the sampler's setting (None: off), divided by the time scale
+    pipelined: bool = True  # as the sampler: the next shard pulled once the last one has generated
 
 
 def _counted(handle: Callable[[Any], Any], store: ArtifactStore, ledger: Ledger) -> Callable[[Any], Any]:
@@ -273,10 +275,11 @@ async def run_fleet(
     trainer = SimTrainer(bus, store, fleet.timing, ledger)
     workers = []
 
-    def worker(job_type: str, cls: type, handle: Callable[[Any], Any]) -> None:
+    def worker(job_type: str, cls: type, handle: Callable[[Any], Any], pipelined: bool = False) -> None:
         state = WorkerState(f"sim-{job_type}")
         handler = typed_handler(bus, job_type, cls, handle, state, max_deliver=fleet.max_deliver)
-        workers.append(bus.run_worker(job_type, handler, stop=stop, concurrency=1, ack_wait_s=fleet.ack_wait_s,
+        workers.append(bus.run_worker(job_type, handler, stop=stop, concurrency=2 if pipelined else 1,
+                                      pipelined=pipelined, ack_wait_s=fleet.ack_wait_s,
                                       max_deliver=fleet.max_deliver, abandon_if=run_is_over(bus)))  # fmt: skip
 
     stops = []
@@ -293,7 +296,7 @@ async def run_fleet(
     for _ in range(fleet.samplers):
         checkpoints = SimCheckpoints(store, sim, ledger)
         sampler = SampleHandler(bus, store, checkpoints, max_samples=1 << 30)  # type: ignore[arg-type]
-        worker("sample", ev.SampleJob, _counted(timed(sampler), store, ledger))
+        worker("sample", ev.SampleJob, _counted(timed(sampler), store, ledger), pipelined=fleet.pipelined)
         if fleet.prefetch_spread_s is not None:
             spread = fleet.prefetch_spread_s / fleet.timing.time_scale
             stops.append(await prefetch_hinted(bus, checkpoints, spread))

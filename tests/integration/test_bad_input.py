@@ -106,7 +106,7 @@ async def _snapshot(e: Env) -> dict[str, Any]:
     """Every stored file and every run record: what no rejected request may change."""
     root = e.store.root
     files = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    runs = {k: await e.bus.kv_get(k) for k in await e.bus.kv_keys()}
+    runs = {k: await e.bus.runs.get(k) for k in await e.bus.runs.keys()}
     return {"files": files, "runs": runs}
 
 

@@ -347,23 +347,23 @@ async def test_dead_letters_read_from_a_sequence_and_age_out(bus: EventBus, nats
 
 
 async def test_kv_create_get_update_keys_watch(bus: EventBus) -> None:
-    assert await bus.kv_keys() == []
-    assert await bus.kv_get("run-1") is None
-    rev1 = await bus.kv_create("run-1", b"v1")
+    assert await bus.runs.keys() == []
+    assert await bus.runs.get("run-1") is None
+    rev1 = await bus.runs.create("run-1", b"v1")
     with pytest.raises(ConflictError):
-        await bus.kv_create("run-1", b"again")
-    assert await bus.kv_get("run-1") == (b"v1", rev1)
-    rev2 = await bus.kv_update("run-1", b"v2", revision=rev1)
+        await bus.runs.create("run-1", b"again")
+    assert await bus.runs.get("run-1") == (b"v1", rev1)
+    rev2 = await bus.runs.update("run-1", b"v2", revision=rev1)
     assert rev2 > rev1
     with pytest.raises(ConflictError):
-        await bus.kv_update("run-1", b"stale", revision=rev1)
-    await bus.kv_create("run-2", b"x")
-    assert await bus.kv_keys() == ["run-1", "run-2"]
+        await bus.runs.update("run-1", b"stale", revision=rev1)
+    await bus.runs.create("run-2", b"x")
+    assert await bus.runs.keys() == ["run-1", "run-2"]
 
     seen: list[tuple[bytes, int]] = []
 
     async def watch() -> None:
-        async with contextlib.aclosing(bus.kv_watch("run-1")) as updates:
+        async with contextlib.aclosing(bus.runs.watch("run-1")) as updates:
             async for item in updates:
                 seen.append(item)
                 if len(seen) == 3:
@@ -371,9 +371,9 @@ async def test_kv_create_get_update_keys_watch(bus: EventBus) -> None:
 
     watcher = asyncio.create_task(watch())
     await until(lambda: len(seen) == 1, what="the current value")
-    rev3 = await bus.kv_update("run-1", b"v3", revision=rev2)
-    await bus.kv_create("run-3", b"another key: not in this watch")
-    rev4 = await bus.kv_update("run-1", b"v4", revision=rev3)
+    rev3 = await bus.runs.update("run-1", b"v3", revision=rev2)
+    await bus.runs.create("run-3", b"another key: not in this watch")
+    rev4 = await bus.runs.update("run-1", b"v4", revision=rev3)
     await asyncio.wait_for(watcher, 5)
     assert seen == [(b"v2", rev2), (b"v3", rev3), (b"v4", rev4)]
 
@@ -385,8 +385,8 @@ async def test_kv_keys_lists_a_key_as_soon_as_it_is_written_and_skips_deleted_on
     # trusts a pending count of 0 before the pushed messages are read), which let a duplicate run
     # name through under load.
     for i in range(40):
-        await bus.kv_create(f"run-{i:02d}", b"x" * 2000)
-        assert await bus.kv_keys() == [f"run-{j:02d}" for j in range(i + 1)]
+        await bus.runs.create(f"run-{i:02d}", b"x" * 2000)
+        assert await bus.runs.keys() == [f"run-{j:02d}" for j in range(i + 1)]
     other = await nats.connect(nats_config.url)
     try:
         handle = await other.jetstream().key_value(bus.runs_bucket)
@@ -395,10 +395,12 @@ async def test_kv_keys_lists_a_key_as_soon_as_it_is_written_and_skips_deleted_on
     finally:
         await other.close()
     left = [f"run-{j:02d}" for j in range(40) if j not in (7, 8)]
-    assert await bus.kv_keys() == left
-    entries = await bus.kv_entries()
+    assert await bus.runs.keys() == left
+    entries = await bus.runs.entries()
     assert [key for key, _, _ in entries] == left
-    assert [(value, revision) for key, value, revision in entries] == [await bus.kv_get(key) for key in left]
+    assert [(value, revision) for key, value, revision in entries] == [
+        await bus.runs.get(key) for key in left
+    ]
     assert all(value == b"x" * 2000 for _, value, _ in entries)
 
 

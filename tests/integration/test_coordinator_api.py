@@ -237,7 +237,7 @@ async def test_a_run_exists_before_its_first_job_is_out(api, nats_config):
 
     async def on_job(msg):
         run_id = msg.subject.rsplit(".", 1)[-1]
-        found.append(await bus.kv_get(run_id) is not None)
+        found.append(await bus.runs.get(run_id) is not None)
 
     await nc.subscribe("restem.jobs.prepare.>", cb=on_job)
     await nc.flush()

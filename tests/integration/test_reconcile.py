@@ -106,7 +106,7 @@ async def test_a_finished_run_without_its_report_gets_it_on_restart(nats_config,
         # As if the coordinator died after finishing the run but before its report was written.
         run, revision = await c.orchestrator.load(run_id)
         report_key, run.report_key = run.report_key, ""
-        await c.bus.kv_update(run_id, run.SerializeToString(), revision=revision)
+        await c.bus.runs.update(run_id, run.SerializeToString(), revision=revision)
         c.store.delete(report_key)
         assert await reconcile_all(c.orchestrator) == {run_id: 0}
         run, _ = await c.orchestrator.load(run_id)
