@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -69,7 +70,7 @@ async def test_the_next_job_is_pulled_once_the_model_is_free_not_before(bus: Eve
     at = {entry: i for i, entry in enumerate(log)}
     order = [job for kind, job in log if kind == "start"]
     assert sorted(order) == [f"job-{i}" for i in range(4)]
-    for before, after in zip(order, order[1:], strict=False):
+    for before, after in itertools.pairwise(order):
         # each job is pulled after the one before it let go of the model ...
         freed = at.get(("model_done", before), at[("end", before)])
         assert at[("start", after)] > freed, log
