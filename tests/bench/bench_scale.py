@@ -169,6 +169,10 @@ def print_result(case: str, r: RunResult, fleet: Fleet, flush: bool = False) -> 
         print(f"  iteration {i}: start->first sample job {_f(it['start_to_first_job'], 2)} s, ->last "
               f"{_f(it['start_to_last_job'], 2)} s; E-step {_f(it['estep'])} s (ideal {r.ideal['estep']:.1f}); "
               f"verify tail {_f(it['verify_tail'])} s; filter {_f(it['filter'], 2)} s")  # fmt: skip
+        if "idle_between" in it:
+            print(f"    a sampler replica's E-step, mean: idle {_f(it['idle_start'], 2)} s before its first shard, "
+                  f"{_f(it['idle_between'], 2)} s between shards, {_f(it['idle_tail'], 2)} s after its last one "
+                  "(the E-step's end waiting for the slowest)")  # fmt: skip
     print(f"  coordinator peak RSS {r.rss_mib:.0f} MiB; GetRun p50/p99 {_f(r.get_ms[0])}/{_f(r.get_ms[1])} ms "
           f"(during filter p99 {_f(r.get_filter_ms[1])} ms); WatchRun p50/p99 {_f(r.watch_ms[0])}/{_f(r.watch_ms[1])} ms; "
           f"{r.events_per_s:.1f} events/s; store {r.store_objects} objects, {r.store_bytes / 2**20:.0f} MiB")  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -216,6 +217,23 @@ def store_size(stack: Stack, prefix: str) -> tuple[int, int]:
     return len(rows), sum(r[1] for r in rows)
 
 
+def replica_idle(busy: list[list[tuple[float, float]]], start: float, end: float) -> dict[str, float]:
+    """Where the sampler replicas' time in an E-step [start, end] went, averaged over replicas:
+    `idle_start` before their first generation, `idle_between` in gaps between generations,
+    `idle_tail` after their last one (the end of the E-step waiting for the slowest replica)."""
+    parts: dict[str, list[float]] = {"idle_start": [], "idle_between": [], "idle_tail": []}
+    for spans in busy:
+        mine = sorted((a, b) for a, b in spans if start <= a < end)
+        if not mine:
+            continue
+        parts["idle_start"].append(mine[0][0] - start)
+        parts["idle_between"].append(
+            sum(max(0.0, a2 - b1) for (_, b1), (a2, _) in itertools.pairwise(mine))
+        )
+        parts["idle_tail"].append(end - mine[-1][1])
+    return {k: sum(v) / len(v) for k, v in parts.items() if v}
+
+
 def _ms(values: list[float]) -> tuple[float, float]:
     return percentile(values, 50) * 1000, percentile(values, 99) * 1000
 
@@ -236,6 +254,7 @@ async def measure(session: Session, run_id: str, spec: RunSpec, started: float, 
             result.notes.append(f"iteration {it}: not observed whole")
             continue
         result.iterations.append({
+            **replica_idle(session.ledger.sampler_busy, times.first_sample_job, times.estep_end),
             "start_to_first_job": times.first_sample_job - times.start,
             "start_to_last_job": times.last_sample_job - times.start,
             "estep": times.estep_end - times.first_sample_job,

@@ -69,6 +69,7 @@ class Ledger:
     # sample job id -> seconds its handler took beyond the simulated generation (the replica's own
     # work: job, dataset, prompts, writing the samples, the event; and waiting for a policy download)
     sample_overhead_s: dict[str, float] = field(default_factory=dict)
+    sampler_busy: list[list[tuple[float, float]]] = field(default_factory=list)  # per sampler replica
 
     def doubled(self, prefix: str = "") -> list[str]:
         return sorted(j for j, n in self.computed.items() if n > 1 and j.startswith(prefix))
@@ -126,12 +127,31 @@ class SimGenerator:
         return out
 
 
+class ReplicaGenerator:
+    """The shared `SimGenerator` as one replica sees it: records when this replica's model is busy."""
+
+    backend = SimGenerator.backend
+    tokenizer = None
+
+    def __init__(self, sim: SimGenerator, busy: list[tuple[float, float]]) -> None:
+        self.sim, self.busy = sim, busy
+
+    def generate(self, prompts: Sequence[str], params: Any, **kwargs: Any) -> list[list[Completion]]:
+        started = time.monotonic()
+        try:
+            return self.sim.generate(prompts, params, **kwargs)
+        finally:
+            self.busy.append((started, time.monotonic()))
+
+
 class SimCheckpoints:
     """One replica's `CheckpointCache`: downloads a policy's files once (a prefetch and a job share
     the download), then hands out the generator."""
 
     def __init__(self, store: ArtifactStore, generator: SimGenerator, ledger: Ledger) -> None:
-        self.store, self.sim, self.ledger = store, generator, ledger
+        self.store, self.ledger = store, ledger
+        self.busy: list[tuple[float, float]] = []  # (start, end) of each generation on this replica
+        self.sim = ReplicaGenerator(generator, self.busy)
         self._have: set[str] = set()
         self._disk: dict[str, asyncio.Future[None]] = {}
 
@@ -151,7 +171,7 @@ class SimCheckpoints:
         await asyncio.shield(task)
         return Path(key)
 
-    async def generator(self, key: str) -> SimGenerator:
+    async def generator(self, key: str) -> ReplicaGenerator:
         if key not in self._have:
             await self.fetch(key)
             self._have = {key}  # one policy in memory at a time, as the real cache
@@ -295,6 +315,7 @@ async def run_fleet(
 
     for _ in range(fleet.samplers):
         checkpoints = SimCheckpoints(store, sim, ledger)
+        ledger.sampler_busy.append(checkpoints.busy)
         sampler = SampleHandler(bus, store, checkpoints, max_samples=1 << 30)  # type: ignore[arg-type]
         worker("sample", ev.SampleJob, _counted(timed(sampler), store, ledger), pipelined=fleet.pipelined)
         if fleet.prefetch_spread_s is not None:
