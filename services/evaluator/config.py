@@ -7,7 +7,8 @@ from pathlib import Path
 from pydantic import Field
 
 from shared.infra import Device, GrpcConfig, LogLevel, NatsConfig, StoreConfig, StrictModel
-from shared.llm.backends import BackendName, VllmSettings
+from shared.llm.backends import BackendName
+from shared.llm.vllm_settings import VllmSettings
 
 
 class EvaluatorConfig(StrictModel):

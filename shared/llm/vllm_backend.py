@@ -52,7 +52,7 @@ from shared.llm.generation import (
     encode_prompt,
 )
 
-from .backends import VllmSettings
+from .vllm_settings import VllmSettings
 
 log = logging.getLogger("restem.vllm")
 

@@ -227,9 +227,7 @@ def replica_idle(busy: list[list[tuple[float, float]]], start: float, end: float
         if not mine:
             continue
         parts["idle_start"].append(mine[0][0] - start)
-        parts["idle_between"].append(
-            sum(max(0.0, a2 - b1) for (_, b1), (a2, _) in itertools.pairwise(mine))
-        )
+        parts["idle_between"].append(sum(max(0.0, a2 - b1) for (_, b1), (a2, _) in itertools.pairwise(mine)))
         parts["idle_tail"].append(end - mine[-1][1])
     return {k: sum(v) / len(v) for k, v in parts.items() if v}
 

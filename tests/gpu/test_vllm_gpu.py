@@ -60,8 +60,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def generator(checkpoint: Path) -> Any:
-    from shared.llm.backends import VllmSettings
     from shared.llm.vllm_backend import VllmGenerator
+    from shared.llm.vllm_settings import VllmSettings
 
     settings = VllmSettings(gpu_memory_utilization=0.3, dtype="float32", max_model_len=512)
     gen = VllmGenerator.load(checkpoint, settings)

@@ -28,9 +28,10 @@ from services.evaluator.config import EvaluatorConfig
 from services.sampler.config import SamplerConfig
 from shared.artifacts import CheckpointCache
 from shared.infra import StoreConfig
-from shared.llm.backends import VllmSettings, configured_backend
+from shared.llm.backends import configured_backend
 from shared.llm.generation import GenerationParams, encode_prompt, render_prompt
 from shared.llm.vllm_backend import VllmGenerator, import_vllm, sampling_kwargs
+from shared.llm.vllm_settings import VllmSettings
 from shared.models import resolve_model_source
 from shared.seeds import sample_seeds
 from shared.store import open_store
