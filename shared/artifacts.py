@@ -20,20 +20,35 @@ from shared.tasks import loads_jsonl
 log = logging.getLogger("restem.artifacts")
 
 
+def _read_problems(store: ArtifactStore, key: str) -> dict[str, dict[str, Any]]:
+    return {p["id"]: p for p in loads_jsonl(store.get_bytes(key))}
+
+
 class DatasetCache:
+    """The last `capacity` datasets a worker read, by key. A dataset is read and parsed in a thread
+    (a train split is tens of MB: the event loop keeps the jobs' heartbeats going) and once however
+    many jobs ask for it at the same time."""
+
     def __init__(self, store: ArtifactStore, capacity: int = 16) -> None:
         self.store = store
         self.capacity = capacity
         self._cache: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()
+        self._reads: dict[str, asyncio.Future[dict[str, dict[str, Any]]]] = {}
 
     async def get(self, key: str) -> dict[str, dict[str, Any]]:
         """Problems of a dataset by id; ArtifactNotFound if the key does not exist."""
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        data = await asyncio.to_thread(self.store.get_bytes, key)
-        problems = {p["id"]: p for p in loads_jsonl(data)}
+        read = self._reads.get(key)
+        if read is None:
+            read = self._reads[key] = asyncio.ensure_future(
+                asyncio.to_thread(_read_problems, self.store, key)
+            )
+            read.add_done_callback(lambda _: self._reads.pop(key, None))
+        problems = await asyncio.shield(read)
         self._cache[key] = problems
+        self._cache.move_to_end(key)
         if len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
         return problems

@@ -32,6 +32,7 @@ from typing import Any
 
 from restem.events.v1 import events_pb2 as ev
 
+from shared.artifacts import DatasetCache
 from shared.bus import EventBus
 from shared.llm.generation import Completion
 from shared.store import ArtifactStore
@@ -313,10 +314,15 @@ async def run_fleet(
 
         return wrapped
 
+    # On a cluster every replica reads and parses a run's train split once, on its own CPU, at the
+    # same time as the others; here they share one process, and 64 parses one after another would
+    # bill the simulation's single core to the E-step. One cache stands for those parallel parses.
+    datasets = DatasetCache(store)
     for _ in range(fleet.samplers):
         checkpoints = SimCheckpoints(store, sim, ledger)
         ledger.sampler_busy.append(checkpoints.busy)
         sampler = SampleHandler(bus, store, checkpoints, max_samples=1 << 30)  # type: ignore[arg-type]
+        sampler.datasets = datasets
         worker("sample", ev.SampleJob, _counted(timed(sampler), store, ledger), pipelined=fleet.pipelined)
         if fleet.prefetch_spread_s is not None:
             spread = fleet.prefetch_spread_s / fleet.timing.time_scale
