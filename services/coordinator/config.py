@@ -41,9 +41,10 @@ class CoordinatorConfig(StrictModel):
     little above the verifier replicas x `concurrency` (the chart sets 1.25x); 0: no limit."""
     sampler_slots: int = Field(default=0, ge=0, le=1_000_000)
     """Sample jobs the sampler pool runs at once (its replicas x `concurrency`; the chart sets it from
-    its most replicas). An E-step is cut into a multiple of this many jobs of at most
-    `em.shard_size` problems, so the replicas finish its last round together instead of a few
-    finishing it alone. 0: jobs of exactly `em.shard_size` problems."""
+    its most replicas). An E-step of more jobs than this is cut into a multiple of this many jobs of
+    at most `em.shard_size` problems, so the replicas finish its last round together instead of a
+    few finishing it alone; a smaller E-step keeps `em.shard_size`. 0: jobs of exactly
+    `em.shard_size` problems."""
     max_config_bytes: int = Field(default=1_000_000, ge=1024)
     """Largest run config accepted by StartRun."""
     max_upload_bytes: int = Field(default=2**30, ge=1024)

@@ -22,12 +22,13 @@ __all__ = ["FilterStats", "choose_best_iteration", "plan_shards", "select_kept",
 
 def shard_count(num_problems: int, shard_size: int, slots: int = 0) -> int:
     """Sample jobs for `num_problems`: at most `shard_size` problems each and, with `slots` (the sample
-    jobs the sampler pool runs at once), a multiple of `slots` (or one problem per job when there are
-    fewer problems). Equal jobs in whole rounds keep every replica busy to the end of the E-step:
-    938 jobs on 64 replicas would leave 22 of them idle for the last of 15 rounds (2.3 % of the
-    E-step), 960 smaller ones do not."""
+    jobs the sampler pool runs at once) and more jobs than slots, a multiple of `slots`. Equal jobs
+    in whole rounds keep every replica busy to the end of the E-step: 938 jobs on 64 replicas would
+    leave 22 of them idle for the last of 15 rounds (2.3 % of the E-step), 960 smaller ones do not.
+    An E-step of one round or less keeps `shard_size`: its jobs run at once already, and cutting
+    them finer would only make a run queued behind a large one wait for more free replicas."""
     n = -(-num_problems // shard_size)
-    if slots > 1 and n % slots:
+    if slots > 1 and n > slots and n % slots:
         n = min(num_problems, -(-n // slots) * slots)
     return n
 

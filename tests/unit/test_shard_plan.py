@@ -22,8 +22,9 @@ CFG = parse_run_config("task: {name: arithmetic}\nem: {shard_size: 8, iterations
         (7500, 8, 0, 938),  # no slots: jobs of exactly shard_size
         (7500, 8, 1, 938),
         (7504, 8, 2, 938),  # already a multiple
-        (64, 8, 64, 64),  # fewer jobs than replicas: one problem each, every replica busy
-        (10, 8, 64, 10),  # never an empty job
+        (64, 8, 64, 8),  # one round or less: shard_size kept (the jobs run at once already)
+        (520, 8, 64, 128),  # 65 jobs: two whole rounds of 4-5 problems, not one job in a second round
+        (130, 1, 64, 130),  # never more jobs than problems (130 one-problem jobs are all there is)
         (1, 8, 64, 1),
     ],
 )
@@ -31,7 +32,7 @@ def test_shard_count(problems: int, size: int, slots: int, want: int) -> None:
     assert shard_count(problems, size, slots) == want
 
 
-@pytest.mark.parametrize(("problems", "size", "slots"), [(7500, 8, 64), (100, 7, 6), (64, 8, 64), (9, 4, 5)])
+@pytest.mark.parametrize(("problems", "size", "slots"), [(7500, 8, 64), (100, 7, 6), (520, 8, 64), (9, 2, 3)])
 def test_balanced_shards_cover_the_ids_in_order_with_sizes_within_one(
     problems: int, size: int, slots: int
 ) -> None:
