@@ -229,7 +229,9 @@ async def rows_once(
     if await asyncio.to_thread(store.exists, key):
         return loads_jsonl(await asyncio.to_thread(store.get_bytes, key))
     rows = await compute()
-    await asyncio.to_thread(store.put_bytes, key, dumps_jsonl(rows))
+    # Encoded in the thread too: a shard of samples is megabytes of JSON, and the event loop keeps
+    # the job heartbeats (and a pipelined sampler's next pull) going meanwhile.
+    await asyncio.to_thread(lambda: store.put_bytes(key, dumps_jsonl(rows)))
     return rows
 
 
