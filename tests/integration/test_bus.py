@@ -23,14 +23,6 @@ pytestmark = pytest.mark.integration
 FAST = {"ack_wait_s": 1.0, "backoff_s": (0.05,)}
 
 
-@pytest.fixture
-async def bus(nats_config: NatsConfig) -> AsyncIterator[EventBus]:
-    b = await EventBus.connect(nats_config, name="test-bus")
-    await b.ensure_topology()
-    yield b
-    await b.close()
-
-
 async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():

@@ -9,23 +9,13 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
 from shared.bus import Delivery, EventBus
-from shared.infra import NatsConfig
 from shared.ordering import model_done
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def bus(nats_config: NatsConfig) -> AsyncIterator[EventBus]:
-    b = await EventBus.connect(nats_config, name="test-pipelined")
-    await b.ensure_topology()
-    yield b
-    await b.close()
 
 
 async def _until(cond: object, what: str) -> None:
