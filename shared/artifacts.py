@@ -10,14 +10,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import loads_jsonl
 
 log = logging.getLogger("restem.artifacts")
+
+
+T = TypeVar("T")
+
+
+async def _once(inflight: dict[str, asyncio.Future[T]], key: str, start: Callable[[], Awaitable[T]]) -> T:
+    """`start()`'s result for `key`, started once for the callers that ask while it runs (a caller
+    cancelled meanwhile does not cancel it for the others)."""
+    task = inflight.get(key)
+    if task is None:
+        task = inflight[key] = asyncio.ensure_future(start())
+        task.add_done_callback(lambda _: inflight.pop(key, None))
+    return await asyncio.shield(task)
 
 
 def _read_problems(store: ArtifactStore, key: str) -> dict[str, dict[str, Any]]:
@@ -40,13 +53,7 @@ class DatasetCache:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        read = self._reads.get(key)
-        if read is None:
-            read = self._reads[key] = asyncio.ensure_future(
-                asyncio.to_thread(_read_problems, self.store, key)
-            )
-            read.add_done_callback(lambda _: self._reads.pop(key, None))
-        problems = await asyncio.shield(read)
+        problems = await _once(self._reads, key, lambda: asyncio.to_thread(_read_problems, self.store, key))
         self._cache[key] = problems
         self._cache.move_to_end(key)
         if len(self._cache) > self.capacity:
@@ -86,11 +93,7 @@ class CheckpointCache:
     async def fetch(self, key: str) -> Path:
         """The checkpoint's local directory, downloaded once: a call while it downloads (a prefetch,
         then the first job) waits for that download instead of starting another."""
-        task = self._fetches.get(key)
-        if task is None:
-            task = self._fetches[key] = asyncio.ensure_future(self._download(key))
-            task.add_done_callback(lambda _: self._fetches.pop(key, None))
-        return await asyncio.shield(task)
+        return await _once(self._fetches, key, lambda: self._download(key))
 
     async def _download(self, key: str) -> Path:
         if not await asyncio.to_thread(self.store.dir_exists, key):

@@ -8,7 +8,6 @@ validation split only; `plan_shards` cuts the train split into sample jobs.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +16,7 @@ from restem.coordinator.v1 import coordinator_pb2 as pb
 
 from .selection import FilterStats, KeptSelection
 
-__all__ = ["FilterStats", "choose_best_iteration", "plan_shards", "select_kept", "shard_count"]
+__all__ = ["FilterStats", "choose_best_iteration", "even_parts", "plan_shards", "select_kept", "shard_count"]
 
 
 def shard_count(num_problems: int, shard_size: int, slots: int = 0) -> int:
@@ -39,9 +38,14 @@ def plan_shards(problem_ids: Sequence[str], shard_size: int, count: int | None =
     chunks = -(-len(problem_ids) // shard_size)
     if count is None or count == chunks:
         return [list(problem_ids[i : i + shard_size]) for i in range(0, len(problem_ids), shard_size)]
-    size, extra = divmod(len(problem_ids), count)
-    bounds = [i * size + min(i, extra) for i in range(count + 1)]
-    return [list(problem_ids[a:b]) for a, b in itertools.pairwise(bounds)]
+    return [list(problem_ids[a : a + n]) for a, n in even_parts(len(problem_ids), count)]
+
+
+def even_parts(total: int, count: int) -> list[tuple[int, int]]:
+    """(offset, size) of `count` consecutive parts of `total` items, sizes within one of each other
+    (the larger ones first)."""
+    size, extra = divmod(total, count)
+    return [(i * size + min(i, extra), size + (i < extra)) for i in range(count)]
 
 
 def select_kept(

@@ -23,6 +23,7 @@ from shared.seeds import derive_seed
 from shared.tasks import stop_patterns
 
 from . import adaptive
+from .filtering import even_parts
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,7 @@ def split_task(cfg: RunConfig, split: str) -> tuple[str, int]:
 def eval_shard_bounds(problems: int, shard_size: int) -> list[tuple[int, int]]:
     """(offset, count) of each eval job of a split of `problems` problems (sorted by id): as few
     shards of at most `shard_size` as hold them, their sizes within one of each other."""
-    count = max(1, -(-problems // shard_size))
-    size, extra = divmod(problems, count)
-    return [(i * size + min(i, extra), size + (i < extra)) for i in range(count)]
+    return even_parts(problems, max(1, -(-problems // shard_size)))
 
 
 def eval_job_count(cfg: RunConfig, splits: Mapping[str, int]) -> int:
