@@ -30,7 +30,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from shared import abandon, nats_connect
+from shared import abandon, nats_connect, telemetry
 from shared.delivery import (
     H_DELIVERED,
     H_REASON,
@@ -94,6 +94,7 @@ class EventBus:
 
     def on_connected(self) -> None:
         self._connected_once = True
+        telemetry.NATS_CONNECTED.set(1)
 
     def last_error(self) -> Exception | None:
         return self._last_error
@@ -105,10 +106,14 @@ class EventBus:
         log.log(level, "NATS error: %s", f"{what}: {err}" if str(err) else what)
 
     async def on_disconnected(self) -> None:
+        telemetry.NATS_CONNECTED.set(0)
         if hasattr(self, "_nc") and not self._nc.is_closed:
+            telemetry.NATS_DISCONNECTS.inc()
             log.warning("disconnected from NATS at %s; reconnecting", redact_url(self._config.url))
 
     async def on_reconnected(self) -> None:
+        telemetry.NATS_CONNECTED.set(1)
+        telemetry.NATS_RECONNECTS.inc()
         log.info("reconnected to NATS at %s", redact_url(self._config.url))
 
     @property

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]  # json: one object per line, for a log stack (shared.logs)
 Device = Literal["auto", "cpu", "cuda"]  # auto: CUDA when present
 Sharding = Literal["none", "fsdp"]  # how torchrun workers hold the model (shared.llm.distributed)
 
@@ -135,3 +136,14 @@ class GrpcConfig(StrictModel):
     round-robin clients re-resolve the name and reach replicas added since; 0: never. The chart
     sets it for the verifier (its clients spread over its replicas); streams such as WatchRun
     would be cut, so not for the coordinator."""
+
+
+class MetricsConfig(StrictModel):
+    """Where a service serves its Prometheus metrics (`GET /metrics`, see docs/observability.md)."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the metrics endpoint; 0 picks a free one (written to port_file); None: no endpoint."""
+    host: str = "127.0.0.1"
+    """Address to bind (0.0.0.0 in a pod, so Prometheus can scrape it)."""
+    port_file: Path | None = None
+    """If set, the bound port is written here once the endpoint is up (the local stack reads it)."""

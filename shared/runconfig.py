@@ -334,6 +334,37 @@ class BaselineConfig(StrictModel):
     """Also fine-tune the base on the train problems' reference solutions (same trainer settings) and evaluate it the same way."""
 
 
+class MlflowTracking(StrictModel):
+    """An MLflow tracking server (credentials: MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD in the services' environment)."""
+
+    tracking_uri: str = Field(pattern=r"^(https?|databricks)://?\S*$")
+    """The server, e.g. http://mlflow.mlops:5000 (reachable from the coordinator and the trainers)."""
+    experiment: str = Field(default="restem", min_length=1, max_length=256)
+    """Experiment the run is logged under (created when missing)."""
+
+
+class WandbTracking(StrictModel):
+    """Weights & Biases (the API key: WANDB_API_KEY in the services' environment)."""
+
+    project: str = Field(min_length=1, max_length=128)
+    """W&B project."""
+    entity: str | None = None
+    """W&B team or user; unset: the API key's default entity."""
+    mode: Literal["online", "offline", "disabled"] = "online"
+    """`offline` writes the run directories only (sync them later with `wandb sync`)."""
+    dir: Path | None = None
+    """Directory the W&B run files go under (each service's working directory when unset)."""
+
+
+class TrackingConfig(StrictModel):
+    """Experiment trackers the run logs to, several at once (see docs/observability.md)."""
+
+    mlflow: MlflowTracking | None = None
+    """Log to MLflow: per-iteration metrics, per-step M-step metrics, the config and the report."""
+    wandb: WandbTracking | None = None
+    """Log to Weights & Biases: the same, the M-steps as runs of the run's group."""
+
+
 class RunConfig(StrictModel):
     """One ReST-EM run."""
 
@@ -353,6 +384,8 @@ class RunConfig(StrictModel):
     """Evaluation settings."""
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     """Baselines trained and evaluated beside the EM loop."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Experiment tracking (MLflow, Weights & Biases); a tracker that is down never fails the run."""
 
     @model_validator(mode="after")
     def _early_stop_needs_validation(self) -> RunConfig:

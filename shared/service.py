@@ -21,11 +21,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared import __version__
 from shared.bus import EventBus
 from shared.grpc_server import ServiceBinding, serve
-from shared.infra import GrpcConfig, NatsConfig, StoreConfig
+from shared.infra import GrpcConfig, MetricsConfig, NatsConfig, StoreConfig
 from shared.logs import setup_logging
 from shared.store import ArtifactStore, open_store
+from shared.telemetry import serve_metrics
 
 log = logging.getLogger("restem.service")
 
@@ -116,6 +118,10 @@ class ServiceConfig(Protocol):
     def store(self) -> StoreConfig: ...
     @property
     def log_level(self) -> str: ...
+    @property
+    def log_format(self) -> str: ...
+    @property
+    def metrics(self) -> MetricsConfig: ...
 
 
 def env_prefix(name: str) -> str:
@@ -124,8 +130,9 @@ def env_prefix(name: str) -> str:
 
 
 async def open_service(name: str, cfg: ServiceConfig) -> tuple[EventBus, ArtifactStore]:
-    """Logging, the NATS connection (with the streams every service expects) and the artifact store."""
-    setup_logging(name, cfg.log_level)
+    """Logging, the metrics endpoint, the NATS connection (with the streams every service expects) and the artifact store."""
+    setup_logging(name, cfg.log_level, cfg.log_format)
+    serve_metrics(cfg.metrics, name, __version__)
     bus = await EventBus.connect(cfg.nats, name=name)
     await bus.ensure_topology()
     return bus, open_store(cfg.store)

@@ -29,9 +29,10 @@ from restem.common.v1 import common_pb2
 from restem.coordinator.v1 import coordinator_pb2
 from restem.events.v1 import events_pb2
 
-from shared import abandon
+from shared import __version__, abandon, telemetry
 from shared.bus import Delivery, EventBus, PermanentError
 from shared.grpc_server import ServiceBinding
+from shared.logs import job_context
 from shared.service import ServiceConfig, WorkerLoop, open_service, run_service
 from shared.store import ArtifactStore, StoreUnavailable
 from shared.tasks import dumps_jsonl, loads_jsonl
@@ -57,7 +58,7 @@ class WorkerState:
     def to_proto(self) -> common_pb2.WorkerStats:
         return common_pb2.WorkerStats(
             service=self.service,
-            version="0.1.0",
+            version=__version__,
             active_jobs=sorted(self.active_jobs),
             jobs_done=self.jobs_done,
             jobs_failed=self.jobs_failed,
@@ -115,6 +116,32 @@ def run_is_over(bus: EventBus) -> Callable[[str], Awaitable[bool]]:
     return over
 
 
+class _JobMeter:
+    """A job delivery's metrics: started (and redelivered), in flight, then done or failed, timed."""
+
+    def __init__(self, job_type: str, num_delivered: int) -> None:
+        self.job_type, self.outcome, self.num_delivered = job_type, "done", num_delivered
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def __enter__(self) -> _JobMeter:
+        self.started = time.monotonic()
+        telemetry.JOBS_STARTED.labels(self.job_type).inc()
+        if self.num_delivered > 1:
+            telemetry.JOBS_REDELIVERED.labels(self.job_type).inc()
+        telemetry.JOBS_IN_FLIGHT.labels(self.job_type).inc()
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        telemetry.JOBS_IN_FLIGHT.labels(self.job_type).dec()
+        telemetry.JOB_SECONDS.labels(self.job_type, self.outcome).observe(self.seconds())
+        if self.outcome == "done" and exc_type is None:
+            telemetry.JOBS_DONE.labels(self.job_type).inc()
+        elif self.outcome in ("permanent", "retry"):
+            telemetry.JOBS_FAILED.labels(self.job_type, self.outcome).inc()
+
+
 def typed_handler(
     bus: EventBus,
     job_type: str,
@@ -133,26 +160,35 @@ def typed_handler(
                 f"{job_type} job on {delivery.subject} is not a valid {message_cls.__name__}"
             ) from exc
         job_id = getattr(job, "job_id", "?")
-        state.active_jobs.add(job_id)
-        started = time.monotonic()
-        try:
-            await _riding_out_store_outages(handle, job, job_type, job_id, store_outage_s)
-        except abandon.Abandoned:
-            raise  # the run is over: not a failure of this job (the bus terminates the message)
-        except PermanentError as exc:
-            state.jobs_failed += 1
-            log.error("%s job %s failed permanently: %s", job_type, job_id, exc)
-            await report_failure(bus, job_type, job, str(exc))
-            raise
-        except Exception as exc:
-            state.jobs_failed += 1
-            if delivery.num_delivered >= max_deliver:
-                await report_failure(bus, job_type, job, f"gave up after {max_deliver} attempts: {exc!r}")
-            raise
-        finally:
-            state.active_jobs.discard(job_id)
-        state.jobs_done += 1
-        log.info("%s job %s done in %.1fs", job_type, job_id, time.monotonic() - started)
+        context = job_context(
+            run_id=getattr(job, "run_id", None),
+            iteration=getattr(job, "iteration", None),
+            job_id=job_id,
+            job_type=job_type,
+        )
+        with context, _JobMeter(job_type, delivery.num_delivered) as meter:
+            state.active_jobs.add(job_id)
+            try:
+                await _riding_out_store_outages(handle, job, job_type, job_id, store_outage_s)
+            except abandon.Abandoned:
+                meter.outcome = "abandoned"
+                raise  # the run is over: not a failure of this job (the bus terminates the message)
+            except PermanentError as exc:
+                state.jobs_failed += 1
+                meter.outcome = "permanent"
+                log.error("%s job %s failed permanently: %s", job_type, job_id, exc)
+                await report_failure(bus, job_type, job, str(exc))
+                raise
+            except Exception as exc:
+                state.jobs_failed += 1
+                meter.outcome = "retry"
+                if delivery.num_delivered >= max_deliver:
+                    await report_failure(bus, job_type, job, f"gave up after {max_deliver} attempts: {exc!r}")
+                raise
+            finally:
+                state.active_jobs.discard(job_id)
+            state.jobs_done += 1
+            log.info("%s job %s done in %.1fs", job_type, job_id, meter.seconds())
 
     return on_delivery
 

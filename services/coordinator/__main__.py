@@ -13,6 +13,7 @@ async def main_async(config_path: Path | None) -> None:
     from shared.grpc_server import ServiceBinding
     from shared.service import env_prefix, open_service, run_service
 
+    from . import metrics
     from .config import CoordinatorConfig
     from .events import Orchestrator
     from .grpc_api import RunApi
@@ -47,7 +48,11 @@ async def main_async(config_path: Path | None) -> None:
     async def sweep(stop: asyncio.Event) -> None:
         await orchestrator.sweep_dead_letters(stop, cfg.dead_letter_sweep_s)
 
-    await run_service("coordinator", cfg.grpc, bus, [binding], [reconcile, events, sweep], store=store)
+    async def gauges(stop: asyncio.Event) -> None:
+        await metrics.watch(bus, stop, every_s=5.0)
+
+    workers = [reconcile, events, sweep, gauges]
+    await run_service("coordinator", cfg.grpc, bus, [binding], workers, store=store)
 
 
 def main() -> None:

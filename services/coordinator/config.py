@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.infra import GrpcConfig, LogLevel, NatsConfig, StoreConfig, StrictModel
+from shared.infra import GrpcConfig, LogFormat, LogLevel, MetricsConfig, NatsConfig, StoreConfig, StrictModel
 
 
 class CoordinatorConfig(StrictModel):
@@ -51,3 +51,8 @@ class CoordinatorConfig(StrictModel):
     """Largest file UploadFile accepts (an APPS train set with its test cases is a few hundred MB). Uploads are spooled to /tmp while they are checked, and a starting run's files are copied there while they are validated: the chart's `tmpSize` (2Gi) must hold them."""
     log_level: LogLevel = "info"
     """Log level."""
+    log_format: LogFormat = "text"
+    """`text` (readable, the local default) or `json` (one object per line with service, run_id,
+    iteration, job_id and phase: what a log stack indexes; the chart's default)."""
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """Prometheus metrics endpoint (off unless a port is set; the chart and the local stack set one)."""

@@ -21,6 +21,7 @@ from restem.events.v1 import events_pb2 as ev
 
 from shared import keys
 from shared.runconfig import RunConfig
+from shared.tracking import settings_of
 
 from . import adaptive, eval_shards
 from .filtering import FilterStats, choose_best_iteration, plan_shards, shard_count
@@ -130,6 +131,7 @@ def on_prepare_done(run: pb.Run, cfg: RunConfig, done: ev.PrepareDone, splits: M
             variant="sft",
             prompt_format=prompt_format(cfg),
             validation=train_validation(run, cfg, splits),
+            tracking=settings_of(cfg.tracking),
         )
         jobs.append(Job("train", job, job.job_id))
     return Decision(jobs=jobs, prefetch=[run.base_model_key] if run.iterations_total > 0 else [])
@@ -318,6 +320,7 @@ def on_filtered(
         params=train_params_for(cfg, iteration),
         output_key=keys.checkpoint_key(run.run_id, iteration),
         validation=train_validation(run, cfg, splits),
+        tracking=settings_of(cfg.tracking),
     )
     _set_phase(run, pb.PHASE_TRAINING, unit="steps")
     return Decision(jobs=[Job("train", job, job.job_id)])

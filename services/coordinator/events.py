@@ -15,6 +15,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,15 @@ from restem.events.v1 import events_pb2 as ev
 from shared import hints, keys
 from shared.bus import ConflictError, DeadLetter, Delivery, EventBus, PermanentError
 from shared.errors import NotFoundError
+from shared.logs import job_context
 from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactStore
 from shared.tasks import loads_jsonl
 
-from . import core, eval_shards, filter_io, job_records, jobs
+from . import core, eval_shards, filter_io, job_records, jobs, metrics
 from .plots import render_plots
 from .report import build_report, render_markdown
+from .tracking import RunTrackers
 
 log = logging.getLogger("restem.coordinator")
 
@@ -83,6 +86,7 @@ class Orchestrator:
         self.sample_window, self.verify_window = sample_window, verify_window
         self.sampler_slots = sampler_slots
         self.feeds = filter_io.Feeds(store)  # the filter's input, read while shards are verified
+        self.trackers = RunTrackers(store)
         self._configs: dict[str, RunConfig] = {}
         self._ids: dict[str, dict[str, list[str]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -122,6 +126,7 @@ class Orchestrator:
 
     async def publish_one(self, job: core.Job) -> None:
         run_id = job.message.run_id  # type: ignore[attr-defined]
+        metrics.JOBS_PUBLISHED.labels(job.job_type).inc()
         await self.bus.publish_job(job.job_type, run_id, job.message.SerializeToString(), msg_id=job.job_id)
 
     async def mutate(
@@ -132,6 +137,7 @@ class Orchestrator:
         async with lock:
             for _ in range(MAX_CAS_RETRIES):
                 run, revision = await self.load(run_id)
+                phase, started = run.phase, run.phase_started.ToDatetime(UTC)
                 cfg = self.config(run)
                 ids = await self.split_ids(run_id)
                 decision = apply(run, cfg, ids)
@@ -143,6 +149,7 @@ class Orchestrator:
                     await self._write_report(run)
                 try:
                     await self.bus.runs.update(run_id, run.SerializeToString(), revision=revision)
+                    metrics.phase_ended(run, phase, started)
                     if run.status in core.FINISHED:
                         self.feeds.drop(run_id)
                     return run
@@ -166,6 +173,7 @@ class Orchestrator:
             problem_ids=ids["train"],
             feed=self.feeds.get(run.run_id, it.iteration),
         )
+        metrics.FILTER_SECONDS.observe(out.seconds)
         if out.plan is not None:
             log.info(
                 "run %s iteration %d: round %d samples %d problems x %d (filter %.2f s)",
@@ -197,7 +205,8 @@ class Orchestrator:
 
     async def _write_report(self, run: pb.Run) -> None:
         """report.md and the plots first, report.json last: the JSON's key is the report's commit point."""
-        report = build_report(run, await self._test_results(run))
+        links = await asyncio.to_thread(self.trackers.links, run.run_id)
+        report = build_report(run, await self._test_results(run), tracking=links)
         files = await asyncio.to_thread(render_plots, report)
         files["report.md"] = render_markdown(report, plots=sorted(files)).encode()
         for name, data in files.items():
@@ -216,6 +225,7 @@ class Orchestrator:
     async def on_event(self, delivery: Delivery) -> None:
         kind = delivery.subject.rsplit(".", 1)[-1]
         cls = EVENT_TYPES.get(kind)
+        metrics.EVENTS.labels(kind if cls is not None else "unknown").inc()
         if cls is None:
             log.warning("ignoring unknown event %s", delivery.subject)
             return
@@ -223,11 +233,20 @@ class Orchestrator:
             msg: Any = cls.FromString(delivery.data)
         except DecodeError as exc:
             raise PermanentError(f"event {delivery.subject} is not a valid {cls.__name__}") from exc
+        ids = {"iteration": getattr(msg, "iteration", None), "job_id": getattr(msg, "job_id", None)}
+        with job_context(run_id=msg.run_id, **ids):
+            await self._on_message(kind, msg)
+
+    async def _on_message(self, kind: str, msg: Any) -> None:
         try:
             run = await self.mutate(msg.run_id, lambda run, cfg, ids: self._apply(kind, msg, run, cfg, ids))
         except RunNotFound:
             log.warning("event %s for unknown run %s ignored", kind, msg.run_id)
             return
+        try:
+            await self.trackers.observe(run, self.config(run))
+        except Exception as exc:  # tracking never fails a run (shared.tracking retries and warns itself)
+            log.warning("run %s: tracking skipped this event: %s", run.run_id, exc)
         verifying = (pb.PHASE_SAMPLING, pb.PHASE_VERIFYING)
         if kind == "verify_done" and run.phase in verifying and run.iteration == msg.iteration:
             self.feeds.verified(

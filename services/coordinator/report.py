@@ -127,7 +127,12 @@ def _difficulty_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def build_report(run: pb.Run, test_results: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+def build_report(
+    run: pb.Run,
+    test_results: dict[str, list[dict[str, Any]]] | None = None,
+    tracking: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """The report document; `tracking`: the run's tracker runs (`RunTrackers.links`)."""
     status = pb.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
     return {
         "run_id": run.run_id,
@@ -149,6 +154,7 @@ def build_report(run: pb.Run, test_results: dict[str, list[dict[str, Any]]] | No
         "iterations": [iteration_row(it) for it in run.iterations],
         "sft_baseline": _sft_row(run) if run.sft_enabled else None,
         "tokens_generated": sum(it.tokens_generated for it in run.iterations),
+        "tracking": tracking or [],
     }
 
 
@@ -223,6 +229,15 @@ def _policy(report: dict[str, Any]) -> str:
     return f"adaptive (rounds per iteration: {', '.join(rounds) or '–'})"
 
 
+def _tracking_lines(report: dict[str, Any]) -> list[str]:
+    """Where the run is tracked: the tracker's run id and its page (or its directory, offline)."""
+    out = []
+    for t in report.get("tracking") or []:
+        where = t["url"] or (f"offline, in {t['location']}" if t.get("location") else "no web page")
+        out.append(f"- tracked in {t['tracker']}: run `{t['run_id']}` — {where}")
+    return out
+
+
 def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
     lines = [
         f"# restem run `{report['run_id']}`",
@@ -237,6 +252,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
             else ""
         ),
         f"- sampling policy: {_policy(report)}",
+        *_tracking_lines(report),
         "",
         "| iteration | train pass rate | solved | kept | validation pass@1 | test pass@1 | tokens | seconds |",
         "|---|---|---|---|---|---|---|---|",

@@ -6,7 +6,16 @@ from pathlib import Path
 
 from pydantic import Field
 
-from shared.infra import Device, GrpcConfig, LogLevel, NatsConfig, StoreConfig, StrictModel
+from shared.infra import (
+    Device,
+    GrpcConfig,
+    LogFormat,
+    LogLevel,
+    MetricsConfig,
+    NatsConfig,
+    StoreConfig,
+    StrictModel,
+)
 from shared.llm.backends import BackendName
 from shared.llm.vllm_settings import VllmSettings
 
@@ -47,3 +56,8 @@ class EvaluatorConfig(StrictModel):
     """Seconds without a heartbeat before a job is handed to another replica."""
     log_level: LogLevel = "info"
     """Log level."""
+    log_format: LogFormat = "text"
+    """`text` (readable, the local default) or `json` (one object per line with service, run_id,
+    iteration, job_id and phase: what a log stack indexes; the chart's default)."""
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """Prometheus metrics endpoint (off unless a port is set; the chart and the local stack set one)."""

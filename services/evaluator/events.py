@@ -23,6 +23,7 @@ from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import user_message
 from shared.worker import announce, rows_once
 
+from . import metrics
 from .core import attach_samples, result_rows, split_summary
 
 VERIFY_BATCH = 512
@@ -100,6 +101,8 @@ class EvalHandler:
 
     async def _evaluate(self, job: ev.EvalJob) -> list[dict]:
         from shared.llm.checkpoint import CheckpointError
+
+        started = time.monotonic()
         from shared.llm.generation import render_prompt
 
         try:
@@ -128,6 +131,7 @@ class EvalHandler:
             repeated = [p for p, o in zip(problems, sampled, strict=True) for _ in o]
             verdicts = await self._verify(job.task, repeated, [c for o in sampled for c in o])
             attach_samples(rows, sampled, verdicts)
+        metrics.record(job.split, rows, time.monotonic() - started)
         return rows
 
     async def __call__(self, job: ev.EvalJob) -> None:

@@ -24,6 +24,7 @@ from shared.seeds import sample_seeds
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.worker import announce, rows_once
 
+from . import metrics
 from .core import render_prompts, sample_rows, select_problems, shard_summary
 
 
@@ -53,9 +54,12 @@ class SampleHandler:
         )
         params = from_proto(job.params, GenerationParams)
         seeds = sample_seeds(job.params.seed, job.problem_ids, params.n, job.first_index)
+        decoding = time.monotonic()
         completions = await asyncio.to_thread(generator.generate, prompts, params, seeds=seeds)
         model_done()  # the replica pulls its next shard while this one is written
-        return sample_rows(job.iteration, problems, prompts, completions, job.first_index)
+        rows = sample_rows(job.iteration, problems, prompts, completions, job.first_index)
+        metrics.record(rows, time.monotonic() - decoding)
+        return rows
 
     async def __call__(self, job: ev.SampleJob) -> None:
         started = time.monotonic()

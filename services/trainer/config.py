@@ -6,7 +6,17 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from shared.infra import Device, GrpcConfig, LogLevel, NatsConfig, Sharding, StoreConfig, StrictModel
+from shared.infra import (
+    Device,
+    GrpcConfig,
+    LogFormat,
+    LogLevel,
+    MetricsConfig,
+    NatsConfig,
+    Sharding,
+    StoreConfig,
+    StrictModel,
+)
 
 
 class HubSettings(StrictModel):
@@ -43,6 +53,8 @@ class TrainerConfig(StrictModel):
     """How the `nproc` workers hold the model: `none` = each holds all of it (16 bytes/parameter with AdamW: up to ~3B on 80 GB GPUs; fastest for small models); `fsdp` = each holds 1/nproc of the weights, gradients and optimizer state (FSDP2; bf16 compute on CUDA), for models that do not fit one GPU. Needs nproc > 1. Validation-driven stopping gathers the whole model on every GPU while it decodes (bf16: 2 bytes/parameter; see shared/llm/distributed.py)."""
     hub: HubSettings = Field(default_factory=HubSettings)
     """Hugging Face Hub models."""
+    peak_tflops: float = Field(default=989.0, gt=0)
+    """Dense bf16 peak of one GPU in TFLOP/s, the denominator of the MFU metric (H100 SXM: 989; A100: 312; H200: 989)."""
     verifier_address: str = "127.0.0.1:50053"
     """host:port of the verifier's gRPC API, which scores the validation answers of validation-driven stopping."""
     verify_timeout_s: float = Field(default=60.0, gt=0)
@@ -53,6 +65,11 @@ class TrainerConfig(StrictModel):
     """Seconds without a heartbeat before a job is handed to another replica."""
     log_level: LogLevel = "info"
     """Log level."""
+    log_format: LogFormat = "text"
+    """`text` (readable, the local default) or `json` (one object per line with service, run_id,
+    iteration, job_id and phase: what a log stack indexes; the chart's default)."""
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """Prometheus metrics endpoint (off unless a port is set; the chart and the local stack set one)."""
 
     @model_validator(mode="after")
     def _sharding_needs_workers(self) -> TrainerConfig:

@@ -37,14 +37,18 @@ from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import loads_jsonl
 from shared.worker import announce
 
+from . import metrics
 from .config import HubSettings
 from .core import MODEL_INFO, TRAIN_SUMMARY, examples_from_kept, summary_dict
 from .launch import launch, worker_settings
 from .mstep import MStepSpec, execute
 from .state import StepStates
+from .tracking import MStepTracking
 from .validation import ValidationSet, grpc_scorer
 
 if TYPE_CHECKING:
+    from shared.llm.training import StepReport
+
     from .config import TrainerConfig
 
 log = logging.getLogger("services.trainer")
@@ -188,25 +192,33 @@ class TrainHandler:
         self.cfg, self.work_dir, self.device = cfg, cfg.work_dir, device
         self.verify_token = server_token(cfg.grpc)  # the services share one API token
 
-    def _progress_callback(self, job: ev.TrainJob, loop: asyncio.AbstractEventLoop) -> Any:
+    def _progress_callback(
+        self, job: ev.TrainJob, loop: asyncio.AbstractEventLoop, tracker: MStepTracking
+    ) -> Any:
         last = [0.0]
+        cuda = self.device.startswith("cuda")
 
-        def on_step(step: int, total: int, loss: float) -> None:
+        def on_step(report: StepReport) -> None:
             abandon.check()  # called once per optimiser step: where a cancelled run's M-step stops
+            metrics.record(report, cuda=cuda, peak_tflops=self.cfg.peak_tflops)
+            tracker.log_step(report)
             now = time.monotonic()
-            if step != total and now - last[0] < 1.0:
+            if report.step != report.total and now - last[0] < 1.0:
                 return  # at most one progress event per second
             last[0] = now
             msg = ev.TrainProgress(
                 run_id=job.run_id,
                 job_id=job.job_id,
                 iteration=job.iteration,
-                step=step,
-                total_steps=total,
-                loss=loss,
+                step=report.step,
+                total_steps=report.total,
+                loss=report.loss,
             )
             coro = self.bus.publish_event(
-                job.run_id, "train_progress", msg.SerializeToString(), msg_id=f"{job.job_id}.step{step}"
+                job.run_id,
+                "train_progress",
+                msg.SerializeToString(),
+                msg_id=f"{job.job_id}.step{report.step}",
             )
             asyncio.run_coroutine_threadsafe(coro, loop)
 
@@ -321,12 +333,17 @@ class TrainHandler:
             # killed between committing the checkpoint and deleting its step states: finish the cleanup
             await asyncio.to_thread(StepStates(self.store, job.output_key).clear)
         else:
+            tracker = MStepTracking(job)
+            succeeded = False
             try:
                 base_dir = await self.checkpoints.fetch(job.base_key)
-                on_step = self._progress_callback(job, asyncio.get_running_loop())
+                on_step = self._progress_callback(job, asyncio.get_running_loop(), tracker)
                 summary = await asyncio.to_thread(self._train, job, base_dir, on_step)
+                succeeded = True
             except (ArtifactNotFound, CheckpointError, ValueError) as exc:
                 raise PermanentError(str(exc)) from exc
+            finally:
+                await asyncio.to_thread(tracker.close, succeeded)
         await announce(
             self.bus,
             job,

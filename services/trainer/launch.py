@@ -20,6 +20,7 @@ other failure is retried like an in-process crash. Workers stop when the service
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -29,11 +30,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import abandon
 
 from .mstep import SUMMARY, MStepSpec
+
+if TYPE_CHECKING:
+    from shared.llm.training import StepReport
 
 log = logging.getLogger("services.trainer.launch")
 SPEC, PROGRESS, ERROR, WORKER_ENV = "spec.json", "progress.jsonl", "error.txt", "worker.json"
@@ -49,7 +53,7 @@ def launch(
     nproc: int,
     env: dict[str, str],
     output_key: str,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
 ) -> dict[str, Any]:
     """Run the M-step on ``nproc`` workers; the TrainStats dict (raises ValueError on bad input).
 
@@ -93,17 +97,18 @@ def launch(
     return dict(json.loads((Path(spec.out_dir).parent / SUMMARY).read_text()))
 
 
-def _relay(progress: Path, seen: int, on_step: Callable[[int, int, float], None] | None) -> int:
+def _relay(progress: Path, seen: int, on_step: Callable[[StepReport], None] | None) -> int:
     """Hand the progress lines after the first ``seen`` to ``on_step``; the number of lines seen."""
     if not progress.is_file():
         return seen
     text = progress.read_text()
     lines = text.splitlines()
     complete = lines if text.endswith("\n") else lines[:-1]  # the last line may be half written
-    for line in complete[seen:]:
-        if on_step is not None:
-            step, total, loss = json.loads(line)
-            on_step(int(step), int(total), float(loss))
+    if on_step is not None and len(complete) > seen:
+        from shared.llm.training import StepReport
+
+        for line in complete[seen:]:
+            on_step(StepReport(**json.loads(line)))
     return max(seen, len(complete))
 
 
@@ -161,9 +166,9 @@ def _rank0_hooks(spec_path: Path, settings: dict[str, Any], output_key: str) -> 
     states = StepStates(open_store(StoreConfig(**settings["store"])), output_key)
     progress = spec_path.parent / PROGRESS
 
-    def on_step(step: int, total: int, loss: float) -> None:
+    def on_step(report: StepReport) -> None:
         with progress.open("a") as f:
-            f.write(json.dumps([step, total, loss]) + "\n")
+            f.write(json.dumps(dataclasses.asdict(report)) + "\n")
 
     return on_step, states.commit
 

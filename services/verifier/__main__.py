@@ -18,6 +18,7 @@ async def main_async(config_path: Path | None) -> None:
     from shared.store import ArtifactStore
     from shared.worker import JobQueue, Wiring, WorkerState, run_worker_service
 
+    from . import metrics
     from .checkers import Checkers
     from .config import VerifierConfig
     from .events import VerifyHandler
@@ -27,6 +28,7 @@ async def main_async(config_path: Path | None) -> None:
 
     async def wire(bus: EventBus, store: ArtifactStore, state: WorkerState) -> Wiring:
         checkers = Checkers(cfg.sandbox)
+        metrics.register(checkers)
         if cfg.sandbox.start_at_boot:
             await checkers.start()  # a pod that cannot sandbox fails here, before it takes work
 

@@ -26,6 +26,7 @@ from typing import Any
 from shared.errors import Overloaded, StatusError, Unavailable
 from shared.tasks import CODE_TASKS, NUMERIC_TASKS, TASKS_WITH_CHECKERS, Verdict, check_answer
 
+from . import metrics
 from .code_checks import (
     CodeProblem,
     CodeVerdict,
@@ -36,7 +37,7 @@ from .code_checks import (
 )
 from .code_grader import CodeGrader
 from .config import SandboxSettings
-from .sandbox.pool import PoolBusy, PoolConfig, SandboxError, SandboxPool, VerdictCache
+from .sandbox.pool import PoolBusy, PoolConfig, PoolHealth, SandboxError, SandboxPool, VerdictCache
 
 log = logging.getLogger("restem.verifier")
 
@@ -154,6 +155,15 @@ class Checkers:
             for lazy in (self._code, self._math)
         }
 
+    def pool_health(self) -> dict[str, PoolHealth]:
+        """The started pools' state (for the metrics; a pool not started yet has none)."""
+        return {lazy.name: lazy.pool.health() for lazy in (self._code, self._math) if lazy.pool is not None}
+
+    def cache_counts(self) -> tuple[int, int]:
+        """(hits, misses) of the code verdict cache."""
+        cache = self._grader.cache if self._grader is not None else None
+        return (cache.hits, cache.misses) if cache is not None else (0, 0)
+
     def close(self) -> None:
         self._code.close()
         self._math.close()
@@ -189,8 +199,9 @@ class Checkers:
                 v = await grader.agrade(problem, code)
             except PoolBusy as exc:
                 raise SandboxSaturated(f"the code sandbox is saturated: {exc}") from exc
-        if v.status is Status.INTERNAL_ERROR:
+        if v.status is Status.INTERNAL_ERROR:  # not counted: the check is retried, not judged
             raise SandboxUnavailable(f"the code sandbox failed on problem {problem.id}: {v.rule} {v.detail}")
+        metrics.PROGRAMS.labels(str(v.status)).inc()
         return code_verdict(v)
 
     async def _check_math(self, reference: Any, completion: str) -> Verdict:
@@ -203,6 +214,11 @@ class Checkers:
         return v
 
     async def check(self, task: str, reference: Any, completion: str) -> Verdict:
+        verdict = await self._judge(task, reference, completion)
+        metrics.record_verdict(task, verdict.correct)
+        return verdict
+
+    async def _judge(self, task: str, reference: Any, completion: str) -> Verdict:
         if task in NUMERIC_TASKS:
             return check_answer(task, str(reference), completion)
         if task == "math":
@@ -218,5 +234,8 @@ class Checkers:
     async def check_many(self, task: str, pairs: Sequence[tuple[Any, str]]) -> list[Verdict]:
         """Verdicts in order; the sandboxed ones run concurrently on the pool's workers."""
         if task in NUMERIC_TASKS:
-            return [check_answer(task, str(ref), c) for ref, c in pairs]
+            verdicts = [check_answer(task, str(ref), c) for ref, c in pairs]
+            for v in verdicts:
+                metrics.record_verdict(task, v.correct)
+            return verdicts
         return list(await asyncio.gather(*(self.check(task, ref, c) for ref, c in pairs)))

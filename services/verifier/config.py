@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.infra import GrpcConfig, LogLevel, NatsConfig, StoreConfig, StrictModel
+from shared.infra import GrpcConfig, LogFormat, LogLevel, MetricsConfig, NatsConfig, StoreConfig, StrictModel
 
 from .sandbox.cpus import PinCpus
 from .sandbox.envelope import ModeSetting
@@ -65,3 +65,8 @@ class VerifierConfig(StrictModel):
     """Sandbox pools for code and math checking."""
     log_level: LogLevel = "info"
     """Log level."""
+    log_format: LogFormat = "text"
+    """`text` (readable, the local default) or `json` (one object per line with service, run_id,
+    iteration, job_id and phase: what a log stack indexes; the chart's default)."""
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """Prometheus metrics endpoint (off unless a port is set; the chart and the local stack set one)."""

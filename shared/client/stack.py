@@ -152,6 +152,8 @@ def _service_config(
         "nats": {"url": info["nats"]["url"]},
         # S3 credentials are not written here: services read them from the environment they inherit.
         "store": info["store"],
+        # Prometheus metrics on a free port, so a local Prometheus (or curl) can watch the stack too.
+        "metrics": {"port": 0, "port_file": str(state / "ports" / f"{service}.metrics")},
     }
     if service in ("sampler", "evaluator", "trainer"):
         cfg["cache_dir"] = str(state / "cache" / service)
@@ -180,9 +182,11 @@ def _start_service(
             proc.kill()
             raise StackError(f"{service} did not start (see {log}):\n{_tail(log)}")
         time.sleep(0.1)
+    metrics_file = port_file.with_suffix(".metrics")  # written before the gRPC port (open_service)
     return {
         "pid": proc.pid,
         "address": f"127.0.0.1:{port_file.read_text().strip()}",
+        "metrics": f"127.0.0.1:{metrics_file.read_text().strip()}" if metrics_file.is_file() else "",
         "log": str(log),
         "config": str(config),
     }

@@ -70,6 +70,7 @@ from shared.params import TrainParams
 __all__ = [
     "IGNORE",
     "Hooks",
+    "StepReport",
     "TrainExample",
     "TrainParams",
     "TrainStats",
@@ -216,6 +217,7 @@ class _Loop:
     masses: list[float]  # each example's share of a step's loss denominator (see _loss_mass)
     completions: list[int]  # each example's completion tokens (EOS included)
     dp: DataParallel | None = None
+    parameters: int = 0  # counted before sharding: the whole model's
 
     def step(self, indices: Sequence[int]) -> tuple[float, int, int]:
         """One optimiser step over the examples ``indices``: (loss, completion tokens, input tokens)."""
@@ -287,12 +289,12 @@ def train_reward_weighted(
     params: TrainParams,
     *,
     device: str,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume_from: Path | None = None,
     on_state: Callable[[int, Path], None] | None = None,
 ) -> TrainStats:
-    """Fine-tune ``model`` in place (LoRA: merged into it at the end); ``on_step(step, total, loss)``.
+    """Fine-tune ``model`` in place (LoRA: merged into it at the end); ``on_step`` after each step.
 
     ``on_state(step, dir)`` receives a resumable state every ``checkpoint_every_steps`` steps (the dir
     is deleted when it returns); ``resume_from`` is such a dir to continue from.
@@ -316,11 +318,27 @@ def pad_id_of(tokenizer: Any) -> int:
     return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
 
+@dataclass(frozen=True)
+class StepReport:
+    """What the loop reports after each optimiser step (``Hooks.on_step``); rank 0's view when data-parallel."""
+
+    step: int
+    total: int  # steps planned
+    loss: float  # the step's loss (over every rank's examples)
+    learning_rate: float  # the rate this step used
+    tokens: int  # completion tokens of this process's examples in the step
+    input_tokens: int  # non-padding input tokens of this process's examples
+    seconds: float  # wall time of the step (forward, backward, optimiser; not validation)
+    validation_reward: float | None = None  # set on the steps that end an epoch with validation on
+    parameters: int = 0  # the model's parameters (for MFU: 6 x parameters x input tokens per second)
+    gpu_memory_bytes: int = 0  # CUDA memory allocated by this process after the step (0 on CPU)
+
+
 @dataclass
 class Hooks:
     """Callbacks of the training loop (all optional)."""
 
-    on_step: Callable[[int, int, float], None] | None = None  # (step, total steps, loss) after each step
+    on_step: Callable[[StepReport], None] | None = None  # after each step (and its validation, if any)
     should_stop: Callable[[], bool] | None = None  # polled after each step
     on_state: Callable[[int, Path], None] | None = None  # (step, state dir) every checkpoint_every_steps
     validate: Callable[[], float] | None = None  # validation reward of the model now (after each epoch)
@@ -351,6 +369,7 @@ def train_features(
     # every rank seeds alike, so LoRA adapters start identical on all of them.
     torch.manual_seed(params.seed)
     train_model = _prepare_model(model, params)
+    parameters = sum(p.numel() for p in train_model.parameters())
     try:
         runner = shard_model(train_model, device) if sharded else train_model
         optimizer = make_optimizer(train_model, params, device)  # sharded: over each rank's shards
@@ -369,6 +388,7 @@ def train_features(
             masses=masses,
             completions=completions,
             dp=dp,
+            parameters=parameters,
         )
         fingerprint = _fingerprint(params, features)
         progress = _resume(loop, resume_from, fingerprint)
@@ -406,15 +426,32 @@ def _run(loop: _Loop, progress: Progress, total: int, fingerprint: str, hooks: H
         epoch, index = divmod(progress.step, per_epoch)
         if index == 0 or not steps:
             steps = epoch_steps(loop.lengths, params.batch_size, params.seed, epoch, _bucketing(params))
+        learning_rate = float(loop.optimizer.param_groups[0]["lr"])
+        began = time.perf_counter()
         loss, tokens, inputs = loop.step(steps[index])
+        seconds = time.perf_counter() - began
         progress.step, progress.epochs = progress.step + 1, max(progress.epochs, epoch + 1)
         progress.tokens, input_tokens = progress.tokens + tokens, input_tokens + inputs
         progress.losses.append(loss)
-        if hooks.on_step is not None:
-            hooks.on_step(progress.step, total, loss)
-        stop = False
+        stop, reward = False, None
         if hooks.validate is not None and (progress.step % per_epoch == 0 or progress.step == total):
-            stop = best.observe(progress, _validate(loop, hooks.validate))
+            reward = _validate(loop, hooks.validate)
+            stop = best.observe(progress, reward)
+        if hooks.on_step is not None:
+            memory = torch.cuda.memory_allocated() if loop.device.startswith("cuda") else 0
+            report = StepReport(
+                progress.step,
+                total,
+                loss,
+                learning_rate,
+                tokens,
+                inputs,
+                seconds,
+                reward,
+                loop.parameters,
+                memory,
+            )
+            hooks.on_step(report)
         every = params.checkpoint_every_steps
         # sharded: rank 0 alone has on_state, but every rank takes part in gathering the state
         saves = hooks.on_state is not None or (loop.dp is not None and loop.dp.sharded)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from shared import telemetry
 from shared.store.base import _CHUNK, _TMP_MARK, ArtifactNotFound, _check_prefix, validate_key
 from shared.store.dirs import _BaseStore
 
@@ -72,18 +73,25 @@ class LocalStore(_BaseStore):
             target.parent.mkdir(parents=True, exist_ok=True)
             _atomic_write(target, write, mode=0o444)
 
+    # Metered like S3 (shared.telemetry): the local stack's dashboards show the same store panels.
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._write(key, lambda f: f.write(data))
+        with telemetry.store_request("write"):
+            self._write(key, lambda f: f.write(data))
+        telemetry.store_bytes("write", len(data))
 
     def put_file(self, key: str, path: Path) -> None:
-        with Path(path).open("rb") as src:
+        with telemetry.store_request("upload"), Path(path).open("rb") as src:
             self._write(key, lambda f: shutil.copyfileobj(src, f, _CHUNK))
+        telemetry.store_bytes("write", Path(path).stat().st_size)
 
     def get_bytes(self, key: str) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with telemetry.store_request("read"):
+                data = self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ArtifactNotFound(key, self.describe()) from None
+        telemetry.store_bytes("read", len(data))
+        return data
 
     def get_file(self, key: str, dest: Path) -> None:
         src, dest = self._path(key), Path(dest)

@@ -19,6 +19,7 @@ import minio
 import urllib3
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from shared import telemetry
 from shared.infra import StoreConfig
 from shared.store.base import (
     _TMP_MARK,
@@ -116,6 +117,10 @@ class S3Store(_BaseStore):
         """Run fn, retrying transient failures; map not-found and auth failures to our errors."""
         if key is not None:
             validate_key(key)
+        with telemetry.store_request(what.split(" ", 1)[0]):
+            return self._attempts(what, key, fn)
+
+    def _attempts(self, what: str, key: str | None, fn: Callable[[], T]) -> T:
         for attempt in range(1, self._tries + 1):
             try:
                 return fn()
@@ -143,6 +148,7 @@ class S3Store(_BaseStore):
         # A fresh BytesIO per attempt: a failed attempt may have consumed the previous one.
         put = self._s3.put_object
         self._call(f"write {key!r}", key, lambda: put(self._bucket, key, io.BytesIO(data), len(data)))
+        telemetry.store_bytes("write", len(data))
 
     def get_bytes(self, key: str) -> bytes:
         def get() -> bytes:
@@ -153,7 +159,9 @@ class S3Store(_BaseStore):
                 response.close()
                 response.release_conn()
 
-        return self._call(f"read {key!r}", key, get)
+        data = self._call(f"read {key!r}", key, get)
+        telemetry.store_bytes("read", len(data))
+        return data
 
     def exists(self, key: str) -> bool:
         try:
@@ -185,6 +193,7 @@ class S3Store(_BaseStore):
         # the upload is complete, so it is atomic.
         put, src = self._s3.fput_object, str(path)
         self._call(f"upload {key!r}", key, lambda: put(self._bucket, key, src, part_size=_S3_PART_SIZE))
+        telemetry.store_bytes("write", path.stat().st_size)
 
     def get_file(self, key: str, dest: Path) -> None:
         dest = Path(dest)
@@ -197,6 +206,7 @@ class S3Store(_BaseStore):
             )
             with tmp.open("rb") as f:
                 os.fsync(f.fileno())  # durable before it takes dest's name
+            telemetry.store_bytes("read", tmp.stat().st_size)
             os.replace(tmp, dest)
         finally:
             for leftover in (tmp, part):

@@ -34,6 +34,7 @@ from shared.llm.generation import (
 )
 from shared.llm.training import (
     IGNORE,
+    StepReport,
     TrainExample,
     TrainParams,
     batch_loss,
@@ -455,12 +456,15 @@ def test_weighted_nll_normalisations() -> None:
 def test_training_overfits_a_tiny_dataset(tokenizer: Any, prompts: list[str]) -> None:
     model = _tiny_model(tokenizer, seed=1).train()
     examples = [TrainExample(p, f"The answer is {i}.") for i, p in enumerate(prompts)]
-    steps: list[tuple[int, int, float]] = []
+    steps: list[StepReport] = []
     params = TrainParams(learning_rate=3e-3, epochs=15, batch_size=2, warmup_ratio=0.1)
-    stats = train_reward_weighted(
-        model, tokenizer, examples, params, device="cpu", on_step=lambda *a: steps.append(a)
-    )
-    assert stats.steps == len(steps) == 30 and steps[-1][:2] == (30, 30)
+    stats = train_reward_weighted(model, tokenizer, examples, params, device="cpu", on_step=steps.append)
+    assert stats.steps == len(steps) == 30 and (steps[-1].step, steps[-1].total) == (30, 30)
+    # what the metrics and the trackers get per step: the rate used, the tokens, the model's size
+    assert steps[0].learning_rate < steps[5].learning_rate <= 3e-3  # warmup (3 steps) ramps up
+    assert sum(r.tokens for r in steps) == stats.tokens and all(r.seconds > 0 for r in steps)
+    assert {r.parameters for r in steps} == {sum(p.numel() for p in model.parameters())}
+    assert steps[0].loss == stats.loss_first and steps[-1].loss == stats.loss_last
     assert stats.examples == 4 and stats.epochs == 15 and stats.tokens > 0
     assert stats.loss_last < stats.loss_first / 2
 

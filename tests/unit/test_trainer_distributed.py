@@ -78,7 +78,7 @@ def test_two_processes_train_like_one_and_resume_from_a_step_state(tmp_path: Pat
     store_cfg = StoreConfig(kind="local", root=tmp_path / "store")
     env = worker_settings("cpu", store_cfg, None, 5.0)
     steps: list[int] = []
-    two = launch(spec("two"), 2, env, "runs/r/ckpt", on_step=lambda s, total, loss: steps.append(s))
+    two = launch(spec("two"), 2, env, "runs/r/ckpt", on_step=lambda r: steps.append(r.step))
     assert steps == [1, 2, 3, 4, 5, 6] and two["steps"] == 6 and two["tokens"] == single["tokens"]
     assert two["loss_last"] == pytest.approx(single["loss_last"], rel=1e-4)
     one_w, two_w = _weights(spec("one").out_dir), _weights(spec("two").out_dir)

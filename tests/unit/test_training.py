@@ -107,7 +107,7 @@ def test_max_steps_cycles_epochs(tokenizer: Any, examples: list[TrainExample]) -
         examples[:5],
         TrainParams(batch_size=2, max_steps=7, learning_rate=1e-3),
         device="cpu",
-        on_step=lambda s, t, _loss: seen.append((s, t)),
+        on_step=lambda r: seen.append((r.step, r.total)),
     )
     assert stats.steps == 7 and stats.epochs == 3 and seen[-1] == (7, 7)  # 3 steps per epoch
 

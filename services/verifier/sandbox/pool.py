@@ -209,6 +209,8 @@ class PoolHealth:
     restarts: int
     start_failures: int
     protections: dict[str, Any] = field(default_factory=dict)
+    busy: int = 0
+    """Workers running a check now."""
 
 
 class _Worker:
@@ -276,11 +278,13 @@ class _Worker:
 
     def _run(self, job: Callable[[Session], Any], future: Future[Any]) -> None:
         session: Session | None = None
+        self.pool.count("busy")
         try:
             session = Session(self, self.ensure(), self.pool.config.grace_s)
             future.set_result(job(session))
         except BaseException as exc:
             future.set_exception(exc)
+        self.pool.count("busy", -1)
         self.pool.count("jobs_done")
         zygote = self.zygote
         if zygote is not None and (
@@ -308,7 +312,7 @@ class SandboxPool:
         self.queue: queue.Queue[tuple[Callable[[Session], Any], Future[Any]] | None] = queue.Queue(
             self.config.queue_size
         )
-        self._counts = {"jobs_done": 0, "restarts": 0, "start_failures": 0}
+        self._counts = {"jobs_done": 0, "restarts": 0, "start_failures": 0, "busy": 0}
         self._lock = threading.Lock()
         self._closed = False
         self.launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-launcher")
@@ -363,9 +367,9 @@ class SandboxPool:
             return prot
         raise SandboxError("no sandbox mode could start: " + " | ".join(errors))
 
-    def count(self, name: str) -> None:
+    def count(self, name: str, n: int = 1) -> None:
         with self._lock:
-            self._counts[name] += 1
+            self._counts[name] += n
 
     def submit(self, job: Callable[[Session], T], *, block_s: float = 0.0) -> Future[T]:
         """Queue a job; waits up to `block_s` for room, then raises PoolBusy (back-pressure)."""

@@ -1,8 +1,8 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -107,3 +107,31 @@ class PromptFormat(_message.Message):
     chat_template: bool
     system_prompt: str
     def __init__(self, chat_template: _Optional[bool] = ..., system_prompt: _Optional[str] = ...) -> None: ...
+
+class TrackingSettings(_message.Message):
+    __slots__ = ("mlflow", "wandb")
+    MLFLOW_FIELD_NUMBER: _ClassVar[int]
+    WANDB_FIELD_NUMBER: _ClassVar[int]
+    mlflow: MlflowSettings
+    wandb: WandbSettings
+    def __init__(self, mlflow: _Optional[_Union[MlflowSettings, _Mapping]] = ..., wandb: _Optional[_Union[WandbSettings, _Mapping]] = ...) -> None: ...
+
+class MlflowSettings(_message.Message):
+    __slots__ = ("tracking_uri", "experiment")
+    TRACKING_URI_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    tracking_uri: str
+    experiment: str
+    def __init__(self, tracking_uri: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
+
+class WandbSettings(_message.Message):
+    __slots__ = ("project", "entity", "mode", "dir")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DIR_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    entity: str
+    mode: str
+    dir: str
+    def __init__(self, project: _Optional[str] = ..., entity: _Optional[str] = ..., mode: _Optional[str] = ..., dir: _Optional[str] = ...) -> None: ...

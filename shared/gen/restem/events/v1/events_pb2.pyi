@@ -126,7 +126,7 @@ class VerifyDone(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., verdicts_key: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_correct: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class TrainJob(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "base_key", "kept_key", "params", "output_key", "variant", "prompt_format", "validation")
+    __slots__ = ("run_id", "job_id", "iteration", "base_key", "kept_key", "params", "output_key", "variant", "prompt_format", "validation", "tracking")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class TrainJob(_message.Message):
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -147,7 +148,8 @@ class TrainJob(_message.Message):
     variant: str
     prompt_format: _common_pb2.PromptFormat
     validation: TrainValidation
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., base_key: _Optional[str] = ..., kept_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.TrainParams, _Mapping]] = ..., output_key: _Optional[str] = ..., variant: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ..., validation: _Optional[_Union[TrainValidation, _Mapping]] = ...) -> None: ...
+    tracking: _common_pb2.TrackingSettings
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., base_key: _Optional[str] = ..., kept_key: _Optional[str] = ..., params: _Optional[_Union[_common_pb2.TrainParams, _Mapping]] = ..., output_key: _Optional[str] = ..., variant: _Optional[str] = ..., prompt_format: _Optional[_Union[_common_pb2.PromptFormat, _Mapping]] = ..., validation: _Optional[_Union[TrainValidation, _Mapping]] = ..., tracking: _Optional[_Union[_common_pb2.TrackingSettings, _Mapping]] = ...) -> None: ...
 
 class TrainValidation(_message.Message):
     __slots__ = ("task", "dataset_key", "params", "prompt_format")
