@@ -9,6 +9,7 @@ import contextlib
 import re
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from restem.common.v1 import common_pb2
@@ -139,7 +140,8 @@ class WandbBackend:
             reinit="create_new",  # the coordinator tracks many runs at once
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
-        return TrackerLink("wandb", self.run.id, self.run.url or "", location=str(self.run.dir))
+        # run.dir is the run's files/ directory; `wandb sync` takes the run directory above it
+        return TrackerLink("wandb", self.run.id, self.run.url or "", location=str(Path(self.run.dir).parent))
 
     def log_params(self, params: Mapping[str, str]) -> None:
         self.run.config.update(dict(params), allow_val_change=True)

@@ -41,12 +41,77 @@ CHART_OWNED = {
     "nats",
     "store",
     "log_level",
+    "log_format",
+    "metrics",
     "device",
     "cache_dir",
     "work_dir",
     "verifier_address",
     "nproc",
 }
+
+# Every Prometheus metric the services export, by exposition name: counters with `_total`,
+# histograms by base name (their `_bucket`/`_sum`/`_count` series), gauges as they are. The Grafana
+# dashboard (charts/restem/dashboards/restem.json) may use only these, and what the services
+# register must be exactly this set.
+METRIC_NAMES = frozenset(
+    {
+        # every service (shared/telemetry.py)
+        "restem_service_info",
+        "restem_jobs_started_total",
+        "restem_jobs_completed_total",
+        "restem_jobs_failed_total",
+        "restem_jobs_redelivered_total",
+        "restem_job_duration_seconds",
+        "restem_jobs_in_flight",
+        "restem_store_request_seconds",
+        "restem_store_errors_total",
+        "restem_store_bytes_total",
+        "restem_nats_connected",
+        "restem_nats_disconnects_total",
+        "restem_nats_reconnects_total",
+        # coordinator (the work-queue backlog included)
+        "restem_coordinator_runs",
+        "restem_coordinator_events_total",
+        "restem_coordinator_jobs_published_total",
+        "restem_coordinator_phase_seconds",
+        "restem_coordinator_filter_seconds",
+        "restem_queue_pending_jobs",
+        "restem_queue_unacked_jobs",
+        # sampler
+        "restem_sampler_samples_total",
+        "restem_sampler_generated_tokens_total",
+        "restem_sampler_finish_reasons_total",
+        "restem_sampler_tokens_per_second",
+        "restem_sampler_generate_seconds",
+        # verifier
+        "restem_verifier_verdicts_total",
+        "restem_verifier_programs_total",
+        "restem_verifier_sandbox_workers",
+        "restem_verifier_sandbox_queue_depth",
+        "restem_verifier_sandbox_runs_total",
+        "restem_verifier_zygote_restarts_total",
+        "restem_verifier_zygote_start_failures_total",
+        "restem_verifier_cache_hits_total",
+        "restem_verifier_cache_misses_total",
+        # trainer
+        "restem_trainer_steps_total",
+        "restem_trainer_tokens_total",
+        "restem_trainer_input_tokens_total",
+        "restem_trainer_tokens_per_second",
+        "restem_trainer_loss",
+        "restem_trainer_learning_rate",
+        "restem_trainer_step_seconds",
+        "restem_trainer_mfu_ratio",
+        "restem_trainer_gpu_memory_bytes",
+        "restem_trainer_validation_reward",
+        # evaluator
+        "restem_evaluator_problems_total",
+        "restem_evaluator_correct_total",
+        "restem_evaluator_samples_total",
+        "restem_evaluator_problems_per_second",
+    }
+)
 
 
 def config_model(service: str) -> type:
@@ -314,6 +379,11 @@ def local_stack_up(values_files: list[str], state: Path, timeout_s: float = 300.
             env |= {"HF_HOME": str(state / "home" / "hf"), "MPLCONFIGDIR": str(state / "home" / "mpl")}
             env |= {p + "GRPC__HOST": "127.0.0.1", p + "GRPC__PORT": str(port)}
             env |= {p + "NATS__URL": f"nats://127.0.0.1:{nats_port}", p + "STORE__ENDPOINT": s3.endpoint}
+            # Five services on one host: each metrics endpoint on a free port, written to a file.
+            metrics_file = state / "metrics" / f"{service}.port"
+            metrics_file.unlink(missing_ok=True)
+            env |= {p + "METRICS__HOST": "127.0.0.1", p + "METRICS__PORT": "0"}
+            env |= {p + "METRICS__PORT_FILE": str(metrics_file)}
             if service in ("sampler", "trainer", "evaluator"):
                 env[p + "CACHE_DIR"] = str(state / "cache" / service)
             if service == "trainer":
@@ -336,6 +406,11 @@ def local_stack_up(values_files: list[str], state: Path, timeout_s: float = 300.
                         f"{service} is not SERVING after {timeout_s:.0f}s (see {stack.log(service)})"
                     )
                 time.sleep(0.5)
+        for service in addresses:  # where to scrape each service (stack.json "metrics")
+            port_file = state / "metrics" / f"{service}.port"
+            if port_file.is_file():
+                stack.info.setdefault("metrics", {})[service] = f"127.0.0.1:{port_file.read_text().strip()}"
+        stack.save()
     except BaseException:
         local_stack_down(state)
         raise

@@ -179,10 +179,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("the local stack is not running (start it with `restem up`)")
             return EXIT_UNAVAILABLE
         table = Table()
-        for col in ("process", "pid", "address", "health"):
+        for col in ("process", "pid", "address", "health", "metrics"):
             table.add_column(col)
         for r in rows:
-            table.add_row(r["name"], r["pid"], r["address"], r["health"])
+            table.add_row(r["name"], r["pid"], r["address"], r["health"], r.get("metrics", ""))
         console.print(table)
         return 0 if all(r["health"] in ("SERVING", "RUNNING") for r in rows) else 1
     from google.protobuf.json_format import MessageToDict
@@ -263,7 +263,7 @@ def _s3_from_args(args: argparse.Namespace) -> object:
 def cmd_up(args: argparse.Namespace) -> int:
     from shared.client.stack import up
 
-    stack = up(args.state_dir, s3=_s3_from_args(args), auth=args.auth)  # type: ignore[arg-type]
+    stack = up(args.state_dir, s3=_s3_from_args(args), auth=args.auth, log_format=args.log_format)  # type: ignore[arg-type]
     print(f"local stack up (state in {stack.state_dir}); coordinator at {stack.coordinator}")
     if stack.token_file is not None:
         print(f"API bearer token in {stack.token_file} (this CLI sends it to the local stack)")
@@ -329,6 +329,12 @@ def _add_stack_commands(sub: Any) -> None:
     )
     p.add_argument("--s3-bucket", default="restem", help="S3 bucket (default: restem; created if missing)")
     p.add_argument("--s3-secure", action="store_true", help="talk TLS to the S3 endpoint")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="service log lines: text (default) or json (one object per line with run and job ids)",
+    )
     p.add_argument(
         "--auth",
         action="store_true",

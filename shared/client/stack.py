@@ -232,13 +232,15 @@ def up(
     s3: StoreConfig | None = None,
     timeout_s: float = 120.0,
     auth: bool = False,
+    log_format: str = "text",
 ) -> Stack:
     """Start the stack, or return the one already running in this state directory.
 
     With `s3`, the services use that S3 endpoint; its credentials must be in the environment
     (RESTEM_S3_ACCESS_KEY / RESTEM_S3_SECRET_KEY), which the service processes inherit. With
     `auth`, every service requires a bearer token that is generated into `Stack.token_file`
-    (the CLI finds it there).
+    (the CLI finds it there). `log_format`: `text` or `json` (one object per line, with the run and
+    job ids). Each service serves Prometheus metrics on a free port (`metrics` in stack.json).
     """
     state = state_dir or default_state_dir()
     running = load_stack(state)
@@ -259,7 +261,7 @@ def up(
     (state / "stack.json").write_text(json.dumps(info, indent=2))
     try:
         for service in SERVICES:
-            extra: dict[str, Any] = {}
+            extra: dict[str, Any] = {"log_format": log_format}
             if service in ("evaluator", "trainer"):  # the trainer scores validation answers too
                 extra["verifier_address"] = info["services"]["verifier"]["address"]
             info["services"][service] = _start_service(state, service, info, extra, timeout_s)
@@ -382,5 +384,6 @@ def status(state_dir: Path | None = None) -> list[dict[str, str]]:
     ]
     for name, svc in stack.info["services"].items():
         health = check_health(svc["address"], GRPC_NAMES[name]) if _alive(int(svc["pid"])) else "DEAD"
-        rows.append({"name": name, "pid": str(svc["pid"]), "address": svc["address"], "health": health})
+        row = {"name": name, "pid": str(svc["pid"]), "address": svc["address"], "health": health}
+        rows.append({**row, "metrics": f"http://{svc['metrics']}/metrics" if svc.get("metrics") else ""})
     return rows

@@ -55,7 +55,9 @@ PLATFORM_SECRETS = {
     ("restem-minio-root", "rootUser"): "root",
     ("restem-minio-root", "rootPassword"): "subchart-root-password",
 }
-CRD_KINDS = {"ScaledObject"}  # KEDA's; kubernetes-validate has no schema for CRDs
+# KEDA's and prometheus-operator's; kubernetes-validate has no schema for CRDs (the ServiceMonitor's
+# structure is checked in test_chart_observability.py).
+CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
 
 
 @pytest.fixture(scope="module", params=list(VALUE_SETS), ids=list(VALUE_SETS))
@@ -326,8 +328,16 @@ def test_network_policies(rendered):
         }
         for client in ("evaluator", "trainer")
     ]
-    for svc in ("sampler", "trainer", "evaluator"):
-        assert policies[svc]["ingress"] == []
+    # Prometheus: the metrics port, from metrics.allowFrom (default: any pod in the cluster).
+    scrapers = (
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+        if name == "external"
+        else [{"namespaceSelector": {}}]
+    )
+    for svc in SERVICES:
+        assert policies[svc]["ingress"][-1] == {"from": scrapers, "ports": [{"port": 9090, "protocol": "TCP"}]}
+    for svc in ("sampler", "trainer", "evaluator"):  # nothing but the scrape
+        assert len(policies[svc]["ingress"]) == 1
     assert policies["coordinator"]["ingress"][0]["from"] == [{"podSelector": {}}]
     if name == "external":  # the peers given in values narrow the egress
         nats_rule = next(r for r in policies["verifier"]["egress"] if r["ports"][0]["port"] == 4222)

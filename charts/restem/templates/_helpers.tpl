@@ -228,7 +228,9 @@ Chart-owned fields first; `<svc>.config` adds the rest (the schema keeps it off 
   "grpc" (dict "host" "0.0.0.0" "port" (int $root.Values.grpc.port) "grace_s" $root.Values.grpc.graceSeconds "max_message_mb" (int $root.Values.grpc.maxMessageMb) "public_reads" $root.Values.apiAuth.publicReads)
   "nats" (dict "url" (include "restem.natsUrl" $root) "prefix" $root.Values.nats.prefix)
   "store" (dict "kind" "s3" "endpoint" (include "restem.s3Endpoint" $root) "bucket" $root.Values.s3.bucket "secure" $root.Values.s3.secure "region" $root.Values.s3.region)
-  "log_level" $root.Values.logLevel -}}
+  "log_level" $root.Values.logLevel
+  "log_format" $root.Values.logFormat
+  "metrics" (dict "host" "0.0.0.0" "port" (int $root.Values.metrics.port)) -}}
 {{- if has $svc (splitList " " (include "restem.workers" $root)) -}}
 {{- $_ := set $cfg "device" $v.device -}}
 {{- $_ := set $cfg "cache_dir" "/var/cache/restem" -}}
