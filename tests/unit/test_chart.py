@@ -335,7 +335,10 @@ def test_network_policies(rendered):
         else [{"namespaceSelector": {}}]
     )
     for svc in SERVICES:
-        assert policies[svc]["ingress"][-1] == {"from": scrapers, "ports": [{"port": 9090, "protocol": "TCP"}]}
+        assert policies[svc]["ingress"][-1] == {
+            "from": scrapers,
+            "ports": [{"port": 9090, "protocol": "TCP"}],
+        }
     for svc in ("sampler", "trainer", "evaluator"):  # nothing but the scrape
         assert len(policies[svc]["ingress"]) == 1
     assert policies["coordinator"]["ingress"][0]["from"] == [{"podSelector": {}}]

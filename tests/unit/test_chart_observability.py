@@ -70,7 +70,14 @@ DASHBOARD_MUST_USE = frozenset(
     }
 )
 # ServiceMonitor fields of monitoring.coreos.com/v1 that this chart may use (a subset of the CRD).
-SERVICE_MONITOR_SPEC = {"selector", "namespaceSelector", "jobLabel", "endpoints", "targetLabels", "podTargetLabels"}
+SERVICE_MONITOR_SPEC = {
+    "selector",
+    "namespaceSelector",
+    "jobLabel",
+    "endpoints",
+    "targetLabels",
+    "podTargetLabels",
+}
 SERVICE_MONITOR_ENDPOINT = {
     "port",
     "path",
@@ -198,7 +205,14 @@ def test_service_monitor_renders_only_when_enabled():
 
 def test_service_monitor_scrapes_every_service_pod_once():
     docs = _docs(
-        metrics={"serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "5s", "labels": {"release": "kps"}}}
+        metrics={
+            "serviceMonitor": {
+                "enabled": True,
+                "interval": "15s",
+                "scrapeTimeout": "5s",
+                "labels": {"release": "kps"},
+            }
+        }
     )
     (monitor,) = by_kind(docs, "ServiceMonitor").values()
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -215,7 +229,9 @@ def test_service_monitor_scrapes_every_service_pod_once():
     assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("15s", "5s")
 
     services = by_kind(docs, "Service")
-    selected = {name: s for name, s in services.items() if _selects(spec["selector"], s["metadata"]["labels"])}
+    selected = {
+        name: s for name, s in services.items() if _selects(spec["selector"], s["metadata"]["labels"])
+    }
     scraped = {
         name: s for name, s in selected.items() if endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
     }
@@ -226,7 +242,9 @@ def test_service_monitor_scrapes_every_service_pod_once():
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         behind = [s for s in scraped.values() if _selects({"matchLabels": s["spec"]["selector"]}, pod_labels)]
         assert len(behind) == 1, svc
-        container_ports = {p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        container_ports = {
+            p["name"] for p in deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+        }
         target = next(p for p in behind[0]["spec"]["ports"] if p["name"] == "metrics")["targetPort"]
         assert target in container_ports, svc
     # The job label comes from a label every scraped Service carries.
@@ -289,6 +307,10 @@ def test_dashboard_configmap_renders_only_when_enabled():
     # Helm merges maps: a label of one's own comes beside the default one (null removes that).
     assert cm["metadata"]["labels"]["dash"] == "yes" and cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert "annotations" not in cm["metadata"]
+    only = _docs(
+        metrics={"grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": None, "dash": "x"}}}
+    )
+    assert "grafana_dashboard" not in _dashboard_configmap(only)["metadata"]["labels"]
 
 
 def _exprs(dashboard: dict) -> list[str]:
@@ -336,9 +358,11 @@ def test_dashboard_is_valid_json_using_only_catalogued_metrics():
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard_problems(dashboard) == []
     used = {
-        re.sub(r"_(bucket|sum|count)$", "", t) for e in _exprs(dashboard) for t in re.findall(r"restem_[a-z_]+", e)
+        re.sub(r"_(bucket|sum|count)$", "", t)
+        for e in _exprs(dashboard)
+        for t in re.findall(r"restem_[a-z_]+", e)
     }
-    assert DASHBOARD_MUST_USE <= used, DASHBOARD_MUST_USE - used
+    assert not DASHBOARD_MUST_USE - used, DASHBOARD_MUST_USE - used
     assert HISTOGRAMS <= METRIC_NAMES
     assert all(n.startswith("restem_") for n in METRIC_NAMES)
 
@@ -370,7 +394,9 @@ def test_dashboard_structure():
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["id"] is None and 36 <= dashboard["schemaVersion"] <= 41
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
     assert variables["namespace"]["type"] == "query"
     source = {"type": "prometheus", "uid": "${datasource}"}
     assert variables["namespace"]["datasource"] == source
@@ -386,6 +412,8 @@ def test_dashboard_structure():
     cells = set()
     for panel in panels:
         pos = panel["gridPos"]
-        area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+        area = {
+            (x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])
+        }
         assert not cells & area, panel["title"]
         cells |= area
