@@ -100,6 +100,11 @@ def quiet_model_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The variables are read at import: a library imported already is told directly.
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def setup_logging(service: str, level: str = "info", fmt: str = "text") -> None:
@@ -110,6 +115,7 @@ def setup_logging(service: str, level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # library warnings become log records (JSON lines too), not raw stderr
     # nats-py logs every reconnect attempt at error level; our bus reports connectivity itself.
     logging.getLogger("nats").setLevel(logging.WARNING)
     # The tracking clients log each retry of an unreachable server; shared.tracking warns once itself.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.configio import parse_yaml_mapping, validate
 from shared.infra import StrictModel
@@ -337,10 +337,20 @@ class BaselineConfig(StrictModel):
 class MlflowTracking(StrictModel):
     """An MLflow tracking server (credentials: MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD in the services' environment)."""
 
-    tracking_uri: str = Field(pattern=r"^(https?|databricks)://?\S*$")
+    tracking_uri: str
     """The server, e.g. http://mlflow.mlops:5000 (reachable from the coordinator and the trainers)."""
     experiment: str = Field(default="restem", min_length=1, max_length=256)
     """Experiment the run is logged under (created when missing)."""
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _a_server(cls, uri: str) -> str:
+        # Services run in other pods: a local path or sqlite URI would give each its own store.
+        if not uri.startswith(("http://", "https://", "databricks")):
+            raise ValueError(
+                f"tracking.mlflow.tracking_uri must be an http(s):// server or databricks, got {uri!r}"
+            )
+        return uri.rstrip("/")
 
 
 class WandbTracking(StrictModel):

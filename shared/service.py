@@ -17,12 +17,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from shared import __version__
 from shared.bus import EventBus
+from shared.configio import ConfigError
 from shared.grpc_server import ServiceBinding, serve
 from shared.infra import GrpcConfig, MetricsConfig, NatsConfig, StoreConfig
 from shared.logs import setup_logging
@@ -148,4 +150,12 @@ def entrypoint(name: str, main_async: MainAsync) -> None:
         "--config", type=Path, help=f"YAML config file (env {env_prefix(name)}__* overrides it)"
     )
     args = parser.parse_args()
-    asyncio.run(main_async(args.config))
+    try:
+        asyncio.run(main_async(args.config))
+    except ConfigError as exc:  # before logging is set up: the message says which field to fix
+        print(f"restem {name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception:
+        # Through logging, so a crash is one line in the service's log format (JSON on a cluster).
+        log.critical("%s stopped on an error", name, exc_info=True)
+        raise SystemExit(1) from None

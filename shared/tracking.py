@@ -241,3 +241,7 @@ def write_files(files: Mapping[str, bytes]) -> tempfile.TemporaryDirectory[str]:
 # The MLflow client retries a failed request for minutes by default; `Tracking` retries itself.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# Both clients print to stdout/stderr, which would break a service's one-JSON-object-per-line logs;
+# `Tracking` logs the run's page itself.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("WANDB_SILENT", "true")

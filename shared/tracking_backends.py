@@ -141,7 +141,8 @@ class WandbBackend:
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
         # run.dir is the run's files/ directory; `wandb sync` takes the run directory above it
-        return TrackerLink("wandb", self.run.id, self.run.url or "", location=str(Path(self.run.dir).parent))
+        url = "" if s.mode == "offline" else (self.run.url or "")  # offline, reading run.url prints a warning
+        return TrackerLink("wandb", self.run.id, url, location=str(Path(self.run.dir).parent))
 
     def log_params(self, params: Mapping[str, str]) -> None:
         self.run.config.update(dict(params), allow_val_change=True)

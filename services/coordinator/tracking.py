@@ -27,13 +27,14 @@ log = logging.getLogger("restem.coordinator.tracking")
 
 
 def eval_metrics(evals: Any, prefix: str = "") -> dict[str, float]:
-    """`test/pass@1`, `test/pass@4`, `test/maj@4`, ... of a checkpoint's evaluations."""
+    """`test/pass@1` (greedy), `test/sampled/pass@4`, `test/sampled/maj@4`, ... of a checkpoint's
+    evaluations (`sampled/`: from `evaluation.samples` completions at the evaluation temperature)."""
     out: dict[str, float] = {}
     for e in evals:
         out[f"{prefix}{e.split}/pass@1"] = e.pass_at_1
         out[f"{prefix}{e.split}/problems"] = float(e.num_problems)
         for name, value in e.metrics.items():
-            out[f"{prefix}{e.split}/{name}"] = value
+            out[f"{prefix}{e.split}/sampled/{name}"] = value
     return out
 
 

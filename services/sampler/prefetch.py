@@ -11,12 +11,15 @@ only logs: the first job fetches the checkpoint as it would have.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
+
+import nats.errors
 
 from shared import hints
 from shared.bus import EventBus
@@ -71,7 +74,9 @@ async def prefetch_hinted(
     subscription = await hints.on_policy(bus, prefetch)
 
     async def stop() -> None:
-        await subscription.unsubscribe()
+        # The bus may be closed already (the service stops it first): the subscription went with it.
+        with contextlib.suppress(nats.errors.ConnectionClosedError):
+            await subscription.unsubscribe()
         await prefetch.close()
 
     return stop

@@ -85,11 +85,11 @@ class LocalStore(_BaseStore):
         telemetry.store_bytes("write", Path(path).stat().st_size)
 
     def get_bytes(self, key: str) -> bytes:
-        try:
-            with telemetry.store_request("read"):
+        with telemetry.store_request("read"):
+            try:
                 data = self._path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise ArtifactNotFound(key, self.describe()) from None
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise ArtifactNotFound(key, self.describe()) from None
         telemetry.store_bytes("read", len(data))
         return data
 
