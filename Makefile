@@ -9,7 +9,7 @@ GEN := shared/gen
 PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock check-lock proto check-proto lint test test-unit test-integration test-e2e test-slow bench bench-trainer bench-verifier bench-sampler bench-adaptive bench-scale chaos repro demo up down status clean \
+.PHONY: help setup lock check-lock proto check-proto lint test test-unit test-integration test-e2e test-slow demo-mlflow mlflow-up mlflow-down bench bench-trainer bench-verifier bench-sampler bench-adaptive bench-scale chaos repro demo up down status clean \
 	images images-cpu kind-test kind-test-local chart-schema
 
 help: ## List the targets
@@ -123,6 +123,25 @@ repro: $(STAMP) ## Regenerate the README's reproduction table and docs/repro/ pl
 
 demo: $(STAMP) ## The main job: ReST-EM on arithmetic with SmolLM2-135M on CPU through the local stack
 	$(BIN)/restem demo
+
+MLFLOW_PORT ?= 5000
+MLFLOW_DIR := .restem/mlflow
+MLFLOW_UP = $(BIN)/python -c "import sys, urllib.request; urllib.request.urlopen('http://127.0.0.1:$(MLFLOW_PORT)/health', timeout=2)" 2>/dev/null
+
+demo-mlflow: $(STAMP) mlflow-up ## make demo, tracked in a local MLflow server (then open http://127.0.0.1:5000)
+	$(BIN)/restem demo --mlflow http://127.0.0.1:$(MLFLOW_PORT)
+
+mlflow-up: $(STAMP) ## A local MLflow tracking server on 127.0.0.1:5000 (MLFLOW_PORT), its data in .restem/mlflow
+	@mkdir -p $(MLFLOW_DIR)
+	@$(MLFLOW_UP) || { nohup $(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/$(MLFLOW_DIR)/mlflow.db \
+	  --artifacts-destination $(CURDIR)/$(MLFLOW_DIR)/artifacts --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+	  > $(MLFLOW_DIR)/server.log 2>&1 & echo $$! > $(MLFLOW_DIR)/pid; }
+	@for i in $$(seq 180); do $(MLFLOW_UP) && { echo "MLflow at http://127.0.0.1:$(MLFLOW_PORT)"; exit 0; }; sleep 1; done; \
+	  echo "the MLflow server did not start; see $(MLFLOW_DIR)/server.log"; exit 1
+
+mlflow-down: ## Stop the local MLflow server (its runs stay in .restem/mlflow)
+	@if [ -f $(MLFLOW_DIR)/pid ]; then kill $$(cat $(MLFLOW_DIR)/pid) 2>/dev/null; rm -f $(MLFLOW_DIR)/pid; echo "MLflow stopped"; \
+	  else echo "no local MLflow server was started here"; fi
 
 up: $(STAMP) ## Start the local stack (nats-server, store, five services)
 	$(BIN)/restem up

@@ -114,6 +114,26 @@ def validate_locally(path: Path) -> str:
     return path.read_text()
 
 
+def with_mlflow(config_yaml: str, uri: str | None) -> str:
+    """The config with `tracking.mlflow.tracking_uri` set to `uri` (`--mlflow`); unchanged without one."""
+    if not uri:
+        return config_yaml
+    import yaml
+
+    from shared.configio import ConfigError
+    from shared.runconfig import parse_run_config
+
+    doc = yaml.safe_load(config_yaml) or {}
+    mlflow = doc.setdefault("tracking", {}).setdefault("mlflow", None) or {}
+    doc["tracking"]["mlflow"] = {**mlflow, "tracking_uri": uri}
+    text = yaml.safe_dump(doc, sort_keys=False)
+    try:
+        parse_run_config(text, source="--mlflow")
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_CODES[exc.status]) from None
+    return text
+
+
 def report_location(args: argparse.Namespace, report_key: str) -> str:
     """Where a user opens the report: the Markdown file of a local stack's store, else the store URI."""
     from shared.client.stack import load_stack
@@ -149,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from shared.client.files import upload_files
 
-    config_yaml = validate_locally(args.config)
+    config_yaml = with_mlflow(validate_locally(args.config), getattr(args, "mlflow", None))
     with _client(args) as client:
         config_yaml, names = upload_files(config_yaml, client)
         try:
@@ -350,6 +370,11 @@ def _add_stack_commands(sub: Any) -> None:
         "--config", type=Path, default=DEMO_CONFIG, help="run config (default: examples/arithmetic-demo.yaml)"
     )
     p.add_argument("--keep-up", action="store_true", help="leave the local stack running afterwards")
+    p.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="track the run in this MLflow server (sets tracking.mlflow.tracking_uri), e.g. http://127.0.0.1:5000",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -360,6 +385,12 @@ def _add_run_commands(sub: Any) -> None:
     p.add_argument(
         "--watch", action="store_true", help="follow progress until the run ends, then print its table"
     )
+    p.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="track the run in this MLflow server (sets tracking.mlflow.tracking_uri), e.g. http://127.0.0.1:5000",
+    )
+
     p.set_defaults(func=cmd_run)
     for name, func, text in (("watch", cmd_watch, "follow a run"), ("cancel", cmd_cancel, "cancel a run")):
         p = sub.add_parser(name, help=text)

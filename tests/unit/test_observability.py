@@ -158,7 +158,7 @@ def test_tracking_config_is_checked_and_flows_into_the_job_message() -> None:
         "",
     )
     assert not settings_of(parse_run_config("{}").tracking).HasField("mlflow")
-    with pytest.raises(Exception, match=r"tracking_uri must be an http\(s\):// server"):
+    with pytest.raises(Exception, match=r"tracking_uri.*must be an http\(s\):// tracking server"):
         parse_run_config("tracking: {mlflow: {tracking_uri: ./mlruns}}")
     with pytest.raises(Exception, match=r"tracking\.wandb\.mode"):
         parse_run_config("tracking: {wandb: {project: p, mode: sometimes}}")
