@@ -347,9 +347,7 @@ class MlflowTracking(StrictModel):
     def _a_server(cls, uri: str) -> str:
         # Services run in other pods: a local path or sqlite URI would give each its own store.
         if not uri.startswith(("http://", "https://", "databricks")):
-            raise ValueError(
-                f"tracking.mlflow.tracking_uri must be an http(s):// server or databricks, got {uri!r}"
-            )
+            raise ValueError("must be an http(s):// tracking server (or databricks), not a local path")
         return uri.rstrip("/")
 
 
@@ -363,7 +361,7 @@ class WandbTracking(StrictModel):
     mode: Literal["online", "offline", "disabled"] = "online"
     """`offline` writes the run directories only (sync them later with `wandb sync`)."""
     dir: Path | None = None
-    """Directory the W&B run files go under (each service's working directory when unset)."""
+    """Directory the W&B run files go under, on each writing service ($WANDB_DIR, else the system temp directory, when unset; set it to a kept volume with `mode: offline`)."""
 
 
 class TrackingConfig(StrictModel):

@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 from restem.common.v1 import common_pb2
 
+from shared.logs import job_context
+
 log = logging.getLogger("restem.tracking")
 RETRY_S = (1.0, 2.0, 4.0)  # waits between the attempts of one call while the tracker has been answering
 MAX_QUEUED = 20_000  # calls held for slow trackers; beyond it the oldest step logs are dropped
@@ -98,8 +100,8 @@ def flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 class Tracking:
     """A run's trackers in this process, fed from one background thread (see the module doc)."""
 
-    def __init__(self, backends: list[Backend]) -> None:
-        self.backends = backends
+    def __init__(self, backends: list[Backend], run_id: str = "") -> None:
+        self.backends, self.run_id = backends, run_id
         self.links: dict[str, TrackerLink] = {}
         self._opened: set[str] = set()
         self._down: set[str] = set()  # warned about; one attempt per call until it answers again
@@ -140,6 +142,10 @@ class Tracking:
     # --- the thread ---------------------------------------------------------------------------
 
     def _work(self) -> None:
+        with job_context(run_id=self.run_id):  # a new thread starts with an empty log context
+            self._serve()
+
+    def _serve(self) -> None:
         while True:
             op, arg = self._queue.get()
             if op == "flush":
@@ -225,7 +231,7 @@ def open_tracking(
         backends.append(MlflowBackend(settings.mlflow, run_id=run_id, name=name, owner=role == "em"))
     if settings.HasField("wandb"):
         backends.append(WandbBackend(settings.wandb, run_id=run_id, name=name, role=role, config=config))
-    return Tracking(backends)
+    return Tracking(backends, run_id)
 
 
 def write_files(files: Mapping[str, bytes]) -> tempfile.TemporaryDirectory[str]:

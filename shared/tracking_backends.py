@@ -6,7 +6,9 @@ Imported only when a run config names a tracker: both clients take a second or m
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -130,7 +132,8 @@ class WandbBackend:
             project=s.project,
             entity=s.entity or None,
             mode=s.mode or "online",  # type: ignore[arg-type]  # validated by the run config
-            dir=s.dir or None,
+            # pods have a read-only root: W&B's default (./wandb) would fail there
+            dir=s.dir or os.environ.get("WANDB_DIR") or tempfile.gettempdir(),
             id=re.sub(r"[^\w-]", "-", wid),
             name=self.run_name if self.role == "em" else f"{self.run_name} {self.role}",
             group=self.restem_run_id,

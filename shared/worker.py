@@ -38,6 +38,13 @@ from shared.store import ArtifactStore, StoreUnavailable
 from shared.tasks import dumps_jsonl, loads_jsonl
 
 log = logging.getLogger("restem.worker")
+PHASES = {
+    "prepare": "preparing",
+    "sample": "sampling",
+    "verify": "verifying",
+    "train": "training",
+    "eval": "evaluating",
+}
 STORE_OUTAGE_S = 600.0  # how long a job waits for an unreachable store before it counts as failed
 J = TypeVar("J", bound=Message)
 
@@ -165,6 +172,7 @@ def typed_handler(
             iteration=getattr(job, "iteration", None),
             job_id=job_id,
             job_type=job_type,
+            phase=PHASES.get(job_type),
         )
         with context, _JobMeter(job_type, delivery.num_delivered) as meter:
             state.active_jobs.add(job_id)

@@ -137,25 +137,37 @@ class Orchestrator:
         async with lock:
             for _ in range(MAX_CAS_RETRIES):
                 run, revision = await self.load(run_id)
-                phase, started = run.phase, run.phase_started.ToDatetime(UTC)
-                cfg = self.config(run)
-                ids = await self.split_ids(run_id)
-                decision = apply(run, cfg, ids)
-                await self.publish(decision)
-                await self._hint(run_id, decision.prefetch)
-                if decision.needs_filter:
-                    await self.publish(await self._filter(run, cfg, ids))
-                if decision.finished or (run.status in core.FINISHED and not run.report_key):
-                    await self._write_report(run)
-                try:
-                    await self.bus.runs.update(run_id, run.SerializeToString(), revision=revision)
-                    metrics.phase_ended(run, phase, started)
-                    if run.status in core.FINISHED:
-                        self.feeds.drop(run_id)
-                    return run
-                except ConflictError:
-                    log.info("run %s changed underneath; re-applying", run_id)
+                with job_context(phase=metrics.phase_name(run.phase)):
+                    if await self._apply_once(run, revision, apply):
+                        return run
+                log.info("run %s changed underneath; re-applying", run_id)
             raise ConflictError(f"run {run_id}: gave up after {MAX_CAS_RETRIES} concurrent updates")
+
+    async def _apply_once(
+        self,
+        run: pb.Run,
+        revision: int,
+        apply: Callable[[pb.Run, RunConfig, dict[str, list[str]]], core.Decision],
+    ) -> bool:
+        """One compare-and-set attempt: decide, publish, filter and report, then store; False on a conflict."""
+        phase, started = run.phase, run.phase_started.ToDatetime(UTC)
+        cfg = self.config(run)
+        ids = await self.split_ids(run.run_id)
+        decision = apply(run, cfg, ids)
+        await self.publish(decision)
+        await self._hint(run.run_id, decision.prefetch)
+        if decision.needs_filter:
+            await self.publish(await self._filter(run, cfg, ids))
+        if decision.finished or (run.status in core.FINISHED and not run.report_key):
+            await self._write_report(run)
+        try:
+            await self.bus.runs.update(run.run_id, run.SerializeToString(), revision=revision)
+        except ConflictError:
+            return False
+        metrics.phase_ended(run, phase, started)
+        if run.status in core.FINISHED:
+            self.feeds.drop(run.run_id)
+        return True
 
     # --- I/O the decisions ask for ----------------------------------------------------------
 
@@ -244,7 +256,8 @@ class Orchestrator:
             log.warning("event %s for unknown run %s ignored", kind, msg.run_id)
             return
         try:
-            await self.trackers.observe(run, self.config(run))
+            with job_context(phase=metrics.phase_name(run.phase)):
+                await self.trackers.observe(run, self.config(run))
         except Exception as exc:  # tracking never fails a run (shared.tracking retries and warns itself)
             log.warning("run %s: tracking skipped this event: %s", run.run_id, exc)
         verifying = (pb.PHASE_SAMPLING, pb.PHASE_VERIFYING)

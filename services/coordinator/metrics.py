@@ -43,11 +43,14 @@ QUEUE_UNACKED = Gauge(
 )
 
 
+def phase_name(phase: int) -> str:
+    return pb.Phase.Name(phase).removeprefix("PHASE_").lower()  # type: ignore[arg-type]
+
+
 def phase_ended(run: pb.Run, old_phase: int, old_started: datetime) -> None:
     """Observe the phase a state change ended (called once the change is stored)."""
     if run.phase != old_phase and old_phase != pb.PHASE_UNSPECIFIED:
-        name = pb.Phase.Name(old_phase).removeprefix("PHASE_").lower()
-        PHASE_SECONDS.labels(name).observe((datetime.now(UTC) - old_started).total_seconds())
+        PHASE_SECONDS.labels(phase_name(old_phase)).observe((datetime.now(UTC) - old_started).total_seconds())
 
 
 async def sample_state(bus: EventBus) -> None:

@@ -193,7 +193,9 @@ def test_json_logs_carry_the_run_and_job_ids_and_no_secret(finished) -> None:  #
         assert all(d["service"] == name and d["level"] and d["msg"] is not None for d in docs)
         about_run = [d for d in docs if d.get("run_id") == run.run_id]
         assert about_run, f"{name} logged nothing with the run's id"
-        if name != "coordinator":  # a worker's job lines: which job, of which type and iteration
+        # every line about the run says which phase; a worker's also which job, type and iteration
+        assert all(d.get("phase") for d in about_run if "job_id" in d), name
+        if name != "coordinator":
             assert any(d.get("job_id") and d.get("job_type") and "iteration" in d for d in about_run), name
 
 

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -289,3 +290,9 @@ def test_a_failing_tracker_is_retried_then_skipped_with_one_warning(
     tracking.log_iteration(4, {})
     tracking.close(True)
     assert [c for c in rec.calls if c[0] == "iteration"] == [("iteration", 0), ("iteration", 4)]
+
+
+def test_docs_list_every_metric() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "observability.md").read_text()
+    documented = set(re.findall(r"`(restem_[a-z_]+)`", page))
+    assert documented == METRIC_NAMES, (METRIC_NAMES - documented, documented - METRIC_NAMES)
