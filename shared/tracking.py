@@ -21,32 +21,19 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from restem.common.v1 import common_pb2
 
 from shared.logs import job_context
+from shared.tracking_backends import MlflowBackend, Point, TrackerLink, WandbBackend
 
 log = logging.getLogger("restem.tracking")
 RETRY_S = (1.0, 2.0, 4.0)  # waits between the attempts of one call while the tracker has been answering
 MAX_QUEUED = 20_000  # calls held for slow trackers; beyond it the oldest step logs are dropped
-Point = tuple[Mapping[str, float], int]  # (metrics, step)
-
-
-@dataclass(frozen=True)
-class TrackerLink:
-    """Where a tracker keeps the run: its id there and the page to open ("" when it has none)."""
-
-    tracker: str
-    run_id: str
-    url: str
-    location: str = ""  # W&B offline: the run directory to `wandb sync`
 
 
 class Backend(Protocol):
@@ -224,24 +211,12 @@ def open_tracking(
     """The trackers `settings` name, for restem run `run_id` as `role` (`em` or `m<iteration>`)."""
     if not enabled(settings):
         return None
-    from shared.tracking_backends import MlflowBackend, WandbBackend
-
     backends: list[Backend] = []
     if settings.HasField("mlflow"):
         backends.append(MlflowBackend(settings.mlflow, run_id=run_id, name=name, owner=role == "em"))
     if settings.HasField("wandb"):
         backends.append(WandbBackend(settings.wandb, run_id=run_id, name=name, role=role, config=config))
     return Tracking(backends, run_id)
-
-
-def write_files(files: Mapping[str, bytes]) -> tempfile.TemporaryDirectory[str]:
-    """The files in a fresh temporary directory (trackers upload paths); the caller cleans it up."""
-    tmp = tempfile.TemporaryDirectory(prefix="restem-tracking-")
-    for rel, data in files.items():
-        path = Path(tmp.name) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return tmp
 
 
 # The MLflow client retries a failed request for minutes by default; `Tracking` retries itself.

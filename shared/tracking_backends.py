@@ -1,6 +1,6 @@
 """The two trackers `shared.tracking` feeds: MLflow (one run per restem run) and W&B (one per role).
 
-Imported only when a run config names a tracker: both clients take a second or more to import.
+The clients themselves are imported when a tracker opens: both take a second or more to import.
 """
 
 from __future__ import annotations
@@ -11,14 +11,36 @@ import re
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from restem.common.v1 import common_pb2
 
-from shared.tracking import Point, TrackerLink, write_files
-
 RUN_TAG = "restem.run_id"
+Point = tuple[Mapping[str, float], int]  # (metrics, step)
+
+
+@dataclass(frozen=True)
+class TrackerLink:
+    """Where a tracker keeps the run: its id there and the page to open ("" when it has none)."""
+
+    tracker: str
+    run_id: str
+    url: str
+    location: str = ""  # W&B offline: the run directory to `wandb sync`
+
+
+def write_files(files: Mapping[str, bytes]) -> tempfile.TemporaryDirectory[str]:
+    """The files in a fresh temporary directory (trackers upload paths); the caller cleans it up."""
+    tmp = tempfile.TemporaryDirectory(prefix="restem-tracking-")
+    for rel, data in files.items():
+        path = Path(tmp.name) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return tmp
+
+
 _MLFLOW_BATCH = 1000  # metrics per log_batch request (the server's limit)
 _MLFLOW_PARAMS = 100  # params per request (the server's limit)
 

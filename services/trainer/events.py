@@ -47,7 +47,7 @@ from .tracking import MStepTracking
 from .validation import ValidationSet, grpc_scorer
 
 if TYPE_CHECKING:
-    from shared.llm.training import StepReport
+    from shared.llm.step_report import StepReport
 
     from .config import TrainerConfig
 

@@ -30,14 +30,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared import abandon
+from shared.llm.step_report import StepReport
 
 from .mstep import SUMMARY, MStepSpec
-
-if TYPE_CHECKING:
-    from shared.llm.training import StepReport
 
 log = logging.getLogger("services.trainer.launch")
 SPEC, PROGRESS, ERROR, WORKER_ENV = "spec.json", "progress.jsonl", "error.txt", "worker.json"
@@ -104,9 +102,7 @@ def _relay(progress: Path, seen: int, on_step: Callable[[StepReport], None] | No
     text = progress.read_text()
     lines = text.splitlines()
     complete = lines if text.endswith("\n") else lines[:-1]  # the last line may be half written
-    if on_step is not None and len(complete) > seen:
-        from shared.llm.training import StepReport
-
+    if on_step is not None:
         for line in complete[seen:]:
             on_step(StepReport(**json.loads(line)))
     return max(seen, len(complete))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from shared.llm.training import StepReport
+    from shared.llm.step_report import StepReport
 
 STEPS = Counter("restem_trainer_steps_total", "Optimiser steps taken")
 TOKENS = Counter("restem_trainer_tokens_total", "Completion tokens trained on (the loss's tokens)")

@@ -15,7 +15,7 @@ from restem.events.v1 import events_pb2 as ev
 from shared.tracking import Tracking, open_tracking
 
 if TYPE_CHECKING:
-    from shared.llm.training import StepReport
+    from shared.llm.step_report import StepReport
 
 
 class MStepTracking:

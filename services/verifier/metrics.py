@@ -8,14 +8,19 @@ evaluator and the trainer call alike). The sandbox pools' state is read when Pro
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .checkers import Checkers
+
+class Pools(Protocol):
+    """What the collector reads (`checkers.Checkers`)."""
+
+    def pool_health(self) -> dict[str, Any]: ...
+    def cache_counts(self) -> tuple[int, int]: ...
+
 
 VERDICTS = Counter(
     "restem_verifier_verdicts_total",
@@ -36,7 +41,7 @@ def record_verdict(task: str, correct: bool) -> None:
 class SandboxCollector(Collector):
     """The code and math sandbox pools, read at scrape time: workers, busy, queue, restarts, cache."""
 
-    def __init__(self, checkers: Checkers) -> None:
+    def __init__(self, checkers: Pools) -> None:
         self.checkers = checkers
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -71,7 +76,7 @@ class SandboxCollector(Collector):
         )
 
 
-def register(checkers: Checkers) -> SandboxCollector:
+def register(checkers: Pools) -> SandboxCollector:
     collector = SandboxCollector(checkers)
     REGISTRY.register(collector)
     return collector

@@ -64,6 +64,7 @@ from shared.llm.lora import apply_lora, merged
 from shared.llm.loss import batch_loss, weighted_nll
 from shared.llm.optim import lr_factor, make_optimizer
 from shared.llm.packing import IGNORE, check_packing, collate, epoch_steps, micro_batches, pack
+from shared.llm.step_report import StepReport
 from shared.llm.train_state import Progress, StateMismatch, capture, load_best, load_state, save_state
 from shared.params import TrainParams
 
@@ -316,22 +317,6 @@ def train_reward_weighted(
 
 def pad_id_of(tokenizer: Any) -> int:
     return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """What the loop reports after each optimiser step (``Hooks.on_step``); rank 0's view when data-parallel."""
-
-    step: int
-    total: int  # steps planned
-    loss: float  # the step's loss (over every rank's examples)
-    learning_rate: float  # the rate this step used
-    tokens: int  # completion tokens of this process's examples in the step
-    input_tokens: int  # non-padding input tokens of this process's examples
-    seconds: float  # wall time of the step (forward, backward, optimiser; not validation)
-    validation_reward: float | None = None  # set on the steps that end an epoch with validation on
-    parameters: int = 0  # the model's parameters (for MFU: 6 x parameters x input tokens per second)
-    gpu_memory_bytes: int = 0  # CUDA memory allocated by this process after the step (0 on CPU)
 
 
 @dataclass

@@ -238,7 +238,7 @@ def test_the_train_handler_streams_trains_uploads_and_cleans_up(tokenizer: Any, 
         kept_key="runs/r/iter-1/kept.jsonl", output_key="runs/r/iter-1/checkpoint", params=params
     )
     steps: list[int] = []
-    summary = handler._train(job, base, lambda step, total, loss: steps.append(step))
+    summary = handler._train(job, base, lambda report: steps.append(report.step))
     assert steps == [1, 2, 3] and summary["steps"] == 3 and summary["examples"] == 6
     assert json.loads(store.get_bytes(f"runs/r/iter-1/checkpoint/{TRAIN_SUMMARY}"))["steps"] == 3
     assert store.dir_exists("runs/r/iter-1/checkpoint")
