@@ -15,7 +15,9 @@ MATH, in order, and the `rule` each verdict reports:
    `guard-inexact-decimal`: with a decimal on either side math-verify compares the values rounded
    to 6 decimal places, so it accepts 0.333333 for 1/3, 3.1415926 for pi, and any two values below
    5e-7 (0.0000001 for 1/10!, 0.000000002 for e^{-20}); a decimal stands for the exact number it
-   writes, and the two answers must then be exactly equal.
+   writes, and the two answers must then be exactly equal; and `guard-numeric-tolerance`: two
+   closed-form numbers that sympy does not reduce (1/20! and 1/21!, both below 5e-7) fall back to
+   the same rounded comparison, so they are evaluated and compared at 50 digits instead (math-3).
 GSM8K: "#### N" / "The answer is N" extraction and exact numeric comparison (`shared.tasks`).
 """
 
@@ -35,7 +37,7 @@ from services.verifier.sandbox.pool import (
 )
 from shared.tasks import Verdict, check_answer, last_boxed
 
-MATH_CHECKER_VERSION = "math-2"
+MATH_CHECKER_VERSION = "math-3"
 """Recorded with every MATH verdict; bump when a rule changes."""
 
 
@@ -109,7 +111,9 @@ def _text_word(s: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def false_positive_guard(gold: str, pred: str, exact_decimal: bool | None) -> str | None:
+def false_positive_guard(
+    gold: str, pred: str, exact_decimal: bool | None, exact_value: bool | None = None
+) -> str | None:
     """The guard rule that rejects a math-verify "equal", or None."""
     shapes = {_shape(gold), _shape(pred)}
     if len(shapes) == 2 and "interval-or-tuple" in shapes:
@@ -119,6 +123,8 @@ def false_positive_guard(gold: str, pred: str, exact_decimal: bool | None) -> st
         return "guard-text-case"
     if exact_decimal is False:
         return "guard-inexact-decimal"
+    if exact_value is False:
+        return "guard-numeric-tolerance"
     return None
 
 
@@ -178,7 +184,7 @@ class MathChecker:
                 return Verdict(False, pred, "math-verify-error", MATH_CHECKER_VERSION)
             if not rep["value"]:
                 return Verdict(False, pred, "math-verify", MATH_CHECKER_VERSION)
-            guard = false_positive_guard(gold, pred, rep.get("exact_decimal"))
+            guard = false_positive_guard(gold, pred, rep.get("exact_decimal"), rep.get("exact_value"))
             return Verdict(guard is None, pred, guard or "math-verify", MATH_CHECKER_VERSION)
 
         return job

@@ -62,6 +62,8 @@ def test_guards() -> None:
     assert false_positive_guard("\\text{Monday}", "\\text{monday}", None) == "guard-text-case"
     assert false_positive_guard("\\frac13", "0.333333", False) == "guard-inexact-decimal"
     assert false_positive_guard("\\frac12", "0.5", True) is None
+    assert false_positive_guard("\\frac{1}{20!}", "\\frac{1}{21!}", None, False) == "guard-numeric-tolerance"
+    assert false_positive_guard("\\frac{1}{20!}", "\\frac{21}{21!}", None, True) is None
 
 
 @pytest.mark.parametrize(
@@ -104,6 +106,15 @@ TABLE = [
     ("e^{-20}", "0.000000002", False, "guard-inexact-decimal"),
     ("0.0000001", "10^{-7}", True, MV),  # the same number, written two ways
     ("\\frac{1}{3628800}", "\\frac{1}{39916800}", False, MV),  # 1/10! vs 1/11!: symbolic, not rounded
+    # very small closed forms sympy leaves unevaluated: math-verify falls back to rounding (math-3)
+    ("\\frac{1}{20!}", "\\frac{1}{21!}", False, "guard-numeric-tolerance"),  # 4.1e-19 vs 2.0e-20
+    ("\\frac{1}{20!}", "\\frac{1}{22!}", False, "guard-numeric-tolerance"),
+    ("\\frac{3}{20!}", "\\frac{1}{20!}", False, "guard-numeric-tolerance"),  # off by a factor of 3
+    ("\\sin(10^{-8})", "10^{-8}", False, "guard-numeric-tolerance"),  # differs by 1.7e-25
+    ("\\frac{1}{12!}", "\\frac{1}{13!}", False, MV),  # math-verify tells these apart itself
+    ("\\frac{1}{20!}", "\\frac{1}{2432902008176640000}", True, MV),  # the same number, evaluated
+    ("\\frac{21}{21!}", "\\frac{1}{20!}", True, MV),
+    ("\\frac{1}{10!}", "\\frac{1}{10!}", True, EX),
     # decimals and integers
     ("0.1", "0.10", True, MV),
     ("12", "12.0", True, MV),

@@ -145,6 +145,25 @@ def _as_written(expr: Any) -> Any:
     return expr.xreplace({f: sympy.Rational(str(f)) for f in expr.atoms(sympy.Float)})
 
 
+def _same_number(g: Any, p: Any) -> bool | None:
+    """Whether two closed-form numbers are exactly equal; None when that cannot be told.
+
+    math-verify falls back to comparing values rounded to 6 decimal places when sympy leaves a
+    difference unsimplified (an unevaluated factorial or binomial, a function of a tiny value), so
+    1/20! "equals" 1/21!. Evaluated (`doit`) and then compared at 50 digits, relative to the
+    larger of the two, equal numbers differ by rounding only (~1e-50) and different ones do not.
+    """
+    import sympy
+
+    diff = sympy.simplify(g.doit() - p.doit())
+    if diff == 0:
+        return True
+    value, scale = sympy.N(diff, 50), max(abs(sympy.N(g, 50)), abs(sympy.N(p, 50)))
+    if not (value.is_number and scale.is_number) or value.has(sympy.nan, sympy.zoo, sympy.oo):
+        return None
+    return bool(abs(value) <= scale * sympy.Float("1e-40", 50))
+
+
 def run_math(spec: dict[str, Any]) -> None:
     import math_verify  # preloaded by the math pool's zygote
     import sympy
@@ -166,10 +185,21 @@ def run_math(spec: dict[str, Any]) -> None:
         # 0.333333 "equals" 1/3, 3.1415926 equals pi, and any two values below 5e-7 are equal
         # (0.0000001 and 1/10!, e^{-20} and 0.000000002). A decimal means the number it writes.
         exact = bool(sympy.simplify(_as_written(g) - _as_written(p)) == 0)
+    same = None
+    if (
+        equal
+        and exact is None
+        and isinstance(g, sympy.Expr)
+        and isinstance(p, sympy.Expr)
+        and g.is_number
+        and p.is_number
+    ):
+        same = _same_number(g, p)
     _report(
         {
             "value": bool(equal),
             "exact_decimal": exact,
+            "exact_value": same,
             "gold": [str(g) for g in gold][:2],
             "pred": [str(p) for p in pred][:2],
         }
