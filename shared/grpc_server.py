@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from shared.auth import BearerAuthInterceptor, server_token
 from shared.errors import StatusError
 from shared.infra import GrpcConfig
+from shared.telemetry import write_port_file
 
 log = logging.getLogger("restem.grpc")
 
@@ -113,9 +114,7 @@ async def serve(
     access = "bearer token required" if token else "open (no grpc.auth_token set)"
     log.info("gRPC listening on %s:%d (%s); access: %s", config.host, port, ", ".join(names), access)
     if config.port_file is not None:
-        tmp = config.port_file.with_suffix(".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(config.port_file)
+        write_port_file(config.port_file, port)
     tracker = asyncio.create_task(_track_health(health_servicer, names, healthy, stop))
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()

@@ -42,10 +42,6 @@ def job_context(**fields: Any) -> Iterator[None]:
         _context.reset(token)
 
 
-def current_context() -> dict[str, Any]:
-    return dict(_context.get() or {})
-
-
 class ContextFilter(logging.Filter):
     """Copies the job context onto each record (explicit `extra=` fields win)."""
 

@@ -94,12 +94,13 @@ def serve_metrics(cfg: MetricsConfig, service: str, version: str) -> int | None:
     server, _ = start_http_server(cfg.port, addr=cfg.host)
     port = int(server.server_port)
     if cfg.port_file is not None:
-        _write_port(cfg.port_file, port)
+        write_port_file(cfg.port_file, port)
     log.info("metrics on http://%s:%d/metrics", cfg.host, port)
     return port
 
 
-def _write_port(path: Path, port: int) -> None:
+def write_port_file(path: Path, port: int) -> None:
+    """The bound port, for whoever started the process (the local stack); never half written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(str(port))

@@ -93,6 +93,7 @@ class Tracking:
         self._opened: set[str] = set()
         self._down: set[str] = set()  # warned about; one attempt per call until it answers again
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._held: tuple[str, Any] | None = None  # taken from the queue while batching steps; next up
         self._thread = threading.Thread(target=self._work, name="tracking", daemon=True)
         self._thread.start()
 
@@ -134,7 +135,8 @@ class Tracking:
 
     def _serve(self) -> None:
         while True:
-            op, arg = self._queue.get()
+            held, self._held = self._held, None
+            op, arg = held or self._queue.get()
             if op == "flush":
                 arg.set()
                 continue
@@ -147,19 +149,15 @@ class Tracking:
 
     def _more_steps(self, points: list[Point]) -> list[Point]:
         """The step logs queued right behind `points`, sent together (one request per batch)."""
-        pending: list[tuple[str, Any]] = []
         while len(points) < 1000:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
             if item[0] != "log_steps":
-                pending.append(item)
+                self._held = item  # the next call to send, in order
                 break
             points = points + item[1]
-        for item in pending:  # not a step log: back in front of whatever is still queued
-            with self._queue.mutex:
-                self._queue.queue.appendleft(item)
         return points
 
     def _call(self, backend: Backend, op: str, arg: Any) -> None:

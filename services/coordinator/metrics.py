@@ -17,6 +17,8 @@ from restem.coordinator.v1 import coordinator_pb2 as pb
 
 from shared.bus import JOB_TYPES, EventBus
 
+from .core import PHASE_NAMES
+
 log = logging.getLogger("restem.coordinator.metrics")
 
 RUNS = Gauge("restem_coordinator_runs", "Runs by status", ["status"])
@@ -44,12 +46,13 @@ QUEUE_UNACKED = Gauge(
 
 
 def phase_name(phase: int) -> str:
-    return pb.Phase.Name(phase).removeprefix("PHASE_").lower()  # type: ignore[arg-type]
+    """The phase as `Iteration.phase_seconds` names it, `done` at the end ("" unset)."""
+    return "done" if phase == pb.PHASE_DONE else PHASE_NAMES.get(phase, "")  # type: ignore[call-overload]
 
 
 def phase_ended(run: pb.Run, old_phase: int, old_started: datetime) -> None:
     """Observe the phase a state change ended (called once the change is stored)."""
-    if run.phase != old_phase and old_phase != pb.PHASE_UNSPECIFIED:
+    if run.phase != old_phase and old_phase in PHASE_NAMES:
         PHASE_SECONDS.labels(phase_name(old_phase)).observe((datetime.now(UTC) - old_started).total_seconds())
 
 
