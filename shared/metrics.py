@@ -9,7 +9,7 @@
 - Difficulty buckets follow the paper's use of the base model's pass rate on a problem:
   "very hard" (never solved), "hard" (< 25 %), "medium" (25-75 %), "easy" (> 75 %).
 
-Not covered: metrics that need a sandbox (code), confidence intervals.
+Not covered: metrics that need a sandbox (code); confidence intervals and paired tests are `shared.stats`.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@
   overfitting the paper shows (train keeps rising while test flattens).
 - `pass_at_k.png` / `maj_at_k.png`: one curve per iteration over k, when the run sampled its evaluation.
 
-When the run trained the SFT baseline, pass_at_1.png draws its test pass@1 as a horizontal line.
+Every held-out rate is drawn with its 95 % interval from the report (error bars; a band for the SFT
+baseline's test pass@1, drawn as a horizontal line). The train pass rate has none: it is measured
+on every training problem (see `significance`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+DODGE = 0.06  # x offset of the test and validation points of one iteration
 ITER_COLOURS = ["#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
 
 
@@ -42,54 +45,70 @@ def _pct_axis(ax: Any) -> None:
     ax.set_ylabel("%")
 
 
+def _yerr(points: dict[float, float], cis: dict[float, list[float] | None]) -> list[list[float]]:
+    """Error bar lengths below and above each point (in %), zero where a point has no interval."""
+    below, above = [], []
+    for x, y in points.items():
+        lo, hi = cis.get(x) or (y / 100, y / 100)
+        below.append(max(y - 100 * lo, 0.0))
+        above.append(max(100 * hi - y, 0.0))
+    return [below, above]
+
+
 def _iteration_axis(ax: Any, iterations: list[int]) -> None:
     ax.set_xticks(iterations, ["base" if i == 0 else str(i) for i in iterations])
     ax.set_xlabel("EM iteration")
 
 
+def _split_points(rows: list[dict[str, Any]], split: str, shift: float) -> tuple[dict, dict]:
+    """(x -> pass@1 in %, x -> interval) of a split's greedy pass@1, x the iteration plus `shift`."""
+    rated = [r for r in rows if r[f"{split}_pass_at_1"] is not None]
+    return (
+        {r["iteration"] + shift: 100 * r[f"{split}_pass_at_1"] for r in rated},
+        {r["iteration"] + shift: r.get(f"{split}_pass_at_1_ci") for r in rated},
+    )
+
+
+def _transfer_and_sft(ax: Any, report: dict[str, Any]) -> None:
+    rows = report["iterations"]
+    for name in sorted({n for r in rows for n in r.get("transfer_pass_at_1", {})}):
+        with_it = [r for r in rows if name in r.get("transfer_pass_at_1", {})]
+        pts = {r["iteration"]: 100 * r["transfer_pass_at_1"][name] for r in with_it}
+        cis = {r["iteration"]: (r.get("transfer_pass_at_1_ci") or {}).get(name) for r in with_it}
+        ax.errorbar(list(pts), list(pts.values()), yerr=_yerr(pts, cis), fmt="^:", capsize=2,
+                    label=f"transfer {name} pass@1 (greedy)")  # fmt: skip
+    sft = report.get("sft_baseline") or {}
+    if sft.get("test_pass_at_1") is not None:
+        colour = "#8c564b"
+        ax.axhline(100 * sft["test_pass_at_1"], color=colour, linestyle="-.",
+                   label="SFT on reference solutions (test)")  # fmt: skip
+        if sft.get("test_pass_at_1_ci"):
+            lo, hi = sft["test_pass_at_1_ci"]
+            ax.axhspan(100 * lo, 100 * hi, color=colour, alpha=0.08, linewidth=0)
+
+
 def plot_pass_at_1(report: dict[str, Any]) -> bytes:
     fig, ax = _figure()
     rows = report["iterations"]
-    its = [r["iteration"] for r in rows]
-    values = {
-        split: {
-            r["iteration"]: 100 * r[f"{split}_pass_at_1"] for r in rows if r[f"{split}_pass_at_1"] is not None
-        }
-        for split in ("test", "validation")
-    }
-    for split, style in (("test", "o-"), ("validation", "s--")):
-        pts, other = values[split], values["validation" if split == "test" else "test"]
+    # the two splits side by side at each iteration, so that their error bars do not overlap
+    for split, style, shift in (("test", "o-", DODGE), ("validation", "s--", -DODGE)):
+        pts, cis = _split_points(rows, split, shift)
         if not pts:
             continue
-        colour = ax.plot(list(pts), list(pts.values()), style, label=f"{split} pass@1 (greedy)")[
-            0
-        ].get_color()
+        bars = ax.errorbar(list(pts), list(pts.values()), yerr=_yerr(pts, cis), fmt=style, capsize=3,
+                           label=f"{split} pass@1 (greedy), 95 % interval")  # fmt: skip
+        colour = bars.lines[0].get_color()
         for x, y in pts.items():
-            # The higher split is labelled above its point and the lower one below, so that no label
-            # sits on the other line (ties: test above).
-            above = x not in other or y > other[x] or (y == other[x] and split == "test")
-            ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 7 if above else -13),
-                        ha="center", fontsize=8, color=colour)  # fmt: skip
-    for name in sorted({n for r in rows for n in r.get("transfer_pass_at_1", {})}):
-        pts = {
-            r["iteration"]: 100 * r["transfer_pass_at_1"][name]
-            for r in rows
-            if name in r.get("transfer_pass_at_1", {})
-        }
-        ax.plot(list(pts), list(pts.values()), "^:", label=f"transfer {name} pass@1 (greedy)")
-    sft = report.get("sft_baseline") or {}
-    if sft.get("test_pass_at_1") is not None:
-        ax.axhline(
-            100 * sft["test_pass_at_1"],
-            color="#8c564b",
-            linestyle="-.",
-            label="SFT on reference solutions (test)",
-        )
+            # above the error bar: beside the point it would sit on a line, on the point on the bar
+            top = 100 * cis[x][1] if cis[x] else y
+            ax.annotate(f"{y:.0f}", (x, top), textcoords="offset points", xytext=(0, 3), ha="center",
+                        fontsize=8, color=colour)  # fmt: skip
+    _transfer_and_sft(ax, report)
     best = report["best_iteration"]
     ax.axvline(
         best, color="#999999", linestyle=":", label=f"best on validation ({'base' if best == 0 else best})"
     )
-    _iteration_axis(ax, its)
+    _iteration_axis(ax, [r["iteration"] for r in rows])
     _pct_axis(ax)
     ax.set_title(f"{report['task']}: held-out accuracy by ReST-EM iteration")
     ax.legend(loc="upper left", fontsize=8)
@@ -100,8 +119,9 @@ def plot_train_vs_test(report: dict[str, Any]) -> bytes:
     fig, ax = _figure()
     rows = report["iterations"]
     its = [r["iteration"] for r in rows]
-    test = [100 * (r["test_pass_at_1"] or 0.0) for r in rows]
-    ax.plot(its, test, "o-", label="test pass@1 (greedy)")
+    pts, cis = _split_points(rows, "test", 0.0)
+    ax.errorbar(list(pts), list(pts.values()), yerr=_yerr(pts, cis), fmt="o-", capsize=3,
+                label="test pass@1 (greedy), 95 % interval")  # fmt: skip
     # Iteration i's E-step samples come from the model of iteration i-1: their pass rate measures that
     # model on the training problems, so it is drawn at i-1, beside the same model's test accuracy.
     train = [
@@ -120,24 +140,28 @@ def _curves(report: dict[str, Any], metric: str) -> bytes | None:
     series = []
     for r in report["iterations"]:
         for e in r["evals"]:
-            points = sorted(
-                (int(k.split("@")[1]), v) for k, v in e.get("metrics", {}).items() if k.startswith(metric)
-            )
-            if points:
+            names = sorted((int(k.split("@")[1]), k) for k in e.get("metrics", {}) if k.startswith(metric))
+            if names:
+                points = [(k, e["metrics"][name], (e.get("metrics_ci") or {}).get(name)) for k, name in names]
                 series.append((r["iteration"], e["split"], points))
     if not series:
         return None
     fig, ax = _figure(width=8.0)
-    for iteration, split, points in series:
+    for i, (iteration, split, points) in enumerate(series):
         colour = ITER_COLOURS[iteration % len(ITER_COLOURS)]
         label = f"{'base' if iteration == 0 else f'iteration {iteration}'} ({split})"
-        ax.plot([p[0] for p in points], [100 * p[1] for p in points], "o-", color=colour, label=label)
-    ks = sorted({k for _, _, pts in series for k, _ in pts})
+        # curves a little apart on the log axis, so that their error bars at the same k do not overlap
+        spread = 2 ** (0.04 * (i - (len(series) - 1) / 2))
+        pts = {k * spread: 100 * v for k, v, _ in points}
+        cis = {k * spread: interval for k, _, interval in points}
+        ax.errorbar(list(pts), list(pts.values()), yerr=_yerr(pts, cis), fmt="o-", capsize=2, color=colour,
+                    label=label)  # fmt: skip
+    ks = sorted({k for _, _, pts in series for k, _, _ in pts})
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("k (samples per problem)")
     _pct_axis(ax)
-    ax.set_title(f"{metric}k by iteration (sampled evaluation)")
+    ax.set_title(f"{metric}k by iteration (sampled evaluation), 95 % intervals")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: the curves fill the axes
     return _png(fig)
 

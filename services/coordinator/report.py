@@ -1,8 +1,9 @@
 """The run report: a JSON document and its Markdown summary (pure).
 
 The JSON carries the config, the lineage of every artifact (store keys), per-iteration metrics,
-timings and tokens, so a reader can recompute anything from the artifacts it names. Plots,
-pass@k and maj@k come with the reports issue.
+timings and tokens, so a reader can recompute anything from the artifacts it names. Every rate over
+held-out problems carries its 95 % interval (`<name>_ci: [lo, hi]`, `ci_method`), and paired tests
+qualify the comparisons a reader makes (`selection`, `paired_tests`): see `significance`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from restem.coordinator.v1 import coordinator_pb2 as pb
 from shared.metrics import BUCKETS, accuracy_by_bucket
 from shared.runconfig import EMConfig
 
+from . import significance
+from .significance import ci
+
 
 def _eval(it: pb.Iteration, split: str) -> float | None:
     for e in it.evals:
@@ -24,7 +28,17 @@ def _eval(it: pb.Iteration, split: str) -> float | None:
     return None
 
 
+def _ci_of(evals: list[dict[str, Any]], split: str) -> list[float] | None:
+    return next((e["pass_at_1_ci"] for e in evals if e["split"] == split), None)
+
+
 def iteration_row(it: pb.Iteration) -> dict[str, Any]:
+    evals = [
+        significance.with_intervals(
+            MessageToDict(e, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        )
+        for e in it.evals
+    ]
     return {
         "iteration": it.iteration,
         "policy_key": it.policy_key,
@@ -39,16 +53,20 @@ def iteration_row(it: pb.Iteration) -> dict[str, Any]:
         "training_skipped": it.train.skipped,
         "train": MessageToDict(it.train, preserving_proto_field_name=True) if it.HasField("train") else None,
         "validation_pass_at_1": _eval(it, "validation"),
+        "validation_pass_at_1_ci": _ci_of(evals, "validation"),
         "test_pass_at_1": _eval(it, "test"),
+        "test_pass_at_1_ci": _ci_of(evals, "test"),
         "transfer_pass_at_1": {
             e.split.removeprefix("transfer-"): e.pass_at_1
             for e in it.evals
             if e.split.startswith("transfer-")
         },
-        "evals": [
-            MessageToDict(e, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-            for e in it.evals
-        ],
+        "transfer_pass_at_1_ci": {
+            e["split"].removeprefix("transfer-"): e["pass_at_1_ci"]
+            for e in evals
+            if e["split"].startswith("transfer-")
+        },
+        "evals": evals,
         "tokens_generated": it.tokens_generated,
         "sampling_rounds": it.sampling_rounds,
         "phase_seconds": {k: round(v, 2) for k, v in sorted(it.phase_seconds.items())},
@@ -65,8 +83,11 @@ def _sft_row(run: pb.Run) -> dict[str, Any]:
             "checkpoint_key",
             "train",
             "validation_pass_at_1",
+            "validation_pass_at_1_ci",
             "test_pass_at_1",
+            "test_pass_at_1_ci",
             "transfer_pass_at_1",
+            "transfer_pass_at_1_ci",
             "evals",
             "seconds",
         )
@@ -107,6 +128,10 @@ def difficulty(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | Non
         "accuracy": {
             name: {b: v["accuracy"] for b, v in buckets.items()} for name, buckets in by_checkpoint.items()
         },
+        "accuracy_ci": {
+            name: {b: ci(v["accuracy"], int(v["problems"])) for b, v in buckets.items()}
+            for name, buckets in by_checkpoint.items()
+        },
     }
 
 
@@ -123,7 +148,8 @@ def _difficulty_table(report: dict[str, Any]) -> list[str]:
     lines += ["| checkpoint | " + " | ".join(f"{b} ({d['problems'][b]})" for b in names) + " |"]
     lines.append("|---|" + "---|" * len(names))
     for name, acc in d["accuracy"].items():
-        lines.append(f"| {name} | " + " | ".join(_pct(acc.get(b)) for b in names) + " |")
+        cis = d.get("accuracy_ci", {}).get(name, {})
+        lines.append(f"| {name} | " + " | ".join(_rate(acc.get(b), cis.get(b)) for b in names) + " |")
     return lines
 
 
@@ -131,10 +157,15 @@ def build_report(
     run: pb.Run,
     test_results: dict[str, list[dict[str, Any]]] | None = None,
     tracking: list[dict[str, str]] | None = None,
+    validation_results: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """The report document; `tracking`: the run's tracker runs (`RunTrackers.links`)."""
+    """The report document; `tracking`: the run's tracker runs (`RunTrackers.links`).
+
+    `test_results` and `validation_results` map "base", "1", ..., "sft" to that checkpoint's
+    per-problem result rows; without them the report has intervals but no paired tests.
+    """
     status = pb.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
-    return {
+    report: dict[str, Any] = {
         "run_id": run.run_id,
         "name": run.name,
         "status": status,
@@ -155,11 +186,25 @@ def build_report(
         "sft_baseline": _sft_row(run) if run.sft_enabled else None,
         "tokens_generated": sum(it.tokens_generated for it in run.iterations),
         "tracking": tracking or [],
+        "ci_level": significance.CI_LEVEL,
+        "ci_method": significance.CI_METHOD,
+        "paired_test_method": significance.PAIRED_METHOD,
     }
+    report["selection"] = significance.selection(report, validation_results)
+    report["paired_tests"] = significance.paired_tests(report, test_results)
+    report["test_outcomes"] = significance.test_outcomes(run.config_yaml, test_results)
+    return report
 
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _rate(x: float | None, interval: list[float] | None) -> str:
+    """`42.2 % [30.9, 54.3]`: a rate and its 95 % interval, in percent."""
+    if x is None or not interval:
+        return _pct(x)
+    return f"{100 * x:.1f} % [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
 def _sampled_table(report: dict[str, Any]) -> list[str]:
@@ -179,9 +224,9 @@ def _sampled_table(report: dict[str, Any]) -> list[str]:
     lines.append("|---|---|" + "---|" * len(names))
     for r in report["iterations"]:
         for e in r["evals"]:
-            m = e.get("metrics", {})
+            m, cis = e.get("metrics", {}), e.get("metrics_ci", {})
             if m:
-                cells = " | ".join(_pct(m.get(k)) for k in names)
+                cells = " | ".join(_rate(m.get(k), cis.get(k)) for k in names)
                 lines.append(
                     f"| {'base' if r['iteration'] == 0 else r['iteration']} | {e['split']} | {cells} |"
                 )
@@ -199,24 +244,29 @@ def _transfer_table(report: dict[str, Any]) -> list[str]:
     if report.get("sft_baseline"):
         rows.append(("SFT on reference solutions", report["sft_baseline"]))
     for label, r in rows:
-        values = r.get("transfer_pass_at_1", {})
-        lines.append(f"| {label} | " + " | ".join(_pct(values.get(n)) for n in names) + " |")
+        values, cis = r.get("transfer_pass_at_1", {}), r.get("transfer_pass_at_1_ci", {})
+        lines.append(f"| {label} | " + " | ".join(_rate(values.get(n), cis.get(n)) for n in names) + " |")
     return lines
 
 
 def _mstep_validation(report: dict[str, Any]) -> list[str]:
     """Per-epoch validation reward of each M-step (validation-driven stopping), when it ran."""
-    rows = [(str(r["iteration"]), r["train"]) for r in report["iterations"] if r.get("train")]
+    rows = [(str(r["iteration"]), r) for r in report["iterations"] if r.get("train")]
     sft = report.get("sft_baseline")
     if sft and sft.get("train"):
-        rows.append(("SFT", sft["train"]))
-    rows = [(name, t) for name, t in rows if t.get("validation_rewards")]
+        rows.append(("SFT", sft))
+    rows = [(name, r) for name, r in rows if r["train"].get("validation_rewards")]
     if not rows:
         return []
     lines = ["", "M-step validation reward by epoch (the kept epoch in bold):", ""]
-    for name, t in rows:
-        best = int(t.get("best_epoch", 0))
-        cells = [f"**{_pct(v)}**" if i == best else _pct(v) for i, v in enumerate(t["validation_rewards"], 1)]
+    for name, r in rows:
+        # the reward is greedy pass@1 on the whole validation split, so it has that split's interval
+        n = next((int(e["num_problems"]) for e in r["evals"] if e["split"] == "validation"), 0)
+        best = int(r["train"].get("best_epoch", 0))
+        cells = [
+            f"**{_rate(v, ci(v, n))}**" if i == best else _rate(v, ci(v, n))
+            for i, v in enumerate(r["train"]["validation_rewards"], 1)
+        ]
         lines.append(f"- iteration {name}: {', '.join(cells)}")
     return lines
 
@@ -238,6 +288,31 @@ def _tracking_lines(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _paired_lines(report: dict[str, Any]) -> list[str]:
+    """The paired tests on test: is the best iteration's lead over the base and SFT beyond noise?"""
+    tests = report.get("paired_tests") or []
+    if not tests:
+        return []
+    lines = ["", "Paired tests on test (the same problems, per-problem results):", ""]
+    for t in tests:
+        verdict = "distinguishable" if t["distinguishable"] else "not distinguishable"
+        a, b = significance.label(t["a"]), significance.label(t["b"])
+        lines.append(f"- {a} vs {b}: {verdict}; {significance.describe(t)}")
+    return lines
+
+
+def _header_notes(report: dict[str, Any]) -> list[str]:
+    """How to read the numbers: what the brackets are, and whether the best iteration stands out."""
+    lines = [
+        f"- in brackets: {100 * report['ci_level']:.0f} % {report['ci_method'].capitalize()} score intervals "
+        "over each split's problems"
+    ]
+    selection = report.get("selection")
+    if selection:
+        lines.append(f"- best iteration vs the runner-up on validation: {selection['note']}")
+    return lines
+
+
 def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
     lines = [
         f"# restem run `{report['run_id']}`",
@@ -252,6 +327,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
             else ""
         ),
         f"- sampling policy: {_policy(report)}",
+        *_header_notes(report),
         *_tracking_lines(report),
         "",
         "| iteration | train pass rate | solved | kept | validation pass@1 | test pass@1 | tokens | seconds |",
@@ -262,16 +338,19 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         kept = ("skipped (0 kept)" if r["training_skipped"] else str(r["kept"])) if r["iteration"] else "–"
         name = "base" if r["iteration"] == 0 else str(r["iteration"])
         lines.append(
-            f"| {name} | {_pct(r['train_pass_rate'])} | {solved} | {kept} | {_pct(r['validation_pass_at_1'])} "
-            f"| {_pct(r['test_pass_at_1'])} | {r['tokens_generated']} | {r['seconds']} |"
+            f"| {name} | {_pct(r['train_pass_rate'])} | {solved} | {kept} "
+            f"| {_rate(r['validation_pass_at_1'], r['validation_pass_at_1_ci'])} "
+            f"| {_rate(r['test_pass_at_1'], r['test_pass_at_1_ci'])} | {r['tokens_generated']} | {r['seconds']} |"
         )
     sft = report.get("sft_baseline")
     if sft:
         examples = (sft["train"] or {}).get("examples", 0)
         lines.append(
-            f"| SFT on reference solutions | – | – | {examples} | {_pct(sft['validation_pass_at_1'])} "
-            f"| {_pct(sft['test_pass_at_1'])} | 0 | {sft['seconds']} |"
+            f"| SFT on reference solutions | – | – | {examples} "
+            f"| {_rate(sft['validation_pass_at_1'], sft['validation_pass_at_1_ci'])} "
+            f"| {_rate(sft['test_pass_at_1'], sft['test_pass_at_1_ci'])} | 0 | {sft['seconds']} |"
         )
+    lines += _paired_lines(report)
     lines += _transfer_table(report)
     lines += _difficulty_table(report)
     lines += _sampled_table(report)

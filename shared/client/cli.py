@@ -259,11 +259,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from shared.client.display import compare_table
+    from shared.client.display import compare_notes, compare_table
 
     with _client(args) as client:
         reports = [client.report(run) for run in args.runs]
-    _console().print(compare_table(reports))
+    console = _console()
+    console.print(compare_table(reports))
+    for note in compare_notes(reports):
+        console.print(note, markup=False)
     return 0
 
 

@@ -166,5 +166,8 @@ def test_test_accuracy_by_difficulty_bucket_of_the_base_pass_rate() -> None:
     assert d["accuracy"]["base"]["easy"] == 1.0 and d["accuracy"]["base"]["very hard"] == 0.0
     md = render_markdown(report)
     assert "| checkpoint | easy (1) | medium (1) | hard (1) | very hard (1) |" in md
-    assert "| 2 | 100.0 % | 0.0 % | 100.0 % | 0.0 % |" in md
+    # one problem per bucket: Wilson for 1/1 is [1 / (1 + z^2), 1] = [20.7 %, 100 %], for 0/1 its mirror
+    assert (
+        "| 2 | 100.0 % [20.7, 100.0] | 0.0 % [0.0, 79.3] | 100.0 % [20.7, 100.0] | 0.0 % [0.0, 79.3] |" in md
+    )
     assert build_report(_report_run())["difficulty"] is None
