@@ -3,6 +3,7 @@
 Every artifact of a run lives under `runs/<run_id>/`; per-iteration artifacts under
 `runs/<run_id>/iter-<n>/`. Keys and job ids are pure functions of (run, iteration, shard/split),
 so a redelivered job rewrites the same object and a re-published job is deduplicated by NATS.
+What outlives runs and is shared by them lives under `cache/` (the verifier's verdicts).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import re
 
 _RUN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
+_CHECKER_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_run_id(run_id: str) -> str:
@@ -76,3 +79,22 @@ def job_id(kind: str, run_id: str, iteration: int | None = None, part: str | int
     if part is not None:
         pieces.append(str(part))
     return ".".join(pieces)
+
+
+def verdict_cache_key(checker: str, version: str, problem_fp: str, completion_sha256: str) -> str:
+    """One cached verdict: `cache/verdicts/<checker>/<version>/<fp[:2]>/<fp>/<completion sha256>.json`.
+
+    Content-addressed and shared by every verifier replica and every run: the same completion of
+    the same problem, judged by the same checker version, is the same object. A version bump
+    starts an empty tree beside the old one (nothing is overwritten); `<fp[:2]>` spreads problems
+    over 256 prefixes, which S3 partitions by and a local store keeps as small directories.
+    """
+    for name, value, pattern in (
+        ("checker", checker, _CHECKER_NAME),
+        ("version", version, _CHECKER_NAME),
+        ("problem_fp", problem_fp, _SHA256),
+        ("completion_sha256", completion_sha256, _SHA256),
+    ):
+        if not pattern.match(value):
+            raise ValueError(f"invalid verdict cache {name} {value!r}: expected {pattern.pattern}")
+    return f"cache/verdicts/{checker}/{version}/{problem_fp[:2]}/{problem_fp}/{completion_sha256}.json"

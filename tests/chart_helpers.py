@@ -94,6 +94,7 @@ METRIC_NAMES = frozenset(
         "restem_verifier_zygote_start_failures_total",
         "restem_verifier_cache_hits_total",
         "restem_verifier_cache_misses_total",
+        "restem_verifier_cache_store_errors_total",
         # trainer
         "restem_trainer_steps_total",
         "restem_trainer_tokens_total",

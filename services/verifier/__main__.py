@@ -27,7 +27,7 @@ async def main_async(config_path: Path | None) -> None:
     cfg = load_service_config(VerifierConfig, config_path, env_prefix=env_prefix("verifier"))
 
     async def wire(bus: EventBus, store: ArtifactStore, state: WorkerState) -> Wiring:
-        checkers = Checkers(cfg.sandbox)
+        checkers = Checkers(cfg.sandbox, store)
         metrics.register(checkers)
         if cfg.sandbox.start_at_boot:
             await checkers.start()  # a pod that cannot sandbox fails here, before it takes work

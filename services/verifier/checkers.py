@@ -8,6 +8,9 @@
   which the job path turns into a permanent failure and the RPC into INVALID_ARGUMENT;
 - the *sandbox* failed (a zygote that cannot start, a full queue): `SandboxUnavailable`, retried by
   the job path and UNAVAILABLE / RESOURCE_EXHAUSTED to RPC callers; never a silent reward of 0.
+Every check that would run in a sandbox goes through the verdict cache first (`verdict_cache`:
+this replica's LRU, then the artifact store shared by every replica and run), so a repeated or
+redelivered job runs nothing that was already judged.
 Not here: what a pool isolates (see `services.verifier.sandbox`).
 """
 
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shared.errors import Overloaded, StatusError, Unavailable
+from shared.store import ArtifactStore
 from shared.tasks import CODE_TASKS, NUMERIC_TASKS, TASKS_WITH_CHECKERS, Verdict, check_answer
 
 from . import metrics
@@ -32,12 +36,15 @@ from .code_checks import (
     CodeVerdict,
     InvalidProblem,
     Status,
+    decode_code,
     extract_code,
+    invalid_verdict,
     problem_from_dict,
 )
 from .code_grader import CodeGrader
 from .config import SandboxSettings
-from .sandbox.pool import PoolBusy, PoolConfig, PoolHealth, SandboxError, SandboxPool, VerdictCache
+from .sandbox.pool import PoolBusy, PoolConfig, PoolHealth, SandboxError, SandboxPool
+from .verdict_cache import CacheCounts, SharedVerdicts, code_key, math_key
 
 log = logging.getLogger("restem.verifier")
 
@@ -68,6 +75,11 @@ def code_of(task: str, completion: str) -> tuple[str, str]:
 
 def code_verdict(v: CodeVerdict) -> Verdict:
     return Verdict(v.correct, v.status.value, v.rule, v.checker_version, v.detail[:300])
+
+
+def final_math(v: Verdict) -> bool:
+    """`math-verify-error` is also what a sandbox failure reads as (`MathChecker.acheck`): never shared."""
+    return v.rule != "math-verify-error"
 
 
 class _Lazy:
@@ -103,8 +115,11 @@ def pool_config(settings: SandboxSettings, base: PoolConfig) -> PoolConfig:
 
 
 class Checkers:
-    def __init__(self, settings: SandboxSettings) -> None:
+    def __init__(self, settings: SandboxSettings, store: ArtifactStore | None = None) -> None:
+        """`store` holds the verdicts shared with other replicas and runs (`settings.shared_cache`)."""
         self.settings = settings
+        self.verdicts = SharedVerdicts(store if settings.shared_cache else None, settings.cache_entries)
+        self._fingerprints: dict[int, tuple[CodeProblem, str]] = {}
         self._code = _Lazy("code", self._code_config)
         self._math = _Lazy("math", self._math_config)
         self._grader: CodeGrader | None = None
@@ -128,8 +143,8 @@ class Checkers:
 
     def grader(self) -> CodeGrader:
         if self._grader is None:
-            cache = VerdictCache(self.settings.cache_entries) if self.settings.cache_entries else None
-            self._grader = CodeGrader(self._code.get(), cache)
+            # No cache of its own: `self.verdicts` is in front of it, for code and math alike.
+            self._grader = CodeGrader(self._code.get())
         return self._grader
 
     def math_checker(self) -> Any:
@@ -159,14 +174,14 @@ class Checkers:
         """The started pools' state (for the metrics; a pool not started yet has none)."""
         return {lazy.name: lazy.pool.health() for lazy in (self._code, self._math) if lazy.pool is not None}
 
-    def cache_counts(self) -> tuple[int, int]:
-        """(hits, misses) of the code verdict cache."""
-        cache = self._grader.cache if self._grader is not None else None
-        return (cache.hits, cache.misses) if cache is not None else (0, 0)
+    def cache_counts(self) -> dict[str, CacheCounts]:
+        """The verdict cache's hits, misses and checks run, by checker (`code`, `math`)."""
+        return dict(self.verdicts.counts)
 
     def close(self) -> None:
         self._code.close()
         self._math.close()
+        self.verdicts.close()
 
     def code_problem(self, reference: Any) -> CodeProblem:
         """The parsed problem, remembered by identity and by content (APPS tests can be megabytes:
@@ -191,24 +206,56 @@ class Checkers:
         self._by_identity[id(reference)] = (reference, problem)
         return problem
 
+    def _fingerprint(self, problem: CodeProblem) -> str:
+        # Hashing a problem's tests costs as much as their size; its K samples share one object.
+        hit = self._fingerprints.get(id(problem))
+        if hit is None or hit[0] is not problem:
+            if len(self._fingerprints) > 4096:
+                self._fingerprints.clear()
+            hit = self._fingerprints[id(problem)] = (problem, problem.fingerprint())
+        return hit[1]
+
     async def _check_code(self, task: str, problem: CodeProblem, completion: str) -> Verdict:
         code, _ = code_of(task, completion)
+        try:
+            src = decode_code(code, problem.kind)
+        except InvalidProblem as exc:  # no program to run: nothing worth caching
+            verdict = code_verdict(invalid_verdict(str(exc)))
+        else:
+            key = code_key(self._fingerprint(problem), src)
+            verdict = await self.verdicts.judged(key, lambda: self._run_code(problem, src))
+        metrics.PROGRAMS.labels(verdict.extracted).inc()  # `extracted` is a code verdict's status
+        return verdict
+
+    async def _run_code(self, problem: CodeProblem, src: str) -> Verdict:
         grader = self._grader if self._grader is not None else await asyncio.to_thread(self.grader)
         async with self._inflight:
             try:
-                v = await grader.agrade(problem, code)
+                v = await grader.agrade(problem, src)
             except PoolBusy as exc:
                 raise SandboxSaturated(f"the code sandbox is saturated: {exc}") from exc
-        if v.status is Status.INTERNAL_ERROR:  # not counted: the check is retried, not judged
+        if v.status is Status.INTERNAL_ERROR:  # not counted, not cached: the check is retried, not judged
             raise SandboxUnavailable(f"the code sandbox failed on problem {problem.id}: {v.rule} {v.detail}")
-        metrics.PROGRAMS.labels(str(v.status)).inc()
         return code_verdict(v)
 
     async def _check_math(self, reference: Any, completion: str) -> Verdict:
         checker = self._math_checker or await asyncio.to_thread(self.math_checker)
+        gold = str(reference)
+        # The fast path (no boxed answer, an exact or normalised match) decides in microseconds
+        # without the sandbox: only what reaches math-verify is worth a store look-up. `_fast` stays
+        # private because math_checks is fingerprinted as math-3 (`fingerprints`): renaming it
+        # would move the fingerprint without a change of rules.
+        fast = checker._fast(gold, completion)
+        if isinstance(fast, Verdict):
+            return fast
+        return await self.verdicts.judged(
+            math_key(gold, completion), lambda: self._run_math(checker, gold, completion), final_math
+        )
+
+    async def _run_math(self, checker: Any, gold: str, completion: str) -> Verdict:
         async with self._inflight:
             try:
-                v: Verdict = await checker.acheck(str(reference), completion)
+                v: Verdict = await checker.acheck(gold, completion)
             except PoolBusy as exc:
                 raise SandboxSaturated(f"the math sandbox is saturated: {exc}") from exc
         return v
@@ -220,6 +267,7 @@ class Checkers:
 
     async def _judge(self, task: str, reference: Any, completion: str) -> Verdict:
         if task in NUMERIC_TASKS:
+            # Not cached: checked in-process in microseconds, less than one cache look-up costs.
             return check_answer(task, str(reference), completion)
         if task == "math":
             return await self._check_math(reference, completion)
@@ -232,7 +280,8 @@ class Checkers:
         raise BadProblem(f"task '{task}' has no checker; use one of {', '.join(TASKS_WITH_CHECKERS)}")
 
     async def check_many(self, task: str, pairs: Sequence[tuple[Any, str]]) -> list[Verdict]:
-        """Verdicts in order; the sandboxed ones run concurrently on the pool's workers."""
+        """Verdicts in order; the sandboxed ones run concurrently on the pool's workers, and so do
+        their cache look-ups (a shard's samples do not wait for each other's store reads)."""
         if task in NUMERIC_TASKS:
             verdicts = [check_answer(task, str(ref), c) for ref, c in pairs]
             for v in verdicts:

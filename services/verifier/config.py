@@ -37,7 +37,9 @@ class SandboxSettings(StrictModel):
     math_timeout_s: float = Field(default=5.0, gt=0, le=120)
     """Wall-clock limit of one math-verify equivalence check."""
     cache_entries: int = Field(default=100_000, ge=0)
-    """Code verdicts kept in memory, keyed by (checker version, problem, code hash); 0 disables."""
+    """Code and MATH verdicts kept in this replica's memory, in front of the shared cache; 0: none."""
+    shared_cache: bool = True
+    """Keep code and MATH verdicts in the artifact store under `cache/verdicts/<checker>/<version>/`, shared by every replica and every run: a repeated or redelivered check reads its verdict instead of running again. A checker version bump starts afresh; off: memory only (`cache_entries`)."""
     pin_cpus: PinCpus = PoolConfig.pin_cpus
     """Pin each sandbox worker (zygote, programs, tester) to one of the pod's CPUs (programs running past 20 ms may use any): fewer cross-core wake-ups. `auto` pins unless a CPU limit (CFS quota) is narrower than the CPUs the pod may run on, i.e. its cores are shared with other pods."""
     start_at_boot: bool = False

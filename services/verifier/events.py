@@ -1,7 +1,8 @@
 """Verify jobs from the work queue: read a shard of samples, write verdicts, report counts.
 
 Idempotent: the verdicts object is a pure function of the samples and the checker, so a
-redelivered job that finds it already written only re-announces the result. A sandbox that cannot
+redelivered job that finds it already written only re-announces the result, and one that does not
+reads the verdicts its earlier delivery judged from the verdict cache. A sandbox that cannot
 run a check raises, so the job is retried (and dead-lettered after max_deliver) instead of
 writing a reward of 0 for an infrastructure failure.
 """

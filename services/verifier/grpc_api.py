@@ -1,4 +1,5 @@
-"""VerifierService: direct scoring of completions (the evaluator uses it) and worker stats."""
+"""VerifierService: direct scoring of completions (the evaluator uses it) and worker stats, with the
+verdict cache's hits and misses and the checks this replica actually ran."""
 
 from __future__ import annotations
 
@@ -101,4 +102,7 @@ class VerifierApi(verifier_pb2_grpc.VerifierServiceServicer):
     async def GetStats(
         self, request: verifier_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> verifier_pb2.GetStatsResponse:
-        return verifier_pb2.GetStatsResponse(stats=self.state.to_proto())
+        stats = self.state.to_proto()
+        cache = self.checkers.verdicts.totals()
+        stats.cache_hits, stats.cache_misses, stats.checks_run = cache.hits, cache.misses, cache.checks_run
+        return verifier_pb2.GetStatsResponse(stats=stats)

@@ -14,12 +14,14 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .verdict_cache import CacheCounts
+
 
 class Pools(Protocol):
     """What the collector reads (`checkers.Checkers`)."""
 
     def pool_health(self) -> dict[str, Any]: ...
-    def cache_counts(self) -> tuple[int, int]: ...
+    def cache_counts(self) -> dict[str, CacheCounts]: ...
 
 
 VERDICTS = Counter(
@@ -67,13 +69,32 @@ class SandboxCollector(Collector):
             restarts.add_metric([name], health.restarts)
             failures.add_metric([name], health.start_failures)
         yield from (workers, depth, runs, restarts, failures)
-        hits, misses = self.checkers.cache_counts()
-        yield CounterMetricFamily(
-            "restem_verifier_cache_hits", "Code verdicts served from the cache", value=hits
-        )
-        yield CounterMetricFamily(
-            "restem_verifier_cache_misses", "Code verdicts not in the cache", value=misses
-        )
+        yield from _cache_families(self.checkers.cache_counts())
+
+
+def _cache_families(counts: dict[str, CacheCounts]) -> Iterator[CounterMetricFamily]:
+    hits = CounterMetricFamily(
+        "restem_verifier_cache_hits",
+        "Code and MATH verdicts served from the verdict cache instead of running a check, by checker "
+        "and tier (memory: this replica; store: shared by every replica and run)",
+        labels=["checker", "tier"],
+    )
+    misses = CounterMetricFamily(
+        "restem_verifier_cache_misses",
+        "Verdicts found in no tier of the cache (the check ran)",
+        labels=["checker"],
+    )
+    errors = CounterMetricFamily(
+        "restem_verifier_cache_store_errors",
+        "Verdict cache reads and writes the store failed (the check ran without it)",
+        labels=["checker"],
+    )
+    for checker, c in sorted(counts.items()):
+        hits.add_metric([checker, "memory"], c.memory_hits)
+        hits.add_metric([checker, "store"], c.store_hits)
+        misses.add_metric([checker], c.misses)
+        errors.add_metric([checker], c.store_errors)
+    yield from (hits, misses, errors)
 
 
 def register(checkers: Pools) -> SandboxCollector:

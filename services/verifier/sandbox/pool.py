@@ -440,15 +440,17 @@ class SandboxPool:
 
 
 class VerdictCache:
-    """LRU of verdicts keyed by (checker version, problem fingerprint, code hash); thread-safe."""
+    """LRU of verdicts keyed by tuples of strings, e.g. (checker version, problem fingerprint, code
+    hash) in `CodeGrader`; thread-safe. The verifier's shared cache (`verdict_cache`) puts one in
+    front of the artifact store."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
-        self._data: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        self._data: OrderedDict[tuple[str, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, key: tuple[str, str, str]) -> Any | None:
+    def get(self, key: tuple[str, ...]) -> Any | None:
         with self._lock:
             value = self._data.get(key)
             if value is None:
@@ -458,7 +460,7 @@ class VerdictCache:
             self.hits += 1
             return value
 
-    def put(self, key: tuple[str, str, str], value: Any) -> None:
+    def put(self, key: tuple[str, ...], value: Any) -> None:
         with self._lock:
             self._data[key] = value
             self._data.move_to_end(key)

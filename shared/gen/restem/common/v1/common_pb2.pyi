@@ -81,7 +81,7 @@ class TrainParams(_message.Message):
     def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., weight_decay: _Optional[float] = ..., warmup_ratio: _Optional[float] = ..., max_seq_len: _Optional[int] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., loss_normalisation: _Optional[str] = ..., method: _Optional[str] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_dropout: _Optional[float] = ..., lora_target_modules: _Optional[_Iterable[str]] = ..., lr_schedule: _Optional[str] = ..., min_lr_ratio: _Optional[float] = ..., max_steps: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., packing: _Optional[bool] = ..., length_bucketing: _Optional[bool] = ..., gradient_checkpointing: _Optional[bool] = ..., checkpoint_every_steps: _Optional[int] = ..., patience: _Optional[int] = ..., save_dtype: _Optional[str] = ...) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("service", "version", "active_jobs", "jobs_done", "jobs_failed", "loaded_checkpoints", "device", "backend")
+    __slots__ = ("service", "version", "active_jobs", "jobs_done", "jobs_failed", "loaded_checkpoints", "device", "backend", "cache_hits", "cache_misses", "checks_run")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_JOBS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,9 @@ class WorkerStats(_message.Message):
     LOADED_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_RUN_FIELD_NUMBER: _ClassVar[int]
     service: str
     version: str
     active_jobs: _containers.RepeatedScalarFieldContainer[str]
@@ -98,7 +101,10 @@ class WorkerStats(_message.Message):
     loaded_checkpoints: _containers.RepeatedScalarFieldContainer[str]
     device: str
     backend: str
-    def __init__(self, service: _Optional[str] = ..., version: _Optional[str] = ..., active_jobs: _Optional[_Iterable[str]] = ..., jobs_done: _Optional[int] = ..., jobs_failed: _Optional[int] = ..., loaded_checkpoints: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    cache_hits: int
+    cache_misses: int
+    checks_run: int
+    def __init__(self, service: _Optional[str] = ..., version: _Optional[str] = ..., active_jobs: _Optional[_Iterable[str]] = ..., jobs_done: _Optional[int] = ..., jobs_failed: _Optional[int] = ..., loaded_checkpoints: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., checks_run: _Optional[int] = ...) -> None: ...
 
 class PromptFormat(_message.Message):
     __slots__ = ("chat_template", "system_prompt")
