@@ -2,12 +2,11 @@
 
 Covers: the topology (streams ``{prefix}_JOBS`` = work queue of ``restem.jobs.<type>.<run_id>``,
 ``{prefix}_EVENTS`` = ``restem.events.<run_id>.<kind>`` kept 7 days, ``{prefix}_DLQ`` =
-``restem.dlq.<type|events>.<run_id>`` kept 30 days, KV bucket ``{prefix}_runs``), created
-idempotently by every service; publishing with a caller-chosen ``Nats-Msg-Id``; workers sharing one
-durable pull consumer per job type, with bounded concurrency, progress heartbeats, retry with
-backoff and dead-lettering (a message that exhausts max_deliver would otherwise stay in the work
-queue for ever); events consumed in order per run (runs concurrently); run state with optimistic
-concurrency (`shared.kv`); the core-NATS client for hints (`shared.hints`).
+``restem.dlq.<type|events>.<run_id>`` kept 30 days, KV bucket ``{prefix}_runs``), created by every
+service (again when NATS lost its volume); publishing with a caller-chosen ``Nats-Msg-Id``; workers
+sharing one durable pull consumer per job type, with bounded concurrency, heartbeats, retry with
+backoff and dead-lettering; events in order per run; run state with optimistic concurrency
+(`shared.kv`); the core-NATS client for hints (`shared.hints`).
 
 NOT provided: exactly-once. Delivery is at-least-once (a crash, a lost ack or an ack_wait expiry
 redelivers), so handlers must be idempotent. ``Nats-Msg-Id`` dedupes *publishes* only, and only
@@ -60,7 +59,6 @@ _DUPLICATE_WINDOW_S = 10 * 60.0
 _EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 DLQ_MAX_AGE_S = 30 * 24 * 3600.0  # long enough to inspect and replay by hand; bounded, so it ages out
 _FETCH_TIMEOUT_S = 0.5  # also bounds how long `stop` takes to be noticed
-_ERR_STREAM_NAME_IN_USE = 10058
 _FILE = api.StorageType.FILE  # streams survive a NATS restart
 _ABANDON_POLL_S = 2.0  # how often a running job's run is looked up
 _JOB_RUN_ID_INDEX = 3  # restem.jobs.<type>.<run_id>
@@ -122,8 +120,7 @@ class EventBus:
 
     @property
     def runs(self) -> RunStateKV:
-        """The run records (KV bucket ``{prefix}_runs``): get, create, update (compare-and-set), keys,
-        entries, watch (close it with ``contextlib.aclosing``)."""
+        """The run records (KV ``{prefix}_runs``): get, create, update (compare-and-set), entries, watch."""
         return self._kv
 
     @property
@@ -148,12 +145,12 @@ class EventBus:
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         # Creating a stream that exists with the same config succeeds, which makes concurrent
-        # startup of several services safe; a different config answers 10058 and is updated.
+        # startup of several services safe; a different config answers 10058 (name in use): updated.
         try:
             await self._js.add_stream(config)
             return
         except jserr.BadRequestError as err:
-            if err.err_code != _ERR_STREAM_NAME_IN_USE:
+            if err.err_code != 10058:
                 raise
         try:
             await self._js.update_stream(config)
@@ -303,6 +300,9 @@ class EventBus:
         """Fetch and handle until `stop`; with `order`, messages of one run are handled in order;
         with `slot`, one message at a time, each once the slot is free (it is the message's job's)."""
         sub = await self._subscribe(stream, consumer, policy)
+        guard = nats_connect.ConsumerGuard(
+            self._js, stream, policy.durable, lambda: self._subscribe(stream, consumer, policy)
+        )
         inflight: set[asyncio.Task[None]] = set()
         stopper = asyncio.ensure_future(stop.wait())
         try:
@@ -318,6 +318,8 @@ class EventBus:
                     slot.release()
                 if msgs is None:
                     break
+                if not msgs and (fresh := await guard.recovered(self.ensure_topology)) is not None:
+                    sub = fresh  # NATS lost its volume: streams and consumer rebuilt
                 for msg in msgs:
                     work = self._process(msg, handler, policy)
                     if order is not None:

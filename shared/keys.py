@@ -1,7 +1,7 @@
 """The object-store layout and the deterministic job ids, in one place.
 
-Every artifact of a run lives under `runs/<run_id>/`; per-iteration artifacts under
-`runs/<run_id>/iter-<n>/`. Keys and job ids are pure functions of (run, iteration, shard/split),
+Every artifact of a run lives under `runs/<run_id>/`, per-iteration artifacts under
+`runs/<run_id>/iter-<n>/`; the run record's snapshot is `run-states/<run_id>.pb`. Keys and job ids are pure functions of (run, iteration, shard/split),
 so a redelivered job rewrites the same object and a re-published job is deduplicated by NATS.
 What outlives runs and is shared by them lives under `cache/` (the verifier's verdicts).
 """
@@ -42,12 +42,44 @@ def dataset_ids_key(run_id: str, split: str) -> str:
     return f"{run_prefix(run_id)}/data/{split}.ids.json"
 
 
+def shard_key(prefix: str, shard: int) -> str:
+    """A shard's object under a samples or verdicts prefix (an iteration records its prefixes)."""
+    return f"{prefix}/shard-{shard:05d}.jsonl"
+
+
+def samples_prefix(run_id: str, iteration: int) -> str:
+    return f"{iter_prefix(run_id, iteration)}/samples"
+
+
+def verdicts_prefix(run_id: str, iteration: int, reverification: int = 0) -> str:
+    """The iteration's verdicts; those of the run's reverification `n` sit beside them."""
+    tail = "verdicts" if reverification == 0 else f"reverify-{reverification}/verdicts"
+    return f"{iter_prefix(run_id, iteration)}/{tail}"
+
+
 def samples_key(run_id: str, iteration: int, shard: int) -> str:
-    return f"{iter_prefix(run_id, iteration)}/samples/shard-{shard:05d}.jsonl"
+    return shard_key(samples_prefix(run_id, iteration), shard)
 
 
 def verdicts_key(run_id: str, iteration: int, shard: int) -> str:
-    return f"{iter_prefix(run_id, iteration)}/verdicts/shard-{shard:05d}.jsonl"
+    return shard_key(verdicts_prefix(run_id, iteration), shard)
+
+
+def lineage_key(run_id: str, iteration: int) -> str:
+    """What the filter read and wrote (every shard's sha256, the checkers, the kept set)."""
+    return f"{iter_prefix(run_id, iteration)}/lineage.json"
+
+
+def reverify_changes_key(run_id: str, reverification: int) -> str:
+    return f"{run_prefix(run_id)}/reverify-{reverification}/changes.json"
+
+
+def state_key(run_id: str) -> str:
+    """The run record's latest snapshot, under one flat prefix so that recovery lists runs cheaply."""
+    return f"{STATE_PREFIX}{check_run_id(run_id)}.pb"
+
+
+STATE_PREFIX = "run-states/"
 
 
 def kept_key(run_id: str, iteration: int) -> str:

@@ -1,5 +1,6 @@
 """Connecting to NATS: the initial retry schedule, credentials, then reconnecting for ever.
 
+Also here: `ConsumerGuard`, which notices a worker's consumer lost with the NATS volume.
 NOT here: what the connection is used for (`shared.bus`).
 """
 
@@ -9,9 +10,11 @@ import asyncio
 import contextlib
 import logging
 import random
-from typing import Protocol
+import time
+from typing import Any, Protocol
 
 import nats.errors
+import nats.js.errors as jserr
 from nats.aio.client import Client as NATS
 
 from shared.delivery import redact_url
@@ -84,3 +87,42 @@ async def _connect_once(cfg: NatsConfig, name: str, events: ConnectionEvents) ->
     events.on_connected()
     log.info("connected to NATS at %s as %s", redact_url(cfg.url), name)
     return nc
+
+
+class ConsumerGuard:
+    """Notices, while a worker idles, that its durable consumer is gone: the NATS volume was lost
+    (or the stream deleted by hand). Fetching from a missing consumer only ever times out, so the
+    consumer is looked up at most every `every_s` seconds of idling; `recovered` then recreates the
+    topology and subscribes again instead of waiting for ever."""
+
+    def __init__(self, js: Any, stream: str, durable: str, subscribe: Any, every_s: float = 10.0) -> None:
+        """`subscribe()` creates the consumer and returns the new subscription."""
+        self.js, self.stream, self.durable, self.subscribe = js, stream, durable, subscribe
+        self.every_s = every_s
+        self._next = time.monotonic() + every_s
+
+    async def recovered(self, ensure_topology: Any) -> Any:
+        """The new subscription when the consumer was lost and is rebuilt now, else None."""
+        if not await self.lost():
+            return None
+        log.warning(
+            "consumer %s of %s is gone (NATS lost its data?); recreating it", self.durable, self.stream
+        )
+        try:
+            await ensure_topology()
+            return await self.subscribe()
+        except Exception as exc:  # NATS still failing: looked at again after the next idle period
+            log.warning("could not recreate consumer %s: %s", self.durable, exc)
+            return None
+
+    async def lost(self) -> bool:
+        if time.monotonic() < self._next:
+            return False
+        self._next = time.monotonic() + self.every_s
+        try:
+            await self.js.consumer_info(self.stream, self.durable)
+        except jserr.NotFoundError:
+            return True
+        except Exception:  # NATS down or slow: the reconnect logic handles that, not this
+            return False
+        return False

@@ -100,10 +100,7 @@ def _phi(t: PairedTable) -> float:
     if 0 in margins:
         return 0.0
     cross = t.both * t.neither - t.only_a * t.only_b
-    if cross > t.n / 2:
-        shrunk = cross - t.n / 2
-    else:
-        shrunk = min(cross, 0)
+    shrunk = cross - t.n / 2 if cross > t.n / 2 else min(cross, 0)
     return shrunk / math.sqrt(math.prod(margins))
 
 

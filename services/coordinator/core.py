@@ -57,6 +57,11 @@ class Decision:
     # Checkpoints the run's next E-step samples from: the adapter hints them to the samplers
     # (`shared.hints`), which download them while the run evaluates.
     prefetch: list[str] = field(default_factory=list)
+    # Iterations (of this run) whose new checkpoint the adapter hashes into `checkpoint_sha256`,
+    # the lineage's record of what the M-step wrote.
+    digest: list[pb.Iteration] = field(default_factory=list)
+    # A reverification's last verdicts are in: the adapter compares them with the run's (`reverify`).
+    reverify_changes: int = 0
 
 
 # --- state transitions --------------------------------------------------------------------------
@@ -83,6 +88,10 @@ def _set_phase(run: pb.Run, phase: int, *, done: int = 0, total: int = 0, unit: 
     run.phase_started.FromDatetime(now)
     run.progress.CopyFrom(pb.PhaseProgress(phase=phase, done=done, total=total, unit=unit))  # type: ignore[arg-type]
     run.updated.FromDatetime(now)
+
+
+# For adapters that build a run in a given phase (a fork starts in FILTERING).
+set_phase = _set_phase
 
 
 def new_run(run_id: str, cfg: RunConfig, config_yaml: str, *, base_model_key: str) -> tuple[pb.Run, Decision]:
@@ -161,8 +170,13 @@ def _start_iteration(
     previous = run.iterations[-1]
     size = cfg.em.shard_size
     shards = plan_shards(train_ids, size, shard_count(len(train_ids), size, slots))
+    n = previous.iteration + 1
     it = run.iterations.add(
-        iteration=previous.iteration + 1, policy_key=previous.checkpoint_key, shards_total=len(shards)
+        iteration=n,
+        policy_key=previous.checkpoint_key,
+        shards_total=len(shards),
+        samples_prefix=keys.samples_prefix(run.run_id, n),
+        verdicts_prefix=keys.verdicts_prefix(run.run_id, n),
     )
     it.started.FromDatetime(_now())
     it.sampling_rounds = 1 if cfg.sampling.adaptive.enabled else 0
@@ -201,7 +215,7 @@ def on_sample_done(
     out_before = len(_verifies_out(it, sampled, verified, verify_window))
     it.shards_sampled.append(done.shard)
     jobs = [
-        _verify_job(run, cfg, done.iteration, shard)
+        _verify_job(run, cfg, it, shard)
         for shard in _verifies_out(it, sampled + 1, verified, verify_window)[out_before:]
     ]
     if window > 0:  # fair share: the next first-round shard goes out (later rounds went out whole)
@@ -244,7 +258,7 @@ def windowed_jobs(
     if verify_window > 0:
         checked = set(it.shards_verified)
         out = _verifies_out(it, sampled, verified, verify_window)
-        jobs += [_verify_job(run, cfg, it.iteration, s) for s in out if s not in checked]
+        jobs += [_verify_job(run, cfg, it, s) for s in out if s not in checked]
     return jobs
 
 
@@ -262,7 +276,7 @@ def on_verify_done(
     if verify_window > 0 and cfg is not None:
         out_before = len(_verifies_out(it, sampled, verified, verify_window))
         next_out = _verifies_out(it, sampled, verified + 1, verify_window)[out_before:]
-        jobs = [_verify_job(run, cfg, done.iteration, shard) for shard in next_out]
+        jobs = [_verify_job(run, cfg, it, shard) for shard in next_out]
     it.shards_verified.append(done.shard)
     it.correct_samples += done.num_correct
     if run.phase == pb.PHASE_VERIFYING:
@@ -366,6 +380,7 @@ def on_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: Mappi
     it.checkpoint_key = done.checkpoint_key
     it.train.CopyFrom(_train_summary(done))
     decision = _evaluate(run, cfg, done.iteration, it.checkpoint_key, splits)
+    decision.digest = [it]
     if done.iteration < run.iterations_total:  # another E-step follows (unless early stopping ends it)
         decision.prefetch = [it.checkpoint_key]
     return decision
@@ -427,7 +442,9 @@ def on_sft_train_done(run: pb.Run, cfg: RunConfig, done: ev.TrainDone, splits: M
     run.sft.checkpoint_key = done.checkpoint_key
     run.sft.train.CopyFrom(_train_summary(done))
     run.updated.FromDatetime(_now())
-    return Decision(jobs=_eval_jobs(run, cfg, 0, done.checkpoint_key, splits, variant="sft"))
+    return Decision(
+        jobs=_eval_jobs(run, cfg, 0, done.checkpoint_key, splits, variant="sft"), digest=[run.sft]
+    )
 
 
 def on_sft_eval_done(run: pb.Run, done: ev.EvalDone, splits: Mapping[str, int]) -> Decision:

@@ -15,7 +15,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,10 @@ from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactStore
 from shared.tasks import loads_jsonl
 
-from . import core, eval_shards, filter_io, job_records, jobs, metrics
+from . import core, eval_shards, filter_io, job_records, jobs, lineage, metrics, reverify
 from .plots import render_plots
 from .report import build_report, render_markdown
+from .snapshots import Snapshots
 from .tracking import RunTrackers
 
 log = logging.getLogger("restem.coordinator")
@@ -66,6 +67,10 @@ def _read_ids(store: ArtifactStore, run_id: str, split: str) -> list[str]:
             return [json.loads(line)["id"] for line in f if line.strip()]
 
 
+def shard_source(run: pb.Run, it: pb.Iteration) -> filter_io.ShardSource:
+    return filter_io.ShardSource(jobs.samples_prefix(run, it), jobs.verdicts_prefix(run, it))
+
+
 class RunNotFound(NotFoundError, KeyError):
     pass
 
@@ -87,6 +92,7 @@ class Orchestrator:
         self.sampler_slots = sampler_slots
         self.feeds = filter_io.Feeds(store)  # the filter's input, read while shards are verified
         self.trackers = RunTrackers(store)
+        self.snapshots = Snapshots(store)
         self._configs: dict[str, RunConfig] = {}
         self._ids: dict[str, dict[str, list[str]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -154,16 +160,27 @@ class Orchestrator:
         cfg = self.config(run)
         ids = await self.split_ids(run.run_id)
         decision = apply(run, cfg, ids)
+        for it in decision.digest:
+            it.checkpoint_sha256 = await asyncio.to_thread(
+                lineage.manifest_sha256, self.store, it.checkpoint_key
+            )
         await self.publish(decision)
         await self._hint(run.run_id, decision.prefetch)
         if decision.needs_filter:
             await self.publish(await self._filter(run, cfg, ids))
+        if decision.reverify_changes:
+            doc = await asyncio.to_thread(
+                reverify.changes, self.store, run, cfg, decision.reverify_changes, ids["train"]
+            )
+            reverify.apply_changes(run, decision.reverify_changes, doc)
+            log.info("run %s reverification %d: %s", run.run_id, decision.reverify_changes, doc["summary"])
         if decision.finished or (run.status in core.FINISHED and not run.report_key):
             await self._write_report(run)
         try:
             await self.bus.runs.update(run.run_id, run.SerializeToString(), revision=revision)
         except ConflictError:
             return False
+        await self.snapshots.note(run)
         metrics.phase_ended(run, phase, started)
         if run.status in core.FINISHED:
             self.feeds.drop(run.run_id)
@@ -174,6 +191,7 @@ class Orchestrator:
     async def _filter(self, run: pb.Run, cfg: RunConfig, ids: dict[str, list[str]]) -> core.Decision:
         # In a thread, one shard at a time: the loop keeps serving the API and other runs meanwhile.
         it = run.iterations[-1]
+        source = shard_source(run, it)
         out = await asyncio.to_thread(
             filter_io.filter_iteration,
             self.store,
@@ -184,6 +202,9 @@ class Orchestrator:
             cfg=cfg,
             problem_ids=ids["train"],
             feed=self.feeds.get(run.run_id, it.iteration),
+            source=source,
+            # A fork's iteration re-filters its source's samples: no new round writes among them.
+            plan_rounds=source.samples_prefix == keys.samples_prefix(run.run_id, it.iteration),
         )
         metrics.FILTER_SECONDS.observe(out.seconds)
         if out.plan is not None:
@@ -195,18 +216,21 @@ class Orchestrator:
         stats = out.stats
         assert stats is not None
         self.feeds.drop(run.run_id, upto=it.iteration)
+        it.kept_key, it.kept_sha256 = keys.kept_key(run.run_id, it.iteration), out.kept_sha256
+        it.lineage_key = await asyncio.to_thread(lineage.record, self.store, run, it, source, out)
         log.info(
             "run %s iteration %d: %d/%d samples correct, %d/%d problems solved, %d kept (%d duplicates dropped); filter %.2f s",
             run.run_id, it.iteration, stats.correct, stats.samples, stats.problems_solved, stats.problems_total, stats.kept, stats.duplicates_dropped, out.seconds,
         )  # fmt: skip
         return core.on_filtered(run, cfg, it.iteration, stats, self._splits(cfg, ids))
 
-    async def _test_results(self, run: pb.Run) -> dict[str, list[dict]]:
-        """Per-problem test results of every checkpoint that has them (for the difficulty buckets)."""
+    async def _results(self, run: pb.Run, split: str) -> dict[str, list[dict]]:
+        """Per-problem results of `split` for every checkpoint that has them (difficulty buckets on
+        test; paired tests of the chosen iteration against the runner-up on validation)."""
         where = {("base" if it.iteration == 0 else str(it.iteration)): eval_shards.result_keys(e)
-                 for it in run.iterations for e in it.evals if e.split == "test"}  # fmt: skip
+                 for it in run.iterations for e in it.evals if e.split == split}  # fmt: skip
         for e in run.sft.evals:
-            if e.split == "test":
+            if e.split == split:
                 where["sft"] = eval_shards.result_keys(e)
         out = {}
         for name, parts in where.items():
@@ -218,7 +242,12 @@ class Orchestrator:
     async def _write_report(self, run: pb.Run) -> None:
         """report.md and the plots first, report.json last: the JSON's key is the report's commit point."""
         links = await asyncio.to_thread(self.trackers.links, run.run_id)
-        report = build_report(run, await self._test_results(run), tracking=links)
+        report = build_report(
+            run,
+            await self._results(run, "test"),
+            tracking=links,
+            validation_results=await self._results(run, "validation"),
+        )
         files = await asyncio.to_thread(render_plots, report)
         files["report.md"] = render_markdown(report, plots=sorted(files)).encode()
         for name, data in files.items():
@@ -261,9 +290,19 @@ class Orchestrator:
         except Exception as exc:  # tracking never fails a run (shared.tracking retries and warns itself)
             log.warning("run %s: tracking skipped this event: %s", run.run_id, exc)
         verifying = (pb.PHASE_SAMPLING, pb.PHASE_VERIFYING)
-        if kind == "verify_done" and run.phase in verifying and run.iteration == msg.iteration:
+        if (
+            kind == "verify_done"
+            and run.phase in verifying
+            and run.iteration == msg.iteration
+            and not msg.reverification
+        ):
             self.feeds.verified(
-                run.run_id, msg.iteration, msg.shard, self.config(run), self._ids[run.run_id]["train"]
+                run.run_id,
+                msg.iteration,
+                msg.shard,
+                self.config(run),
+                self._ids[run.run_id]["train"],
+                shard_source(run, run.iterations[-1]),
             )
 
     def _apply(
@@ -274,6 +313,9 @@ class Orchestrator:
             return core.on_prepare_done(run, cfg, msg, splits)
         if kind == "sample_done":
             return core.on_sample_done(run, cfg, msg, ids["train"], self.sample_window, self.verify_window)
+        if kind == "verify_done" and msg.reverification:
+            done = reverify.on_done(run, msg)
+            return core.Decision(reverify_changes=done.number if done else 0)
         if kind == "verify_done":
             return core.on_verify_done(run, msg, cfg, self.verify_window)
         if kind == "train_progress":
@@ -297,6 +339,11 @@ class Orchestrator:
         failed = ev.JobFailed(run_id=run_id, job_id="?", job_type=job_type, reason=dl.reason)
 
         def fail(run: pb.Run, cfg: RunConfig, ids: dict[str, list[str]]) -> core.Decision:
+            rv = reverify.pending(run)
+            if run.status in core.FINISHED and rv is not None:  # the run stands; its reverification failed
+                rv.done, rv.summary = True, f"failed: a {job_type} could not be done ({dl.reason})"
+                rv.finished.FromDatetime(datetime.now(UTC))
+                return core.Decision()
             return core.on_job_failed(run, failed)
 
         with contextlib.suppress(RunNotFound, ValueError):

@@ -29,9 +29,10 @@ from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactNotFound, ArtifactStore
 from shared.tasks import DatasetError, build_splits, build_transfer_sets, dumps_jsonl, sft_rows
 
-from . import core, job_records, uploads
+from . import core, fork, job_records, lineage, reverify, snapshots, uploads
 from .config import CoordinatorConfig
 from .events import Orchestrator, RunNotFound
+from .reconcile import reconcile_run
 
 log = logging.getLogger("restem.coordinator.api")
 
@@ -132,6 +133,8 @@ class RunApi(pb_grpc.RunServiceServicer):
     async def StartRun(
         self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartRunResponse:
+        if request.from_run:
+            return await self._fork(request, context)
         cfg, splits, model_key = await self._validated(request, context)
         sft_train = None
         if cfg.baseline.sft:
@@ -181,6 +184,7 @@ class RunApi(pb_grpc.RunServiceServicer):
         # that dies before publishing re-publishes them on restart.
         await job_records.record_jobs(store, decision.jobs)
         await self.orc.bus.runs.create(run_id, run.SerializeToString())
+        await self.orc.snapshots.note(run)
         await self.orc.publish(decision)
         log.info(
             "run %s started: %s, %d train problems, %d iterations",
@@ -275,3 +279,91 @@ class RunApi(pb_grpc.RunServiceServicer):
         for name in report.get("files", []):
             files[name] = await asyncio.to_thread(self.orc.store.get_bytes, keys.report_key(run.run_id, name))
         return pb.GetReportResponse(report_json=data.decode(), report_key=run.report_key, files=files)
+
+    async def GetLineage(
+        self, request: pb.GetLineageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetLineageResponse:
+        run = await self._get(request.run_id, context)
+        last = max((it.iteration for it in run.iterations), default=0)
+        if request.iteration > last:
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"run {run.run_id} has iterations 0..{last}; iteration {request.iteration} does not exist",
+            )
+        doc = await asyncio.to_thread(lineage.build, self.orc.store, run, request.iteration)
+        response = pb.GetLineageResponse(lineage_json=json.dumps(doc, indent=1))
+        if request.check:
+            mismatches, checked = await asyncio.to_thread(lineage.check, self.orc.store, doc)
+            response.mismatches.extend(mismatches)
+            response.artifacts_checked = checked
+        return response
+
+    async def RecoverRuns(
+        self, request: pb.RecoverRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecoverRunsResponse:
+        await self.orc.bus.ensure_topology()  # a NATS that lost its volume has no streams either
+        recovered, present = await snapshots.recover(self.orc.store, self.orc.bus.runs)
+        for run in recovered:
+            if run.status not in core.FINISHED or not run.report_key:
+                try:
+                    await reconcile_run(self.orc, run.run_id)
+                except Exception:  # the run is back; its events (or a coordinator restart) drive it
+                    log.exception("recovered run %s could not be re-entered now", run.run_id)
+        return pb.RecoverRunsResponse(recovered=recovered, present=present)
+
+    async def ReverifyRun(
+        self, request: pb.ReverifyRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReverifyRunResponse:
+        run = await self._get(request.run_id, context)
+        if request.iteration > max((it.iteration for it in run.iterations), default=0):
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"run {run.run_id} has no iteration {request.iteration}",
+            )
+        started: list[int] = []
+
+        def begin(r: pb.Run, cfg: RunConfig, ids: Any) -> core.Decision:
+            rv, decision = reverify.start(r, cfg, request.iteration)
+            started.append(rv.number)
+            return decision
+
+        try:
+            run = await self.orc.mutate(run.run_id, begin)
+        except reverify.CannotReverify as exc:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        log.info("run %s: reverification %d started", run.run_id, started[-1])
+        return pb.ReverifyRunResponse(run=run, number=started[-1])
+
+    async def _fork(
+        self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartRunResponse:
+        source = await self._get(request.from_run, context)
+        source_cfg = self.orc.config(source)
+        # Without a config the fork takes the source's, less its name (names are unique).
+        config_yaml = request.config_yaml or fork.unnamed(source.config_yaml)
+        try:
+            cfg = parse_run_config(config_yaml, source="config_yaml")
+            fork.check_config(source_cfg, cfg)
+            if cfg.name and any(r.name == cfg.name for r in await self._all_runs()):
+                raise fork.CannotFork(f"a run named '{cfg.name}' exists; give the fork a name of its own")
+            run_id = new_run_id(cfg) if cfg.name else f"fork-{secrets.token_hex(3)}"
+            run = fork.fork_run(
+                source, run_id, cfg, config_yaml, request.from_iteration, request.from_reverification
+            )
+        except ConfigError as exc:
+            await abort_for(context, exc)
+        except fork.CannotFork as exc:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        store = self.orc.store
+        await asyncio.to_thread(store.put_bytes, keys.config_key(run_id), config_yaml.encode())
+        await asyncio.to_thread(fork.copy_inputs, store, source.run_id, run_id)
+        await self.orc.bus.runs.create(run_id, run.SerializeToString())
+        await self.orc.snapshots.note(run)
+        run = await self.orc.mutate(run_id, lambda r, c, i: core.Decision(needs_filter=True))
+        log.info(
+            "run %s forked from %s at iteration %d (reverification %d)",
+            run_id, source.run_id, request.from_iteration, run.forked_reverification,
+        )  # fmt: skip
+        return pb.StartRunResponse(run_id=run_id, run=run)

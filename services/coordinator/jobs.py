@@ -151,23 +151,41 @@ def sample_job(
         problem_ids=ids,
         policy_key=it.policy_key,
         params=params,
-        output_key=keys.samples_key(run.run_id, n, index),
+        output_key=keys.shard_key(samples_prefix(run, it), index),
         prompt_format=prompt_format(cfg),
         first_index=first_index,
     )
     return Job("sample", job, job.job_id)
 
 
-def _verify_job(run: pb.Run, cfg: RunConfig, iteration: int, shard: int) -> Job:
+def samples_prefix(run: pb.Run, it: pb.Iteration) -> str:
+    """Where the iteration's sample shards are (recorded; older records: the run's own layout)."""
+    return it.samples_prefix or keys.samples_prefix(run.run_id, it.iteration)
+
+
+def verdicts_prefix(run: pb.Run, it: pb.Iteration) -> str:
+    return it.verdicts_prefix or keys.verdicts_prefix(run.run_id, it.iteration)
+
+
+def _verify_job(run: pb.Run, cfg: RunConfig, it: pb.Iteration, shard: int) -> Job:
+    return verify_job(run, cfg, it, shard, verdicts_prefix(run, it))
+
+
+def verify_job(
+    run: pb.Run, cfg: RunConfig, it: pb.Iteration, shard: int, out_prefix: str, reverification: int = 0
+) -> Job:
+    """Judge one sample shard into `out_prefix`; a reverification's job ids are its own."""
+    part = f"rv{reverification}.{shard}" if reverification else shard
     job = ev.VerifyJob(
         run_id=run.run_id,
-        job_id=keys.job_id("verify", run.run_id, iteration, shard),
-        iteration=iteration,
+        job_id=keys.job_id("verify", run.run_id, it.iteration, part),
+        iteration=it.iteration,
         shard=shard,
         task=cfg.task.name,
         dataset_key=keys.dataset_key(run.run_id, "train"),
-        samples_key=keys.samples_key(run.run_id, iteration, shard),
-        output_key=keys.verdicts_key(run.run_id, iteration, shard),
+        samples_key=keys.shard_key(samples_prefix(run, it), shard),
+        output_key=keys.shard_key(out_prefix, shard),
+        reverification=reverification,
     )
     return Job("verify", job, job.job_id)
 

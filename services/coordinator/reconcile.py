@@ -27,7 +27,7 @@ from restem.coordinator.v1 import coordinator_pb2 as pb
 
 from shared.ordering import gather_bounded
 
-from . import core, job_records
+from . import core, job_records, reverify
 
 if TYPE_CHECKING:
     from .events import Orchestrator
@@ -100,7 +100,10 @@ async def reconcile_run(orc: Orchestrator, run_id: str) -> int:
 
         run = await orc.mutate(run_id, resume)
     if run.status in core.FINISHED:
-        return 0
+        # A finished run may be being re-verified: its verdicts still to come are re-published.
+        rv_jobs = reverify.open_jobs(run, orc.config(run))
+        await gather_bounded(job_records.IO_CONCURRENCY, (orc.publish_one(job) for job in rv_jobs))
+        return len(rv_jobs)
     jobs = open_jobs(
         run,
         await job_records.recorded_jobs(
@@ -129,7 +132,7 @@ async def reconcile_all(orc: Orchestrator) -> dict[str, int]:
     for run_id, value, _ in await orc.bus.runs.entries():
         try:
             run = pb.Run.FromString(value)
-            if run.status in core.FINISHED and run.report_key:
+            if run.status in core.FINISHED and run.report_key and reverify.pending(run) is None:
                 continue
             done[run_id] = await reconcile_run(orc, run_id)
         except Exception:

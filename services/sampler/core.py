@@ -1,7 +1,8 @@
 """From problems and completions to sample records (pure).
 
 A sample record is one line of `iter-<n>/samples/shard-<k>.jsonl`:
-`{sample_id, problem_id, index, prompt, completion, num_tokens, finish_reason}`. `sample_id` is
+`{sample_id, problem_id, index, prompt, completion, num_tokens, finish_reason, policy_key}`, where
+`policy_key` is the checkpoint that drew it (the lineage's link from a sample to its model). `sample_id` is
 `i<iteration>/<problem_id>/<index>`: unique in a run and stable across redeliveries. A later round of
 adaptive sampling numbers its samples from the job's `first_index`, after the earlier rounds'.
 """
@@ -27,6 +28,7 @@ def sample_rows(
     prompts: Sequence[str],
     completions: Sequence[Sequence[Any]],
     first_index: int = 0,
+    policy_key: str = "",
 ) -> list[dict[str, Any]]:
     rows = []
     for problem, prompt, outs in zip(problems, prompts, completions, strict=True):
@@ -40,6 +42,7 @@ def sample_rows(
                     "completion": c.text,
                     "num_tokens": c.num_tokens,
                     "finish_reason": c.finish_reason,
+                    "policy_key": policy_key,
                 }
             )
     return rows

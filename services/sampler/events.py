@@ -57,7 +57,7 @@ class SampleHandler:
         decoding = time.monotonic()
         completions = await asyncio.to_thread(generator.generate, prompts, params, seeds=seeds)
         model_done()  # the replica pulls its next shard while this one is written
-        rows = sample_rows(job.iteration, problems, prompts, completions, job.first_index)
+        rows = sample_rows(job.iteration, problems, prompts, completions, job.first_index, job.policy_key)
         metrics.record(rows, time.monotonic() - decoding)
         return rows
 

@@ -7,10 +7,12 @@
     restem report RUN [--json] [--out DIR] the report of a finished run (DIR gets its .md and plots)
     restem compare RUN RUN...              finished runs side by side
     restem demo                            the main job: up, run the arithmetic demo, report, down
+    restem lineage | reverify | recover    provenance (see shared/client/provenance.py)
+    restem run --from RUN --iteration N    fork a finished run from an iteration
 
 Exit codes: 0 ok, 1 unexpected error, 2 invalid input (config, arguments), 3 not found,
 4 wrong state (e.g. cancelling a finished run), 5 the coordinator is unreachable, 6 the run failed,
-7 the API refused the bearer token (UNAUTHENTICATED).
+7 the API refused the bearer token (UNAUTHENTICATED), 8 `lineage --check` found an artifact changed.
 """
 
 from __future__ import annotations
@@ -164,16 +166,36 @@ def _finish(args: argparse.Namespace, run_id: str) -> int:
     return 0
 
 
+def _fork_request(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.from_run:
+        if args.config is None:
+            raise CliError("give a run config (or --from RUN --iteration N to fork a run)", EXIT_INVALID)
+        if args.iteration or args.reverification:
+            raise CliError("--iteration and --reverification go with --from RUN", EXIT_INVALID)
+        return {}
+    if args.iteration < 1:
+        raise CliError(
+            "--from needs --iteration N (1 or more): the iteration to re-filter and retrain", EXIT_INVALID
+        )
+    return {
+        "from_run": args.from_run,
+        "from_iteration": args.iteration,
+        "from_reverification": args.reverification,
+    }
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import grpc
 
     from shared.client.files import upload_files
 
-    config_yaml = with_mlflow(validate_locally(args.config), getattr(args, "mlflow", None))
+    fork = _fork_request(args)
+    config_yaml = validate_locally(args.config) if args.config is not None else ""
+    config_yaml = with_mlflow(config_yaml, getattr(args, "mlflow", None)) if config_yaml else config_yaml
     with _client(args) as client:
-        config_yaml, names = upload_files(config_yaml, client)
+        config_yaml, names = upload_files(config_yaml, client) if config_yaml else ("", {})
         try:
-            run = client.start_run(config_yaml)
+            run = client.start_run(config_yaml, **fork)
         except grpc.RpcError as exc:  # name uploaded files as the user knows them
             message = exc.details() or ""
             for name, path in names.items():
@@ -383,8 +405,11 @@ def _add_stack_commands(sub: Any) -> None:
 
 def _add_run_commands(sub: Any) -> None:
     """Runs on any coordinator: run, watch, cancel, list, report, compare."""
-    p = sub.add_parser("run", help="start a run from a YAML config")
-    p.add_argument("config", type=Path, help="run config (see examples/)")
+    from shared.client.provenance import add_commands, add_fork_arguments
+
+    p = sub.add_parser("run", help="start a run from a YAML config, or fork one (--from)")
+    p.add_argument("config", type=Path, nargs="?", help="run config (see examples/)")
+    add_fork_arguments(p)
     p.add_argument(
         "--watch", action="store_true", help="follow progress until the run ends, then print its table"
     )
@@ -407,6 +432,7 @@ def _add_run_commands(sub: Any) -> None:
         "--out", type=Path, help="also write report.json, report.md and the PNG plots into this directory"
     )
     p.set_defaults(func=cmd_report)
+    add_commands(sub, _client)
     p = sub.add_parser("compare", help="finished runs side by side")
     p.add_argument("runs", nargs="+", help="run ids")
     p.set_defaults(func=cmd_compare)

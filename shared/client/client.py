@@ -90,9 +90,11 @@ class RunClient:
 
         return self.stub.UploadFile(parts(), timeout=self.timeout_s + size / 1e6)
 
-    def start_run(self, config_yaml: str) -> pb.Run:
+    def start_run(self, config_yaml: str, **fork: Any) -> pb.Run:
+        """`fork`: from_run, from_iteration, from_reverification (a fork of a finished run)."""
         # StartRun writes the datasets to the store before answering: give it more time.
-        return self.stub.StartRun(pb.StartRunRequest(config_yaml=config_yaml), timeout=self.timeout_s * 4).run
+        request = pb.StartRunRequest(config_yaml=config_yaml, **fork)
+        return self.stub.StartRun(request, timeout=self.timeout_s * 4).run
 
     def get_run(self, run_id: str) -> pb.Run:
         return self.stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=self.timeout_s).run
@@ -115,6 +117,18 @@ class RunClient:
         """The report document and its rendered files (report.md, PNG plots) by name."""
         resp = self.stub.GetReport(pb.GetReportRequest(run_id=run_id), timeout=self.timeout_s)
         return json.loads(resp.report_json), dict(resp.files)
+
+    def lineage(self, run_id: str, iteration: int = 0, *, check: bool = False) -> pb.GetLineageResponse:
+        # A check reads every artifact again (checkpoints whole): no deadline.
+        request = pb.GetLineageRequest(run_id=run_id, iteration=iteration, check=check)
+        return self.stub.GetLineage(request, timeout=None if check else self.timeout_s * 4)
+
+    def reverify(self, run_id: str, iteration: int = 0) -> pb.ReverifyRunResponse:
+        request = pb.ReverifyRunRequest(run_id=run_id, iteration=iteration)
+        return self.stub.ReverifyRun(request, timeout=self.timeout_s * 4)
+
+    def recover(self) -> pb.RecoverRunsResponse:
+        return self.stub.RecoverRuns(pb.RecoverRunsRequest(), timeout=self.timeout_s * 10)
 
 
 def check_health(address: str, service: str = "", timeout_s: float = 2.0) -> str:

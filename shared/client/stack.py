@@ -283,13 +283,14 @@ def _start_nats(state: Path, port: int, log_path: Path) -> subprocess.Popen[byte
     return nats
 
 
-def restart_nats(stack: Stack, *, down_s: float = 0.0) -> Stack:
+def restart_nats(stack: Stack, *, down_s: float = 0.0, wipe: bool = False) -> Stack:
     """SIGKILL nats-server (a crash: nothing flushed on purpose), keep it down `down_s` seconds, and
     start it again on the same port with the same JetStream storage.
 
     Streams, consumers, unacked messages and the run-state KV live in that storage, so the services,
     which reconnect for ever, find them again; what they published while NATS was down failed and
-    is retried by their own retry paths (a handler that could not publish is redelivered)."""
+    is retried by their own retry paths (a handler that could not publish is redelivered).
+    `wipe`: the storage is deleted first, as when NATS's volume is lost (`restem recover`)."""
     info = stack.info
     pid = int(info["nats"]["pid"])
     with contextlib.suppress(ProcessLookupError):
@@ -298,6 +299,8 @@ def restart_nats(stack: Stack, *, down_s: float = 0.0) -> Stack:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(down_s)
+    if wipe:
+        shutil.rmtree(stack.state_dir / "nats", ignore_errors=True)
     port = int(str(info["nats"]["url"]).rsplit(":", 1)[1])
     nats = _start_nats(stack.state_dir, port, Path(info["nats"]["log"]))
     info["nats"]["pid"] = nats.pid

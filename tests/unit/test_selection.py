@@ -3,6 +3,7 @@ order, with memory that does not grow with the number of samples."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from services.coordinator.filter_io import ShardFeed, add_shard, filter_iteration
+from services.coordinator.filter_io import ShardFeed, ShardSource, add_shard, filter_iteration
 from services.coordinator.selection import KeptSelection
 from shared import keys
 from shared.runconfig import parse_run_config
@@ -171,9 +172,9 @@ def test_shards_fed_while_verified_give_the_same_kept_set(tmp_path: Path) -> Non
     ids = [f"p{p}" for p in range(60)]
     whole = filter_iteration(store, "run-1", 1, shards=shards, rounds_done=1, cfg=cfg, problem_ids=ids)
     want = store.get_bytes(keys.kept_key("run-1", 1))
-    feed = ShardFeed(cfg, 1, ids)
+    feed = ShardFeed(cfg, 1, ids, ShardSource.of_run("run-1", 1))
     for shard in (5, 0, 3, 3):  # some shards, out of order, one twice (a redelivered event)
-        feed.feed(store, "run-1", 1, shard)
+        feed.feed(store, shard)
     assert feed.fed == {0, 3, 5}
     store.delete(keys.kept_key("run-1", 1))
     fed = filter_iteration(
@@ -181,5 +182,13 @@ def test_shards_fed_while_verified_give_the_same_kept_set(tmp_path: Path) -> Non
     )
     assert store.get_bytes(keys.kept_key("run-1", 1)) == want
     assert fed.stats == whole.stats and feed.fed == set(range(shards))
+    # The lineage's record of what was read is the same whichever way the shards came in.
+    assert fed.digests == whole.digests and fed.kept_sha256 == whole.kept_sha256
+    assert whole.digests is not None and len(whole.digests) == shards
+    assert (
+        whole.digests[2].samples_sha256
+        == hashlib.sha256(store.get_bytes(keys.samples_key("run-1", 1, 2))).hexdigest()
+    )
+    assert whole.kept_sha256 == hashlib.sha256(want).hexdigest()
     feed.close()
-    feed.feed(store, "run-1", 1, 1)  # a late feed after the filter: touches nothing
+    feed.feed(store, 1)  # a late feed after the filter: touches nothing

@@ -108,7 +108,7 @@ class TrainSummary(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ..., skipped: _Optional[bool] = ..., validation_rewards: _Optional[_Iterable[float]] = ..., best_epoch: _Optional[int] = ..., epochs: _Optional[int] = ...) -> None: ...
 
 class Iteration(_message.Message):
-    __slots__ = ("iteration", "policy_key", "checkpoint_key", "samples", "correct_samples", "train_pass_rate", "problems_solved", "problems_total", "kept", "kept_key", "train", "evals", "tokens_generated", "phase_seconds", "seconds", "shards_total", "shards_sampled", "shards_verified", "verdict_keys", "started", "sampling_rounds", "eval_shards")
+    __slots__ = ("iteration", "policy_key", "checkpoint_key", "samples", "correct_samples", "train_pass_rate", "problems_solved", "problems_total", "kept", "kept_key", "train", "evals", "tokens_generated", "phase_seconds", "seconds", "shards_total", "shards_sampled", "shards_verified", "started", "sampling_rounds", "eval_shards", "samples_prefix", "verdicts_prefix", "kept_sha256", "checkpoint_sha256", "lineage_key")
     class PhaseSecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,10 +134,14 @@ class Iteration(_message.Message):
     SHARDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     SHARDS_SAMPLED_FIELD_NUMBER: _ClassVar[int]
     SHARDS_VERIFIED_FIELD_NUMBER: _ClassVar[int]
-    VERDICT_KEYS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_ROUNDS_FIELD_NUMBER: _ClassVar[int]
     EVAL_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    KEPT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_KEY_FIELD_NUMBER: _ClassVar[int]
     iteration: int
     policy_key: str
     checkpoint_key: str
@@ -156,14 +160,66 @@ class Iteration(_message.Message):
     shards_total: int
     shards_sampled: _containers.RepeatedScalarFieldContainer[int]
     shards_verified: _containers.RepeatedScalarFieldContainer[int]
-    verdict_keys: _containers.RepeatedScalarFieldContainer[str]
     started: _timestamp_pb2.Timestamp
     sampling_rounds: int
     eval_shards: _containers.RepeatedCompositeFieldContainer[EvalResult]
-    def __init__(self, iteration: _Optional[int] = ..., policy_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., train_pass_rate: _Optional[float] = ..., problems_solved: _Optional[int] = ..., problems_total: _Optional[int] = ..., kept: _Optional[int] = ..., kept_key: _Optional[str] = ..., train: _Optional[_Union[TrainSummary, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., tokens_generated: _Optional[int] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., seconds: _Optional[float] = ..., shards_total: _Optional[int] = ..., shards_sampled: _Optional[_Iterable[int]] = ..., shards_verified: _Optional[_Iterable[int]] = ..., verdict_keys: _Optional[_Iterable[str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sampling_rounds: _Optional[int] = ..., eval_shards: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ...) -> None: ...
+    samples_prefix: str
+    verdicts_prefix: str
+    kept_sha256: str
+    checkpoint_sha256: str
+    lineage_key: str
+    def __init__(self, iteration: _Optional[int] = ..., policy_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., train_pass_rate: _Optional[float] = ..., problems_solved: _Optional[int] = ..., problems_total: _Optional[int] = ..., kept: _Optional[int] = ..., kept_key: _Optional[str] = ..., train: _Optional[_Union[TrainSummary, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., tokens_generated: _Optional[int] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., seconds: _Optional[float] = ..., shards_total: _Optional[int] = ..., shards_sampled: _Optional[_Iterable[int]] = ..., shards_verified: _Optional[_Iterable[int]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sampling_rounds: _Optional[int] = ..., eval_shards: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., samples_prefix: _Optional[str] = ..., verdicts_prefix: _Optional[str] = ..., kept_sha256: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., lineage_key: _Optional[str] = ...) -> None: ...
+
+class ReverifiedIteration(_message.Message):
+    __slots__ = ("iteration", "verdicts_prefix", "shards_total", "shards_done", "samples", "correct_samples", "flipped_to_correct", "flipped_to_wrong", "kept_sets_differ", "kept", "checkers_before", "checkers_after", "kept_key")
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_DONE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    FLIPPED_TO_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    FLIPPED_TO_WRONG_FIELD_NUMBER: _ClassVar[int]
+    KEPT_SETS_DIFFER_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    CHECKERS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    CHECKERS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    KEPT_KEY_FIELD_NUMBER: _ClassVar[int]
+    iteration: int
+    verdicts_prefix: str
+    shards_total: int
+    shards_done: _containers.RepeatedScalarFieldContainer[int]
+    samples: int
+    correct_samples: int
+    flipped_to_correct: int
+    flipped_to_wrong: int
+    kept_sets_differ: int
+    kept: int
+    checkers_before: _containers.RepeatedScalarFieldContainer[str]
+    checkers_after: _containers.RepeatedScalarFieldContainer[str]
+    kept_key: str
+    def __init__(self, iteration: _Optional[int] = ..., verdicts_prefix: _Optional[str] = ..., shards_total: _Optional[int] = ..., shards_done: _Optional[_Iterable[int]] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., flipped_to_correct: _Optional[int] = ..., flipped_to_wrong: _Optional[int] = ..., kept_sets_differ: _Optional[int] = ..., kept: _Optional[int] = ..., checkers_before: _Optional[_Iterable[str]] = ..., checkers_after: _Optional[_Iterable[str]] = ..., kept_key: _Optional[str] = ...) -> None: ...
+
+class Reverification(_message.Message):
+    __slots__ = ("number", "iterations", "done", "changes_key", "started", "finished", "summary")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_KEY_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    iterations: _containers.RepeatedCompositeFieldContainer[ReverifiedIteration]
+    done: bool
+    changes_key: str
+    started: _timestamp_pb2.Timestamp
+    finished: _timestamp_pb2.Timestamp
+    summary: str
+    def __init__(self, number: _Optional[int] = ..., iterations: _Optional[_Iterable[_Union[ReverifiedIteration, _Mapping]]] = ..., done: _Optional[bool] = ..., changes_key: _Optional[str] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "name", "status", "phase", "iteration", "iterations_total", "progress", "iterations", "error", "config_yaml", "base_model_key", "created", "updated", "finished", "best_iteration", "report_key", "task", "phase_started", "model_source", "sft_enabled", "sft")
+    __slots__ = ("run_id", "name", "status", "phase", "iteration", "iterations_total", "progress", "iterations", "error", "config_yaml", "base_model_key", "created", "updated", "finished", "best_iteration", "report_key", "task", "phase_started", "model_source", "sft_enabled", "sft", "forked_from", "forked_at", "forked_reverification", "reverifications")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +241,10 @@ class Run(_message.Message):
     MODEL_SOURCE_FIELD_NUMBER: _ClassVar[int]
     SFT_ENABLED_FIELD_NUMBER: _ClassVar[int]
     SFT_FIELD_NUMBER: _ClassVar[int]
+    FORKED_FROM_FIELD_NUMBER: _ClassVar[int]
+    FORKED_AT_FIELD_NUMBER: _ClassVar[int]
+    FORKED_REVERIFICATION_FIELD_NUMBER: _ClassVar[int]
+    REVERIFICATIONS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     name: str
     status: RunStatus
@@ -206,13 +266,23 @@ class Run(_message.Message):
     model_source: str
     sft_enabled: bool
     sft: Iteration
-    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., iteration: _Optional[int] = ..., iterations_total: _Optional[int] = ..., progress: _Optional[_Union[PhaseProgress, _Mapping]] = ..., iterations: _Optional[_Iterable[_Union[Iteration, _Mapping]]] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ..., base_model_key: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., best_iteration: _Optional[int] = ..., report_key: _Optional[str] = ..., task: _Optional[str] = ..., phase_started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_source: _Optional[str] = ..., sft_enabled: _Optional[bool] = ..., sft: _Optional[_Union[Iteration, _Mapping]] = ...) -> None: ...
+    forked_from: str
+    forked_at: int
+    forked_reverification: int
+    reverifications: _containers.RepeatedCompositeFieldContainer[Reverification]
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., phase: _Optional[_Union[Phase, str]] = ..., iteration: _Optional[int] = ..., iterations_total: _Optional[int] = ..., progress: _Optional[_Union[PhaseProgress, _Mapping]] = ..., iterations: _Optional[_Iterable[_Union[Iteration, _Mapping]]] = ..., error: _Optional[str] = ..., config_yaml: _Optional[str] = ..., base_model_key: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., best_iteration: _Optional[int] = ..., report_key: _Optional[str] = ..., task: _Optional[str] = ..., phase_started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_source: _Optional[str] = ..., sft_enabled: _Optional[bool] = ..., sft: _Optional[_Union[Iteration, _Mapping]] = ..., forked_from: _Optional[str] = ..., forked_at: _Optional[int] = ..., forked_reverification: _Optional[int] = ..., reverifications: _Optional[_Iterable[_Union[Reverification, _Mapping]]] = ...) -> None: ...
 
 class StartRunRequest(_message.Message):
-    __slots__ = ("config_yaml",)
+    __slots__ = ("config_yaml", "from_run", "from_iteration", "from_reverification")
     CONFIG_YAML_FIELD_NUMBER: _ClassVar[int]
+    FROM_RUN_FIELD_NUMBER: _ClassVar[int]
+    FROM_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    FROM_REVERIFICATION_FIELD_NUMBER: _ClassVar[int]
     config_yaml: str
-    def __init__(self, config_yaml: _Optional[str] = ...) -> None: ...
+    from_run: str
+    from_iteration: int
+    from_reverification: int
+    def __init__(self, config_yaml: _Optional[str] = ..., from_run: _Optional[str] = ..., from_iteration: _Optional[int] = ..., from_reverification: _Optional[int] = ...) -> None: ...
 
 class StartRunResponse(_message.Message):
     __slots__ = ("run_id", "run")
@@ -330,3 +400,51 @@ class StatFileResponse(_message.Message):
     exists: bool
     uri: str
     def __init__(self, exists: _Optional[bool] = ..., uri: _Optional[str] = ...) -> None: ...
+
+class GetLineageRequest(_message.Message):
+    __slots__ = ("run_id", "iteration", "check")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    iteration: int
+    check: bool
+    def __init__(self, run_id: _Optional[str] = ..., iteration: _Optional[int] = ..., check: _Optional[bool] = ...) -> None: ...
+
+class GetLineageResponse(_message.Message):
+    __slots__ = ("lineage_json", "mismatches", "artifacts_checked")
+    LINEAGE_JSON_FIELD_NUMBER: _ClassVar[int]
+    MISMATCHES_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    lineage_json: str
+    mismatches: _containers.RepeatedScalarFieldContainer[str]
+    artifacts_checked: int
+    def __init__(self, lineage_json: _Optional[str] = ..., mismatches: _Optional[_Iterable[str]] = ..., artifacts_checked: _Optional[int] = ...) -> None: ...
+
+class ReverifyRunRequest(_message.Message):
+    __slots__ = ("run_id", "iteration")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    iteration: int
+    def __init__(self, run_id: _Optional[str] = ..., iteration: _Optional[int] = ...) -> None: ...
+
+class ReverifyRunResponse(_message.Message):
+    __slots__ = ("run", "number")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    number: int
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., number: _Optional[int] = ...) -> None: ...
+
+class RecoverRunsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RecoverRunsResponse(_message.Message):
+    __slots__ = ("recovered", "present")
+    RECOVERED_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    recovered: _containers.RepeatedCompositeFieldContainer[Run]
+    present: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, recovered: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., present: _Optional[_Iterable[str]] = ...) -> None: ...

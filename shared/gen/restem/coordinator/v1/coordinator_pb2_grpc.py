@@ -75,6 +75,21 @@ class RunServiceStub:
                 request_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileRequest.SerializeToString,
                 response_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileResponse.FromString,
                 _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/restem.coordinator.v1.RunService/GetLineage',
+                request_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetLineageResponse.FromString,
+                _registered_method=True)
+        self.ReverifyRun = channel.unary_unary(
+                '/restem.coordinator.v1.RunService/ReverifyRun',
+                request_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.ReverifyRunRequest.SerializeToString,
+                response_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.ReverifyRunResponse.FromString,
+                _registered_method=True)
+        self.RecoverRuns = channel.unary_unary(
+                '/restem.coordinator.v1.RunService/RecoverRuns',
+                request_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.RecoverRunsRequest.SerializeToString,
+                response_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.RecoverRunsResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -142,6 +157,33 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLineage(self, request, context):
+        """Where every checkpoint of a run came from: base model -> sampling policy -> sample shards ->
+        verdict shards (checker and version) -> kept set -> M-step -> checkpoint, each artifact with
+        its store key and the sha256 recorded when it was made. With `check`, every artifact is read
+        again and hashed (slow for checkpoints: they are read whole). NOT_FOUND for an unknown run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReverifyRun(self, request, context):
+        """Re-judges a finished run's samples with the checkers the verifiers run now, into new verdict
+        keys; the run's results stay as they are. Progress and, once done, what changed are in the
+        run's `reverifications`. FAILED_PRECONDITION while the run is still going or being re-verified.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecoverRuns(self, request, context):
+        """Rebuilds run records from the store (each run's last state snapshot) when the NATS volume was
+        lost: runs the store knows and NATS does not are recreated, and the running ones carry on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +226,21 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.StatFile,
                     request_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileRequest.FromString,
                     response_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileResponse.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetLineageRequest.FromString,
+                    response_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetLineageResponse.SerializeToString,
+            ),
+            'ReverifyRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReverifyRun,
+                    request_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.ReverifyRunRequest.FromString,
+                    response_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.ReverifyRunResponse.SerializeToString,
+            ),
+            'RecoverRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecoverRuns,
+                    request_deserializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.RecoverRunsRequest.FromString,
+                    response_serializer=restem_dot_coordinator_dot_v1_dot_coordinator__pb2.RecoverRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +460,87 @@ class RunService:
             '/restem.coordinator.v1.RunService/StatFile',
             restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileRequest.SerializeToString,
             restem_dot_coordinator_dot_v1_dot_coordinator__pb2.StatFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/restem.coordinator.v1.RunService/GetLineage',
+            restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetLineageRequest.SerializeToString,
+            restem_dot_coordinator_dot_v1_dot_coordinator__pb2.GetLineageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReverifyRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/restem.coordinator.v1.RunService/ReverifyRun',
+            restem_dot_coordinator_dot_v1_dot_coordinator__pb2.ReverifyRunRequest.SerializeToString,
+            restem_dot_coordinator_dot_v1_dot_coordinator__pb2.ReverifyRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecoverRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/restem.coordinator.v1.RunService/RecoverRuns',
+            restem_dot_coordinator_dot_v1_dot_coordinator__pb2.RecoverRunsRequest.SerializeToString,
+            restem_dot_coordinator_dot_v1_dot_coordinator__pb2.RecoverRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,7 +86,7 @@ class SampleDone(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., samples_key: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_tokens: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class VerifyJob(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "shard", "task", "dataset_key", "samples_key", "output_key")
+    __slots__ = ("run_id", "job_id", "iteration", "shard", "task", "dataset_key", "samples_key", "output_key", "reverification")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class VerifyJob(_message.Message):
     DATASET_KEY_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_KEY_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
+    REVERIFICATION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -103,10 +104,11 @@ class VerifyJob(_message.Message):
     dataset_key: str
     samples_key: str
     output_key: str
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., samples_key: _Optional[str] = ..., output_key: _Optional[str] = ...) -> None: ...
+    reverification: int
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., samples_key: _Optional[str] = ..., output_key: _Optional[str] = ..., reverification: _Optional[int] = ...) -> None: ...
 
 class VerifyDone(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "shard", "verdicts_key", "num_samples", "num_correct", "seconds")
+    __slots__ = ("run_id", "job_id", "iteration", "shard", "verdicts_key", "num_samples", "num_correct", "seconds", "reverification")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +117,7 @@ class VerifyDone(_message.Message):
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_CORRECT_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REVERIFICATION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -123,7 +126,8 @@ class VerifyDone(_message.Message):
     num_samples: int
     num_correct: int
     seconds: float
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., verdicts_key: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_correct: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    reverification: int
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., verdicts_key: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_correct: _Optional[int] = ..., seconds: _Optional[float] = ..., reverification: _Optional[int] = ...) -> None: ...
 
 class TrainJob(_message.Message):
     __slots__ = ("run_id", "job_id", "iteration", "base_key", "kept_key", "params", "output_key", "variant", "prompt_format", "validation", "tracking")
