@@ -27,6 +27,8 @@ LossNormalisation = Literal["token", "sample"]
 TrainMethod = Literal["full", "lora"]
 LrSchedule = Literal["constant", "cosine", "linear"]
 SaveDtype = Literal["auto", "bfloat16", "float16", "float32"]  # auto: the base checkpoint's dtype
+# A sample's reward (`em.reward`): 1/0 on the whole check, or the share of a program's tests passed.
+RewardMode = Literal["binary", "fraction_of_tests"]
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,22 @@ from pydantic import Field, field_validator, model_validator
 
 from shared.configio import parse_yaml_mapping, validate
 from shared.infra import StrictModel
-from shared.params import GenerationParams, LossNormalisation, LrSchedule, SaveDtype, TrainMethod, TrainParams
+from shared.params import (
+    GenerationParams,
+    LossNormalisation,
+    LrSchedule,
+    RewardMode,
+    SaveDtype,
+    TrainMethod,
+    TrainParams,
+)
 
 TaskName = Literal["arithmetic", "gsm8k", "math", "apps", "humaneval"]
 FileTaskName = Literal["gsm8k", "math", "apps", "humaneval"]
 TASKS: tuple[TaskName, ...] = get_args(TaskName)
 EvalSplit = Literal["validation", "test"]  # the held-out splits of a run
+# Tasks whose checker runs a list of tests, so a program can pass some of them (`em.reward`).
+FRACTION_REWARD_TASKS: tuple[TaskName, ...] = ("apps", "humaneval")
 # Completion and sequence budgets a task needs when the config does not say: a program or a MATH
 # derivation does not fit in the 40 tokens of "a + b = s. The answer is s.".
 TASK_DEFAULTS: dict[str, dict[str, int]] = {
@@ -181,6 +191,10 @@ class EMConfig(StrictModel):
     """Problems per sample job; a shard should take seconds to a minute."""
     early_stop_patience: int | None = Field(default=None, ge=1, le=100)
     """Stop the EM loop once this many iterations in a row brought no better validation pass@1 than the best so far (the base included); null runs all `em.iterations`. Needs the validation split in `evaluation.splits`."""
+    reward: RewardMode = "binary"
+    """A sample's reward. `binary` (the paper's, and the default): 1 when the check passes (a program: every test), else 0. `fraction_of_tests` (apps, humaneval): the share of the problem's tests the program passes, every test run; use it on APPS-style problems with many tests where early on few samples pass them all, so partial credit gives the M-step something to learn from. Risk: it also rewards programs that pass only the easy tests (raise `em.min_reward` against it). A HumanEval check() is one test, so there it equals binary. Evaluation stays pass@1 (every test) either way."""
+    min_reward: float = Field(default=1.0, gt=0, le=1)
+    """Keep a sample when its reward is at least this (1.0: fully correct only); the kept sample's loss weight is its reward. Below 1 only with `em.reward: fraction_of_tests`, e.g. 0.5 keeps programs that pass half the tests, at half the weight of a correct one."""
 
 
 class LoraConfig(StrictModel):
@@ -401,6 +415,22 @@ class RunConfig(StrictModel):
             raise ValueError(
                 "em.early_stop_patience watches validation pass@1: add validation to evaluation.splits "
                 "(and give the task a validation split), or remove em.early_stop_patience"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _reward_fits_task(self) -> RunConfig:
+        em = self.em
+        if em.reward == "fraction_of_tests" and self.task.name not in FRACTION_REWARD_TASKS:
+            raise ValueError(
+                f"em.reward: fraction_of_tests needs a task with tests ({', '.join(FRACTION_REWARD_TASKS)}), "
+                f"not '{self.task.name}': set em.reward: binary"
+            )
+        if em.reward == "binary" and em.min_reward < 1:
+            # Binary rewards are 0 or 1: any threshold keeps exactly the correct samples.
+            raise ValueError(
+                f"em.min_reward ({em.min_reward}) changes nothing with em.reward: binary (rewards are 0 "
+                "or 1): set em.reward: fraction_of_tests, or remove em.min_reward"
             )
         return self
 

@@ -114,11 +114,15 @@ _OVER = (
 def run_is_over(bus: EventBus) -> Callable[[str], Awaitable[bool]]:
     """`abandon_if` for `EventBus.run_worker`: the run's state in the KV bucket says it ended.
 
-    A run with no state is not over: a job is never dropped for a run this bus cannot see."""
+    A run with no state is not over: a job is never dropped for a run this bus cannot see. Nor is a
+    finished run being re-verified (`ReverifyRun`): its verify jobs are wanted."""
 
     async def over(run_id: str) -> bool:
         entry = await bus.runs.get(run_id)
-        return entry is not None and coordinator_pb2.Run.FromString(entry[0]).status in _OVER
+        if entry is None:
+            return False
+        run = coordinator_pb2.Run.FromString(entry[0])
+        return run.status in _OVER and all(r.done for r in run.reverifications)
 
     return over
 

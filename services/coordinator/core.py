@@ -319,6 +319,9 @@ def on_filtered(
     it.problems_total = stats.problems_total
     it.kept = stats.kept
     it.kept_key = keys.kept_key(run.run_id, iteration)
+    it.sample_rewards.update(stats.sample_rewards)
+    it.kept_rewards.update(stats.kept_rewards)
+    it.kept_weight = stats.kept_weight
     if stats.kept == 0:
         # No problem solved: training on nothing would reproduce the base. The policy carries
         # over unchanged and the report records the skip (documented in the README).

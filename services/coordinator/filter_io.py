@@ -28,6 +28,7 @@ from shared.seeds import derive_seed
 from shared.store import ArtifactStore
 
 from . import adaptive
+from .rewards import judged_of
 from .selection import FilterStats, KeptSelection
 
 log = logging.getLogger("restem.coordinator.filter")
@@ -98,28 +99,29 @@ def _rows(data: bytes) -> Iterator[dict[str, Any]]:
 
 
 def add_shard(sel: KeptSelection, samples: bytes, verdicts: bytes) -> set[str]:
-    """Feed one shard, parsing only the sample rows judged correct; the checker versions that judged it.
+    """Feed one shard, parsing only the sample rows the filter may keep; the checker versions that judged it.
 
-    The verifier writes one verdict row per sample, in sample order, naming its problem, so a
-    wrong sample's line (most of the bytes) need not be parsed. Where the two files do not line up
-    line for line (a row's id differs, or verdicts of an older release
-    without problem ids), the shard is read the slow way, by id.
+    The verifier writes one verdict row per sample, in sample order, naming its problem, so the line
+    of a sample below `min_reward` (most of the bytes) need not be parsed. Where the two files do not
+    line up line for line (a row's id differs, or verdicts of an older release without problem ids),
+    the shard is read the slow way, by id.
     """
     judged = list(_rows(verdicts))
     checkers = {str(v.get("checker_version", "")) for v in judged}
     lines = [line for line in samples.splitlines() if line.strip()]
     if len(lines) == len(judged):
-        picked: list[tuple[str, dict[str, Any] | None]] = []
+        picked = []
         for v, line in zip(judged, lines, strict=True):
-            row = json.loads(line) if v["correct"] else None
+            verdict = judged_of(v)
+            row = json.loads(line) if sel.keeps(verdict) else None
             if "problem_id" not in v or (row is not None and row["sample_id"] != v["sample_id"]):
                 break
-            picked.append((v["problem_id"], row))
+            picked.append((v["problem_id"], verdict, row))
         else:
-            for problem_id, row in picked:
-                sel.add(problem_id, row)
+            for problem_id, verdict, row in picked:
+                sel.add(problem_id, verdict, row)
             return checkers
-    sel.add_shard(_rows(samples), {v["sample_id"] for v in judged if v["correct"]})
+    sel.add_shard(_rows(samples), {v["sample_id"]: judged_of(v) for v in judged})
     return checkers
 
 
@@ -132,7 +134,9 @@ class ShardFeed:
         self, cfg: RunConfig, iteration: int, problem_ids: Sequence[str], source: ShardSource
     ) -> None:
         seed = derive_seed(cfg.sampling.seed, iteration)
-        self.selection = KeptSelection(problem_ids, cutoff=cfg.em.cutoff, seed=seed)
+        self.selection = KeptSelection(
+            problem_ids, cutoff=cfg.em.cutoff, seed=seed, min_reward=cfg.em.min_reward
+        )
         self.source = source
         self.digests: dict[int, ShardDigest] = {}
         self.closed = False

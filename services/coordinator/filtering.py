@@ -1,7 +1,8 @@
 """The E-step's filter and the run's choice of iteration: pure functions, no I/O.
 
-`select_kept` applies the paper's per-problem cap on the verified-correct samples (which ones are
-kept is restem's documented rule, below); `choose_best_iteration` picks the iteration on the
+`select_kept` applies the paper's per-problem cap on the verified samples whose reward reaches
+`em.min_reward` (the correct ones, with binary rewards; which ones are kept is restem's documented
+rule, below); `choose_best_iteration` picks the iteration on the
 validation split only; `plan_shards` cuts the train split into sample jobs.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from restem.coordinator.v1 import coordinator_pb2 as pb
 
+from .rewards import judged_of
 from .selection import FilterStats, KeptSelection
 
 __all__ = ["FilterStats", "choose_best_iteration", "even_parts", "plan_shards", "select_kept", "shard_count"]
@@ -55,23 +57,26 @@ def select_kept(
     problem_ids: Sequence[str],
     cutoff: int,
     seed: int,
+    min_reward: float = 1.0,
 ) -> tuple[list[dict[str, Any]], FilterStats]:
-    """Keep at most `cutoff` verified-correct samples per problem.
+    """Keep at most `cutoff` samples per problem among those whose reward is at least `min_reward`.
 
     The paper caps kept samples per problem (10) to avoid skewing the M-step towards easy problems
     but does not say which ones it keeps. restem's rule: drop exact duplicate completions of a
     problem first (after whitespace normalisation: a duplicate adds weight without adding
-    information; of duplicates, the one first in the random order stays), then choose uniformly at
-    random among the rest: the order is a seed derived from the run seed and the sample id, so the
-    choice is reproducible and independent of arrival order. Kept rows come problem by problem in
-    split order, each problem's in that random order.
+    information; of duplicates, the one first in the order below stays), then keep the first
+    `cutoff` in order of reward, highest first, and among equal rewards (every binary kept sample
+    has reward 1) uniformly at random: the random order is a seed derived from the run seed and
+    the sample id, so the choice is reproducible and independent of arrival order. Kept rows come
+    problem by problem in split order, each problem's in that order, each with its reward as
+    `weight`. Verdict rows without a `reward` (earlier releases) read as 1.0 when correct, else 0.0.
 
     This is the in-memory form; the coordinator streams shards through `selection.KeptSelection`,
     which applies the same rule with memory bounded by the number of problems.
     """
-    correct_ids = {v["sample_id"] for v in verdicts if v["correct"]}
-    with KeptSelection(problem_ids, cutoff=cutoff, seed=seed) as sel:
-        sel.add_shard(samples, correct_ids)
+    judged = {v["sample_id"]: judged_of(v) for v in verdicts}
+    with KeptSelection(problem_ids, cutoff=cutoff, seed=seed, min_reward=min_reward) as sel:
+        sel.add_shard(samples, judged)
         out = io.BytesIO()
         sel.write_kept(out)
         return [json.loads(line) for line in out.getvalue().decode().splitlines()], sel.stats()

@@ -186,6 +186,7 @@ def verify_job(
         samples_key=keys.shard_key(samples_prefix(run, it), shard),
         output_key=keys.shard_key(out_prefix, shard),
         reverification=reverification,
+        reward=cfg.em.reward,
     )
     return Job("verify", job, job.job_id)
 

@@ -18,6 +18,7 @@ from shared.metrics import BUCKETS, accuracy_by_bucket
 from shared.runconfig import EMConfig
 
 from . import significance
+from .rewards import REWARD_BUCKETS
 from .significance import ci
 
 
@@ -30,6 +31,19 @@ def _eval(it: pb.Iteration, split: str) -> float | None:
 
 def _ci_of(evals: list[dict[str, Any]], split: str) -> list[float] | None:
     return next((e["pass_at_1_ci"] for e in evals if e["split"] == split), None)
+
+
+def _rewards(it: pb.Iteration) -> dict[str, Any] | None:
+    """The E-step's reward distribution: samples per bucket over all samples and over the kept
+    set, and the kept set's loss weight; None where no filter ran (the base, an older run)."""
+    if not it.sample_rewards:
+        return None
+    return {
+        "buckets": list(REWARD_BUCKETS),
+        "samples": {b: int(it.sample_rewards.get(b, 0)) for b in REWARD_BUCKETS},
+        "kept": {b: int(it.kept_rewards.get(b, 0)) for b in REWARD_BUCKETS},
+        "kept_weight": round(it.kept_weight, 6),
+    }
 
 
 def iteration_row(it: pb.Iteration) -> dict[str, Any]:
@@ -50,6 +64,7 @@ def iteration_row(it: pb.Iteration) -> dict[str, Any]:
         "problems_total": it.problems_total,
         "kept": it.kept,
         "kept_key": it.kept_key or None,
+        "rewards": _rewards(it),
         "training_skipped": it.train.skipped,
         "train": MessageToDict(it.train, preserving_proto_field_name=True) if it.HasField("train") else None,
         "validation_pass_at_1": _eval(it, "validation"),
@@ -271,6 +286,30 @@ def _mstep_validation(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _reward_table(report: dict[str, Any]) -> list[str]:
+    """Samples per reward bucket, all and kept, per iteration (binary runs fill 0 and 1 only)."""
+    rows = [r for r in report["iterations"] if r.get("rewards")]
+    if not rows:
+        return []
+    em = report["config"].get("em") or {}
+    mode = em.get("reward", EMConfig.model_fields["reward"].default)
+    floor = em.get("min_reward", EMConfig.model_fields["min_reward"].default)
+    lines = [
+        "",
+        f"Reward distribution of the E-step (`em.reward: {mode}`; kept: reward >= {floor}, at most "
+        "`em.cutoff` per problem, weighted by reward):",
+        "",
+        "| iteration | samples | " + " | ".join(REWARD_BUCKETS) + " | loss weight |",
+        "|---|---|" + "---|" * (len(REWARD_BUCKETS) + 1),
+    ]
+    for r in rows:
+        d = r["rewards"]
+        for label, key, weight in (("all", "samples", "–"), ("kept", "kept", f"{d['kept_weight']:g}")):
+            cells = " | ".join(str(d[key].get(b, 0)) for b in REWARD_BUCKETS)
+            lines.append(f"| {r['iteration']} | {label} | {cells} | {weight} |")
+    return lines
+
+
 def _policy(report: dict[str, Any]) -> str:
     adaptive = report["config"].get("sampling", {}).get("adaptive", {})
     if not adaptive.get("enabled"):
@@ -353,6 +392,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
     lines += _paired_lines(report)
     lines += _transfer_table(report)
     lines += _difficulty_table(report)
+    lines += _reward_table(report)
     lines += _sampled_table(report)
     lines += _mstep_validation(report)
     lines += ["", "Phase wall times (s):", ""]

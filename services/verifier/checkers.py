@@ -1,7 +1,9 @@
 """Every task's reward behind one call: numeric answers in-process, MATH and code in sandbox pools.
 
 `Checkers.check_many` scores (reference, completion) pairs of one task and returns
-`shared.tasks.Verdict`s that carry the checker version. Failures are sorted by whose fault they are:
+`shared.tasks.Verdict`s that carry the checker version; `score_many` returns them with their reward
+under an `em.reward` mode (`rewards`: binary, or a code task's fraction of tests passed, for which
+every test runs). Failures are sorted by whose fault they are:
 - the *completion* is bad (no code block, empty or oversized code, a wrong answer): a failing
   verdict with the rule that decided; it is the model's reward, not an error;
 - the *problem* is bad (tests that do not parse, a HumanEval test without check()): `BadProblem`,
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shared.errors import Overloaded, StatusError, Unavailable
+from shared.params import RewardMode
 from shared.store import ArtifactStore
 from shared.tasks import CODE_TASKS, NUMERIC_TASKS, TASKS_WITH_CHECKERS, Verdict, check_answer
 
@@ -43,6 +46,7 @@ from .code_checks import (
 )
 from .code_grader import CodeGrader
 from .config import SandboxSettings
+from .rewards import Scored, binary, fraction_of_tests
 from .sandbox.pool import PoolBusy, PoolConfig, PoolHealth, SandboxError, SandboxPool
 from .verdict_cache import CacheCounts, SharedVerdicts, code_key, math_key
 
@@ -123,6 +127,7 @@ class Checkers:
         self._code = _Lazy("code", self._code_config)
         self._math = _Lazy("math", self._math_config)
         self._grader: CodeGrader | None = None
+        self._every_test: CodeGrader | None = None
         self._math_checker: Any = None
         self._problems: OrderedDict[str, CodeProblem] = OrderedDict()
         self._by_identity: dict[int, tuple[Any, CodeProblem]] = {}
@@ -146,6 +151,12 @@ class Checkers:
             # No cache of its own: `self.verdicts` is in front of it, for code and math alike.
             self._grader = CodeGrader(self._code.get())
         return self._grader
+
+    def every_test_grader(self) -> CodeGrader:
+        """The same pool, grading every test of a problem (`fraction_of_tests` needs them all)."""
+        if self._every_test is None:
+            self._every_test = CodeGrader(self._code.get(), stop_on_failure=False)
+        return self._every_test
 
     def math_checker(self) -> Any:
         if self._math_checker is None:
@@ -215,28 +226,55 @@ class Checkers:
             hit = self._fingerprints[id(problem)] = (problem, problem.fingerprint())
         return hit[1]
 
-    async def _check_code(self, task: str, problem: CodeProblem, completion: str) -> Verdict:
+    async def _check_code(
+        self, task: str, problem: CodeProblem, completion: str, reward: RewardMode = "binary"
+    ) -> Scored:
         code, _ = code_of(task, completion)
         try:
             src = decode_code(code, problem.kind)
-        except InvalidProblem as exc:  # no program to run: nothing worth caching
-            verdict = code_verdict(invalid_verdict(str(exc)))
+        except InvalidProblem as exc:  # no program to run: nothing worth caching, a reward of 0
+            scored = binary(code_verdict(invalid_verdict(str(exc))))
         else:
-            key = code_key(self._fingerprint(problem), src)
-            verdict = await self.verdicts.judged(key, lambda: self._run_code(problem, src))
-        metrics.PROGRAMS.labels(verdict.extracted).inc()  # `extracted` is a code verdict's status
-        return verdict
+            fp = self._fingerprint(problem)
+            if reward == "binary":
+                key = code_key(fp, src)
+                scored = binary(await self.verdicts.judged(key, lambda: self._run_code(problem, src)))
+            else:
+                key = code_key(fp, src, reward)
+                scored = await self.verdicts.judged(key, lambda: self._run_every_test(problem, src))
+        metrics.PROGRAMS.labels(scored.verdict.extracted).inc()  # `extracted` is a code verdict's status
+        return scored
 
     async def _run_code(self, problem: CodeProblem, src: str) -> Verdict:
         grader = self._grader if self._grader is not None else await asyncio.to_thread(self.grader)
+        return code_verdict(await self._grade(grader, problem, src))
+
+    async def _run_every_test(self, problem: CodeProblem, src: str) -> Scored:
+        grader = (
+            self._every_test
+            if self._every_test is not None
+            else await asyncio.to_thread(self.every_test_grader)
+        )
+        v = await self._grade(grader, problem, src)
+        return Scored(code_verdict(v), fraction_of_tests(v))
+
+    async def _grade(self, grader: CodeGrader, problem: CodeProblem, src: str) -> CodeVerdict:
         async with self._inflight:
             try:
                 v = await grader.agrade(problem, src)
             except PoolBusy as exc:
                 raise SandboxSaturated(f"the code sandbox is saturated: {exc}") from exc
-        if v.status is Status.INTERNAL_ERROR:  # not counted, not cached: the check is retried, not judged
-            raise SandboxUnavailable(f"the code sandbox failed on problem {problem.id}: {v.rule} {v.detail}")
-        return code_verdict(v)
+        # Not counted, not cached: the check is retried, not judged. Any test counts, not only the
+        # first failing one: a lost test would lower a fraction_of_tests reward.
+        failed = next((t for t in v.tests if t.status is Status.INTERNAL_ERROR), None)
+        if v.status is Status.INTERNAL_ERROR or failed is not None:
+            why = (
+                f"{v.rule} {v.detail}"
+                if failed is None
+                else f"test {failed.index}: {failed.rule} {failed.detail}"
+            )
+            raise SandboxUnavailable(f"the code sandbox failed on problem {problem.id}: {why}")
+        return v
 
     async def _check_math(self, reference: Any, completion: str) -> Verdict:
         checker = self._math_checker or await asyncio.to_thread(self.math_checker)
@@ -261,30 +299,43 @@ class Checkers:
         return v
 
     async def check(self, task: str, reference: Any, completion: str) -> Verdict:
-        verdict = await self._judge(task, reference, completion)
-        metrics.record_verdict(task, verdict.correct)
-        return verdict
+        return (await self.score(task, reference, completion)).verdict
 
-    async def _judge(self, task: str, reference: Any, completion: str) -> Verdict:
+    async def score(
+        self, task: str, reference: Any, completion: str, reward: RewardMode = "binary"
+    ) -> Scored:
+        scored = await self._judge(task, reference, completion, reward)
+        metrics.record_verdict(task, scored.verdict.correct)
+        return scored
+
+    async def _judge(self, task: str, reference: Any, completion: str, reward: RewardMode) -> Scored:
         if task in NUMERIC_TASKS:
             # Not cached: checked in-process in microseconds, less than one cache look-up costs.
-            return check_answer(task, str(reference), completion)
+            return binary(check_answer(task, str(reference), completion))
         if task == "math":
-            return await self._check_math(reference, completion)
+            return binary(await self._check_math(reference, completion))
         if task in CODE_TASKS:
             if not isinstance(reference, dict):
                 raise BadProblem(
                     f"a {task} reference must be the problem object (tests), got {type(reference).__name__}"
                 )
-            return await self._check_code(task, self.code_problem(reference), completion)
+            return await self._check_code(task, self.code_problem(reference), completion, reward)
         raise BadProblem(f"task '{task}' has no checker; use one of {', '.join(TASKS_WITH_CHECKERS)}")
 
     async def check_many(self, task: str, pairs: Sequence[tuple[Any, str]]) -> list[Verdict]:
         """Verdicts in order; the sandboxed ones run concurrently on the pool's workers, and so do
         their cache look-ups (a shard's samples do not wait for each other's store reads)."""
+        return [s.verdict for s in await self.score_many(task, pairs)]
+
+    async def score_many(
+        self, task: str, pairs: Sequence[tuple[Any, str]], reward: RewardMode = "binary"
+    ) -> list[Scored]:
+        """`check_many` with each verdict's reward; a ValueError for a reward the task cannot give."""
+        if reward != "binary" and task not in CODE_TASKS:
+            raise ValueError(f"reward '{reward}' needs a code task ({', '.join(CODE_TASKS)}), not '{task}'")
         if task in NUMERIC_TASKS:
             verdicts = [check_answer(task, str(ref), c) for ref, c in pairs]
             for v in verdicts:
                 metrics.record_verdict(task, v.correct)
-            return verdicts
-        return list(await asyncio.gather(*(self.check(task, ref, c) for ref, c in pairs)))
+            return [binary(v) for v in verdicts]
+        return list(await asyncio.gather(*(self.score(task, ref, c, reward) for ref, c in pairs)))

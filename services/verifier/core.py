@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shared.tasks import TASKS_WITH_CHECKERS, Verdict
+from shared.tasks import TASKS_WITH_CHECKERS
+
+from .rewards import Scored
 
 
 def pair_samples(
@@ -28,14 +30,20 @@ def pair_samples(
     return pairs
 
 
-def verdict_rows(samples: Sequence[dict[str, Any]], verdicts: Sequence[Verdict]) -> list[dict]:
-    """One row per sample: the reward and the rule (and checker version) that decided it."""
+def verdict_rows(samples: Sequence[dict[str, Any]], scored: Sequence[Scored]) -> list[dict]:
+    """One row per sample: the reward, and the verdict, rule (and checker version) that decided it.
+
+    `correct` means the check passed (every test, for code); `reward` is what the filter keeps by
+    and the M-step weighs by, in every mode (binary: 1.0 or 0.0), so readers need one field.
+    """
     rows = []
-    for s, v in zip(samples, verdicts, strict=True):
+    for s, one in zip(samples, scored, strict=True):
+        v = one.verdict
         row = {
             "sample_id": s["sample_id"],
             "problem_id": s["problem_id"],
             "correct": v.correct,
+            "reward": one.reward,
             "extracted": v.extracted,
             "rule": v.rule,
             "checker_version": v.checker_version,

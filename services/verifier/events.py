@@ -23,6 +23,7 @@ from shared.worker import announce, rows_once
 
 from .checkers import BadProblem, Checkers
 from .core import pair_samples, verdict_rows, verdicts_summary
+from .rewards import reward_mode
 
 
 class VerifyHandler:
@@ -33,10 +34,11 @@ class VerifyHandler:
         self.datasets = DatasetCache(store)
 
     async def _verify(self, job: ev.VerifyJob) -> list[dict[str, Any]]:
+        reward = reward_mode(job.reward)  # before any read: an unknown mode fails the job at once
         problems = await self.datasets.get(job.dataset_key)
         samples = loads_jsonl(await asyncio.to_thread(self.store.get_bytes, job.samples_key))
-        verdicts = await self.checkers.check_many(job.task, pair_samples(job.task, problems, samples))
-        return verdict_rows(samples, verdicts)
+        pairs = pair_samples(job.task, problems, samples)
+        return verdict_rows(samples, await self.checkers.score_many(job.task, pairs, reward))
 
     async def __call__(self, job: ev.VerifyJob) -> None:
         started = time.monotonic()

@@ -12,17 +12,22 @@ and the run is tracked in a real MLflow server and in W&B's offline mode.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from restem.coordinator.v1 import coordinator_pb2 as pb
 
 from shared import keys
 from shared.client.client import RunClient
-from shared.client.stack import Stack, down, up
+from shared.client.stack import Stack, down, kill_service, restart_nats, start_service, up
 from shared.store import LocalStore
 from shared.tasks import loads_jsonl
 from tests.fixtures.mlflow import MlflowServer
@@ -231,3 +236,124 @@ def test_the_run_is_tracked_in_mlflow_and_wandb(finished) -> None:  # type: igno
     assert [(r["_step"], r["test/pass@1"]) for r in history(em_dir)] == test_pass
     steps = history(m1_dir)
     assert len(steps) == it.train.steps and steps[-1]["m_step_1/loss"] == pytest.approx(it.train.loss_last)
+
+
+# --- provenance, on the same run: lineage, a changed checker, a fork, a lost NATS volume ----------
+# These run last and in order: they restart the verifier with another checker and wipe NATS.
+
+BUMP = Path(__file__).resolve().parents[1] / "fixtures" / "checker_bump"
+
+
+def _client(finished: Finished) -> RunClient:
+    return RunClient(finished.stack.coordinator, token=finished.stack.token_file.read_text().strip())  # type: ignore[union-attr]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_lineage_walks_the_run_and_detects_a_tampered_artifact(finished) -> None:  # type: ignore[no-untyped-def]
+    run, store = finished.run, finished.store
+    it = run.iterations[1]
+    with _client(finished) as client:
+        resp = client.lineage(run.run_id, check=True)
+        doc = json.loads(resp.lineage_json)
+        assert list(resp.mismatches) == []
+        # base + 2 sample shards + 2 verdict shards + kept set + checkpoint
+        assert resp.artifacts_checked == 7
+        (i1,) = doc["iterations"]
+        assert i1["policy"] == {
+            "key": run.base_model_key,
+            "sha256": _sha(store.get_bytes(f"{run.base_model_key}/MANIFEST.json")),
+        }
+        assert (
+            doc["base_model"]["sha256"] == i1["policy"]["sha256"]
+            and doc["base_model"]["source"] == run.model_source
+        )
+        assert i1["verdicts"]["checker_versions"] == ["code-1"] == doc["checker_versions"]
+        for part, key_of in (("samples", keys.samples_key), ("verdicts", keys.verdicts_key)):
+            assert i1[part]["sha256"] == [_sha(store.get_bytes(key_of(run.run_id, 1, s))) for s in range(2)]
+        assert i1["kept"] == {
+            "key": it.kept_key,
+            "sha256": _sha(store.get_bytes(it.kept_key)),
+            "count": it.kept,
+        }
+        assert i1["checkpoint"]["sha256"] == _sha(store.get_bytes(f"{it.checkpoint_key}/MANIFEST.json"))
+        assert i1["m_step"]["settings"]["epochs"] == 1 and i1["m_step"]["steps"] == it.train.steps
+        samples = loads_jsonl(store.get_bytes(keys.samples_key(run.run_id, 1, 0)))
+        assert {s["policy_key"] for s in samples} == {it.policy_key}  # every sample names its policy
+        # One changed byte in a verdict shard, one in a checkpoint file: both named, then restored.
+        shard = keys.verdicts_key(run.run_id, 1, 1)
+        weights = next(k for k in store.list(it.checkpoint_key + "/") if k.endswith("config.json"))
+        originals = {k: store.get_bytes(k) for k in (shard, weights)}
+        try:
+            for key, data in originals.items():
+                store.put_bytes(key, data + b" ")
+            bad = client.lineage(run.run_id, check=True).mismatches
+            assert len(bad) == 2, bad
+            assert "iteration 1 verdicts shard 1" in bad[0] or "iteration 1 verdicts shard 1" in bad[1]
+            assert any("iteration 1 checkpoint" in m and weights in m for m in bad)
+        finally:
+            for key, data in originals.items():
+                store.put_bytes(key, data)
+    stack, token = finished.stack, str(finished.stack.token_file)
+    cli = [sys.executable, "-m", "shared.client", "--address", stack.coordinator, "--token-file", token]
+    out = subprocess.run(
+        [*cli, "lineage", run.run_id, "--check"], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0 and "checked 7 artifacts: all match" in out.stdout, out.stderr
+    assert f"checkpoint  {it.checkpoint_key}" in out.stdout
+
+
+def test_reverify_with_a_changed_checker_shows_the_flips(finished) -> None:  # type: ignore[no-untyped-def]
+    run, store, stack = finished.run, finished.store, finished.stack
+    before = [v for s in range(2) for v in loads_jsonl(store.get_bytes(keys.verdicts_key(run.run_id, 1, s)))]
+    flipped = [v["sample_id"] for v in before if v["correct"] and v["problem_id"] == "add-fn"]
+    assert flipped, "the fixture's changed rule needs passing add-fn samples"
+    kill_service(stack, "verifier", grace_s=15.0)
+    env = {"PYTHONPATH": f"{BUMP}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "RESTEM_CHECKER_BUMP": "1"}
+    with mock.patch.dict(os.environ, env):  # what the new verifier process inherits
+        start_service(stack, "verifier")
+    with _client(finished) as client:
+        number = client.reverify(run.run_id).number
+        deadline = time.monotonic() + 300
+        while not (rv := client.get_run(run.run_id).reverifications[number - 1]).done:
+            assert time.monotonic() < deadline, "reverification did not finish"
+            time.sleep(0.5)
+    (part,) = rv.iterations
+    assert list(part.checkers_before) == ["code-1"] and list(part.checkers_after) == ["code-2"]
+    assert (part.flipped_to_wrong, part.flipped_to_correct) == (len(flipped), 0)
+    assert part.kept_sets_differ == 1 and part.kept < run.iterations[1].kept
+    changes = json.loads(store.get_bytes(rv.changes_key))
+    assert sorted(f["sample_id"] for f in changes["iterations"][0]["flips"]) == sorted(flipped)
+    assert changes["iterations"][0]["problems_kept_differ"] == ["add-fn"]
+    # the run itself is untouched: its verdicts and results are what they were
+    assert [
+        v for s in range(2) for v in loads_jsonl(store.get_bytes(keys.verdicts_key(run.run_id, 1, s)))
+    ] == before
+
+
+def test_a_fork_survives_a_lost_nats_volume_and_names_both_checkers(finished) -> None:  # type: ignore[no-untyped-def]
+    run, stack = finished.run, finished.stack
+    with _client(finished) as client:
+        fork = client.start_run("", from_run=run.run_id, from_iteration=1)
+        assert fork.forked_from == run.run_id and fork.forked_reverification == 1
+        deadline = time.monotonic() + 300
+        while (now := client.get_run(fork.run_id)).phase != pb.PHASE_TRAINING:
+            assert now.status == pb.RUN_STATUS_RUNNING and time.monotonic() < deadline, now.error
+            time.sleep(0.2)
+        restart_nats(stack, wipe=True)  # the NATS volume is lost mid-way through the fork's M-step
+        recovered = client.recover()
+        assert {r.run_id for r in recovered.recovered} == {run.run_id, fork.run_id}
+        assert client.get_run(run.run_id).status == pb.RUN_STATUS_SUCCEEDED
+        last = list(client.watch_run(fork.run_id, timeout_s=600))[-1]
+        assert last.status == pb.RUN_STATUS_SUCCEEDED, last.error
+        assert client.report(run.run_id)["run_id"] == run.run_id  # the recovered finished run reports
+        doc = json.loads(client.lineage(fork.run_id).lineage_json)
+    (i1,) = doc["iterations"]
+    assert doc["forked_from"] == {"run_id": run.run_id, "iteration": 1, "reverification": 1}
+    assert i1["verdicts"]["checker_versions"] == ["code-2"]
+    assert i1["replaced_verdicts"]["checker_versions"] == ["code-1"]
+    assert i1["samples"]["prefix"] == keys.samples_prefix(run.run_id, 1)  # the source's samples
+    assert i1["kept"]["count"] == last.iterations[1].kept < run.iterations[1].kept
+    assert i1["checkpoint"]["key"] == keys.checkpoint_key(fork.run_id, 1)

@@ -9,7 +9,8 @@ from services.trainer.config import TrainerConfig
 from services.verifier.config import VerifierConfig
 from shared.configio import ConfigError, load_service_config
 from shared.infra import StoreConfig
-from shared.runconfig import RunConfig, load_run_config, parse_run_config
+from shared.runconfig import FRACTION_REWARD_TASKS, RunConfig, load_run_config, parse_run_config
+from shared.tasks import CODE_TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +45,14 @@ def test_demo_config_matches_the_reference_setting():
         ("- a\n- b", r"must be a YAML mapping"),
         ("task: [unclosed", r"is not valid YAML"),
         ("task: {arithmetic: {train: 900, test: 900}}", r"only allow 810"),
+        ("em: {reward: partial}", r"em.reward: Input should be 'binary' or 'fraction_of_tests'"),
+        (
+            "em: {reward: fraction_of_tests}",
+            r"em.reward: fraction_of_tests needs a task with tests \(apps, humaneval\), not 'arithmetic'",
+        ),
+        ("em: {min_reward: 0.5}", r"em.min_reward \(0.5\) changes nothing with em.reward: binary"),
+        ("em: {min_reward: 0}", r"em.min_reward: Input should be greater than 0"),
+        ("em: {min_reward: 1.5}", r"em.min_reward: Input should be less than or equal to 1"),
     ],
 )
 def test_bad_run_configs_name_the_field(text, expected):
@@ -54,6 +63,20 @@ def test_bad_run_configs_name_the_field(text, expected):
 def test_empty_run_config_gets_defaults():
     cfg = parse_run_config("")
     assert cfg.task.name == "arithmetic" and cfg.em.cutoff == 4
+    assert (cfg.em.reward, cfg.em.min_reward) == ("binary", 1.0)  # the paper's reward
+
+
+@pytest.mark.parametrize("task", CODE_TASKS)
+def test_graded_rewards_are_for_the_tasks_with_tests(task):
+    files = "{train: t.jsonl, test: t.jsonl}"
+    cfg = parse_run_config(
+        f"task: {{name: {task}, files: {files}}}\nem: {{reward: fraction_of_tests, min_reward: 0.5}}"
+    )
+    assert (cfg.em.reward, cfg.em.min_reward) == ("fraction_of_tests", 0.5)
+    for other in ("gsm8k", "math"):
+        with pytest.raises(ConfigError, match=f"em.reward: fraction_of_tests .* not '{other}'"):
+            parse_run_config(f"task: {{name: {other}, files: {files}}}\nem: {{reward: fraction_of_tests}}")
+    assert FRACTION_REWARD_TASKS == CODE_TASKS  # the config's list is the verifier's code tasks
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from restem.events.v1 import events_pb2 as ev
 
 from services.coordinator import core, filtering
 from services.coordinator.report import build_report, render_markdown
+from services.coordinator.rewards import histogram
 from shared import keys
 from shared.runconfig import parse_run_config
 from shared.seeds import derive_seed
@@ -100,13 +101,22 @@ def test_a_whole_iteration_of_decisions():
         )
         d = core.on_sample_done(run, cfg, done)
         assert [j.job_type for j in d.jobs] == ["verify"]
+        assert d.jobs[0].message.reward == "binary"  # the run's em.reward, for every verdict row
         assert core.on_sample_done(run, cfg, done).jobs == []  # a redelivered event changes nothing
     assert run.iterations[-1].samples == 192 and run.phase == pb.PHASE_VERIFYING
     for shard in range(3):
         d = core.on_verify_done(run, ev.VerifyDone(iteration=1, shard=shard, num_samples=64, num_correct=2))
     assert d.needs_filter and run.phase == pb.PHASE_FILTERING
     stats = core.FilterStats(
-        samples=192, correct=6, problems_total=20, problems_solved=3, kept=5, duplicates_dropped=0
+        samples=192,
+        correct=6,
+        problems_total=20,
+        problems_solved=3,
+        kept=5,
+        duplicates_dropped=0,
+        sample_rewards=histogram([1.0] * 6 + [0.0] * 186),
+        kept_rewards=histogram([1.0] * 5),
+        kept_weight=5.0,
     )
     d = core.on_filtered(run, cfg, 1, stats, splits)
     train = d.jobs[0].message
@@ -128,7 +138,14 @@ def test_a_whole_iteration_of_decisions():
         "training",
         "evaluating",
     }
-    assert "| 1 | 3.1 % | 3/20 | 5 | 50.0 % | 40.0 % |" in render_markdown(report)
+    md = render_markdown(report)
+    assert "| 1 | 3.1 % | 3/20 | 5 | 50.0 % | 40.0 % |" in md
+    # a binary run's reward distribution: its two ends
+    assert report["iterations"][0]["rewards"] is None
+    assert report["iterations"][1]["rewards"]["samples"] == stats.sample_rewards
+    assert (
+        "| 1 | all | 186 | 0 | 0 | 0 | 0 | 6 | – |" in md and "| 1 | kept | 0 | 0 | 0 | 0 | 0 | 5 | 5 |" in md
+    )
 
 
 def test_an_empty_kept_set_skips_training_and_carries_the_policy():

@@ -8,6 +8,7 @@ from restem.coordinator.v1 import coordinator_pb2 as pb
 from services.coordinator.core import choose_best_iteration
 from services.coordinator.plots import render_plots
 from services.coordinator.report import build_report, render_markdown
+from services.coordinator.rewards import REWARD_BUCKETS
 from services.evaluator.core import ks_for, sampled_metrics
 
 
@@ -55,6 +56,33 @@ def test_report_has_every_plot_and_a_markdown_summary():
     assert "| 2 | test | 55.0 % [42.9, 66.6] |" in md
     assert "![pass_at_k.png](pass_at_k.png)" in md
     assert report["best_iteration"] == 2
+
+
+def test_the_report_shows_the_reward_distribution_of_each_e_step_and_of_its_kept_set():
+    run = _run()
+    run.config_yaml = yaml.safe_dump(
+        {"task": {"name": "apps"}, "em": {"reward": "fraction_of_tests", "min_reward": 0.5}}
+    )
+    counts = [
+        ((300, 100, 60, 30, 2, 20), (0, 0, 6, 2, 0, 2)),
+        ((200, 80, 90, 60, 2, 80), (0, 0, 4, 6, 0, 10)),
+    ]
+    for it, (all_, kept) in zip(run.iterations[1:], counts, strict=True):  # per bucket: all, kept
+        it.sample_rewards.update(dict(zip(REWARD_BUCKETS, all_, strict=True)))
+        it.kept_rewards.update(dict(zip(REWARD_BUCKETS, kept, strict=True)))
+        it.kept_weight = 0.5 * kept[2] + 0.75 * kept[3] + kept[5]
+    report = json.loads(json.dumps(build_report(run)))  # what the store holds
+    assert report["iterations"][0]["rewards"] is None  # the base has no E-step
+    second = report["iterations"][2]["rewards"]
+    assert list(second["samples"]) == list(REWARD_BUCKETS) and second["samples"]["1"] == 80
+    assert second["kept"]["(0.25,0.5]"] == 4 and second["kept_weight"] == 16.5
+    md = render_markdown(report)
+    assert "Reward distribution of the E-step (`em.reward: fraction_of_tests`; kept: reward >= 0.5" in md
+    assert (
+        "| iteration | samples | 0 | (0,0.25] | (0.25,0.5] | (0.5,0.75] | (0.75,1) | 1 | loss weight |" in md
+    )
+    assert "| 2 | all | 200 | 80 | 90 | 60 | 2 | 80 | – |" in md
+    assert "| 2 | kept | 0 | 0 | 4 | 6 | 0 | 10 | 16.5 |" in md
 
 
 # Per-problem results of a constructed run: 32 validation and 64 test problems, each checkpoint

@@ -108,7 +108,7 @@ class TrainSummary(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., examples: _Optional[int] = ..., tokens: _Optional[int] = ..., loss_first: _Optional[float] = ..., loss_last: _Optional[float] = ..., seconds: _Optional[float] = ..., skipped: _Optional[bool] = ..., validation_rewards: _Optional[_Iterable[float]] = ..., best_epoch: _Optional[int] = ..., epochs: _Optional[int] = ...) -> None: ...
 
 class Iteration(_message.Message):
-    __slots__ = ("iteration", "policy_key", "checkpoint_key", "samples", "correct_samples", "train_pass_rate", "problems_solved", "problems_total", "kept", "kept_key", "train", "evals", "tokens_generated", "phase_seconds", "seconds", "shards_total", "shards_sampled", "shards_verified", "started", "sampling_rounds", "eval_shards", "samples_prefix", "verdicts_prefix", "kept_sha256", "checkpoint_sha256", "lineage_key")
+    __slots__ = ("iteration", "policy_key", "checkpoint_key", "samples", "correct_samples", "train_pass_rate", "problems_solved", "problems_total", "kept", "kept_key", "train", "evals", "tokens_generated", "phase_seconds", "seconds", "shards_total", "shards_sampled", "shards_verified", "started", "sampling_rounds", "eval_shards", "samples_prefix", "verdicts_prefix", "kept_sha256", "checkpoint_sha256", "lineage_key", "sample_rewards", "kept_rewards", "kept_weight")
     class PhaseSecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,20 @@ class Iteration(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class SampleRewardsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class KeptRewardsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     ITERATION_FIELD_NUMBER: _ClassVar[int]
     POLICY_KEY_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +156,9 @@ class Iteration(_message.Message):
     KEPT_SHA256_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
     LINEAGE_KEY_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     iteration: int
     policy_key: str
     checkpoint_key: str
@@ -168,7 +185,10 @@ class Iteration(_message.Message):
     kept_sha256: str
     checkpoint_sha256: str
     lineage_key: str
-    def __init__(self, iteration: _Optional[int] = ..., policy_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., train_pass_rate: _Optional[float] = ..., problems_solved: _Optional[int] = ..., problems_total: _Optional[int] = ..., kept: _Optional[int] = ..., kept_key: _Optional[str] = ..., train: _Optional[_Union[TrainSummary, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., tokens_generated: _Optional[int] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., seconds: _Optional[float] = ..., shards_total: _Optional[int] = ..., shards_sampled: _Optional[_Iterable[int]] = ..., shards_verified: _Optional[_Iterable[int]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sampling_rounds: _Optional[int] = ..., eval_shards: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., samples_prefix: _Optional[str] = ..., verdicts_prefix: _Optional[str] = ..., kept_sha256: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., lineage_key: _Optional[str] = ...) -> None: ...
+    sample_rewards: _containers.ScalarMap[str, int]
+    kept_rewards: _containers.ScalarMap[str, int]
+    kept_weight: float
+    def __init__(self, iteration: _Optional[int] = ..., policy_key: _Optional[str] = ..., checkpoint_key: _Optional[str] = ..., samples: _Optional[int] = ..., correct_samples: _Optional[int] = ..., train_pass_rate: _Optional[float] = ..., problems_solved: _Optional[int] = ..., problems_total: _Optional[int] = ..., kept: _Optional[int] = ..., kept_key: _Optional[str] = ..., train: _Optional[_Union[TrainSummary, _Mapping]] = ..., evals: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., tokens_generated: _Optional[int] = ..., phase_seconds: _Optional[_Mapping[str, float]] = ..., seconds: _Optional[float] = ..., shards_total: _Optional[int] = ..., shards_sampled: _Optional[_Iterable[int]] = ..., shards_verified: _Optional[_Iterable[int]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sampling_rounds: _Optional[int] = ..., eval_shards: _Optional[_Iterable[_Union[EvalResult, _Mapping]]] = ..., samples_prefix: _Optional[str] = ..., verdicts_prefix: _Optional[str] = ..., kept_sha256: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., lineage_key: _Optional[str] = ..., sample_rewards: _Optional[_Mapping[str, int]] = ..., kept_rewards: _Optional[_Mapping[str, int]] = ..., kept_weight: _Optional[float] = ...) -> None: ...
 
 class ReverifiedIteration(_message.Message):
     __slots__ = ("iteration", "verdicts_prefix", "shards_total", "shards_done", "samples", "correct_samples", "flipped_to_correct", "flipped_to_wrong", "kept_sets_differ", "kept", "checkers_before", "checkers_after", "kept_key")

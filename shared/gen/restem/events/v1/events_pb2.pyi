@@ -86,7 +86,7 @@ class SampleDone(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., samples_key: _Optional[str] = ..., num_samples: _Optional[int] = ..., num_tokens: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class VerifyJob(_message.Message):
-    __slots__ = ("run_id", "job_id", "iteration", "shard", "task", "dataset_key", "samples_key", "output_key", "reverification")
+    __slots__ = ("run_id", "job_id", "iteration", "shard", "task", "dataset_key", "samples_key", "output_key", "reverification", "reward")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class VerifyJob(_message.Message):
     SAMPLES_KEY_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_KEY_FIELD_NUMBER: _ClassVar[int]
     REVERIFICATION_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     job_id: str
     iteration: int
@@ -105,7 +106,8 @@ class VerifyJob(_message.Message):
     samples_key: str
     output_key: str
     reverification: int
-    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., samples_key: _Optional[str] = ..., output_key: _Optional[str] = ..., reverification: _Optional[int] = ...) -> None: ...
+    reward: str
+    def __init__(self, run_id: _Optional[str] = ..., job_id: _Optional[str] = ..., iteration: _Optional[int] = ..., shard: _Optional[int] = ..., task: _Optional[str] = ..., dataset_key: _Optional[str] = ..., samples_key: _Optional[str] = ..., output_key: _Optional[str] = ..., reverification: _Optional[int] = ..., reward: _Optional[str] = ...) -> None: ...
 
 class VerifyDone(_message.Message):
     __slots__ = ("run_id", "job_id", "iteration", "shard", "verdicts_key", "num_samples", "num_correct", "seconds", "reverification")
