@@ -9,7 +9,7 @@ GEN := shared/gen
 PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock check-lock proto check-proto lint test test-unit test-integration test-e2e test-slow demo-mlflow mlflow-up mlflow-down bench bench-trainer bench-verifier bench-sampler bench-adaptive bench-scale chaos repro demo up down status clean \
+.PHONY: help setup lock check-lock proto check-proto lint test test-unit test-integration test-e2e test-slow demo-mlflow mlflow-up mlflow-down bench bench-trainer bench-verifier bench-sampler bench-adaptive bench-scale chaos repro repro-code repro-ablations demo up down status clean \
 	images images-cpu kind-test kind-test-local chart-schema
 
 help: ## List the targets
@@ -118,8 +118,14 @@ bench-scale: $(STAMP) ## Control plane at paper scale: MATH 7,500 x 32 x 3 on 64
 chaos: $(STAMP) ## Chaos test: a small run under >= 15 SIGKILLs of all five services in every phase and 2 NATS crashes vs a clean run (~15 min)
 	$(BIN)/python tests/chaos/chaos.py $(CHAOS_ARGS)
 
-repro: $(STAMP) ## Regenerate the README's reproduction table and docs/repro/ plots (~20 min on 2 cores)
+repro: $(STAMP) ## Regenerate docs/repro: the demo task with SFT, pass@k and transfer (~20 min on 2 cores)
 	$(BIN)/python tests/bench/repro_table.py
+
+repro-code: $(STAMP) ## ReST-EM on HumanEval (seeded 100/24/40 split) with SmolLM2-135M on CPU, plus the SFT baseline: docs/repro/code/
+	$(BIN)/python tests/bench/repro_code.py
+
+repro-ablations: $(STAMP) ## The paper's ablations on arithmetic (K = 1..16, six iterations, SFT on 25 % of references): docs/repro/ablations/
+	$(BIN)/python tests/bench/repro_ablations.py
 
 demo: $(STAMP) ## The main job: ReST-EM on arithmetic with SmolLM2-135M on CPU through the local stack
 	$(BIN)/restem demo

@@ -346,6 +346,14 @@ class BaselineConfig(StrictModel):
 
     sft: bool = False
     """Also fine-tune the base on the train problems' reference solutions (same trainer settings) and evaluate it the same way."""
+    sft_references: float = Field(default=1.0, gt=0, le=1)
+    """Share of the train problems whose reference solution the SFT baseline may use: a subset drawn by `task.seed` (at least one problem). Below 1 it compares ReST-EM, which needs no references, with fine-tuning where human solutions exist for only some problems (the regime the paper argues for)."""
+
+    @model_validator(mode="after")
+    def _references_need_sft(self) -> BaselineConfig:
+        if self.sft_references < 1 and not self.sft:
+            raise ValueError("baseline.sft_references needs baseline.sft: true")
+        return self
 
 
 class MlflowTracking(StrictModel):

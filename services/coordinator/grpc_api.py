@@ -27,7 +27,14 @@ from shared.grpc_server import abort_for
 from shared.models import ModelNotFound, hub_id, hub_store_key, model_store_key, resolve_model_source
 from shared.runconfig import RunConfig, parse_run_config
 from shared.store import ArtifactNotFound, ArtifactStore
-from shared.tasks import DatasetError, build_splits, build_transfer_sets, dumps_jsonl, sft_rows
+from shared.tasks import (
+    DatasetError,
+    build_splits,
+    build_transfer_sets,
+    dumps_jsonl,
+    reference_subset,
+    sft_rows,
+)
 
 from . import core, fork, job_records, lineage, reverify, snapshots, uploads
 from .config import CoordinatorConfig
@@ -139,7 +146,10 @@ class RunApi(pb_grpc.RunServiceServicer):
         sft_train = None
         if cfg.baseline.sft:
             try:
-                sft_train = sft_rows(cfg.task.name, splits["train"])
+                with_references = reference_subset(
+                    splits["train"], cfg.baseline.sft_references, cfg.task.seed
+                )
+                sft_train = sft_rows(cfg.task.name, with_references)
             except DatasetError as exc:
                 await abort_for(context, exc)
         if cfg.name is None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from shared.seeds import derive_seed
+
 from .answers import ARITHMETIC_STOP, HASHES, Problem, check_answer, last_boxed
 from .datasets import DatasetError
 
@@ -104,6 +106,19 @@ def reference_completion(task: str, problem: Problem) -> str | None:
         return f"```python\n{problem['question'].rstrip()}\n{solution.rstrip()}\n```"
     body = HASHES.split(_CALC.sub("", solution))[0].rstrip()
     return f"{body}\nThe answer is {problem['answer']}."
+
+
+def reference_subset(problems: list[Problem], share: float, seed: int) -> list[Problem]:
+    """The train problems whose references the SFT baseline may use (`baseline.sft_references`):
+    the `round(share * n)` (at least one) first in an order drawn by `seed` from each problem's id,
+    so the subset does not depend on the file's order; returned in split order."""
+    if share >= 1:
+        return problems
+    count = max(1, round(share * len(problems)))
+    chosen = set(
+        sorted((p["id"] for p in problems), key=lambda pid: derive_seed(seed, "sft-references", pid))[:count]
+    )
+    return [p for p in problems if p["id"] in chosen]
 
 
 def sft_rows(task: str, problems: list[Problem]) -> list[dict[str, Any]]:

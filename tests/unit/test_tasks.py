@@ -1,5 +1,6 @@
 import pytest
 
+from shared.configio import ConfigError
 from shared.runconfig import ArithmeticTask, TaskConfig
 from shared.tasks import (
     ARITHMETIC_STOP,
@@ -115,3 +116,36 @@ def test_reference_solutions_pass_the_checker():
     assert reference_completion("gsm8k", gsm) == "48/2 = 24\n24+48 = 72\nThe answer is 72."
     with pytest.raises(DatasetError, match="no gsm8k train problem has one"):
         sft_rows("gsm8k", [{"id": "x", "question": "q", "answer": "1"}])
+
+
+def test_the_sft_baselines_references_are_a_seeded_subset_that_ignores_file_order():
+    from shared.runconfig import parse_run_config
+    from shared.tasks import reference_subset
+
+    problems = generate_arithmetic(ArithmeticTask(train=64, validation=0, test=1), seed=1)["train"]
+    quarter = reference_subset(problems, 0.25, seed=0)
+    assert len(quarter) == 16 and [p["id"] for p in quarter] == [p["id"] for p in problems if p in quarter]
+    assert [p["id"] for p in reference_subset(problems[::-1], 0.25, seed=0)] == [p["id"] for p in quarter][
+        ::-1
+    ]
+    assert {p["id"] for p in reference_subset(problems, 0.25, seed=1)} != {p["id"] for p in quarter}
+    assert {p["id"] for p in quarter} < {p["id"] for p in reference_subset(problems, 0.5, seed=0)}
+    assert len(reference_subset(problems, 0.001, seed=0)) == 1  # never an empty SFT set
+    assert reference_subset(problems, 1.0, seed=0) is problems
+    with pytest.raises(ConfigError, match=r"baseline\.sft_references needs baseline\.sft: true"):
+        parse_run_config("baseline: {sft_references: 0.25}")
+    assert parse_run_config("baseline: {sft: true, sft_references: 0.25}").baseline.sft_references == 0.25
+
+
+def test_the_committed_humaneval_split_is_the_documented_rule():
+    from tests.bench.repro_code import SIZES, split_file, split_ids, split_rows, split_text
+
+    rows = split_rows()
+    for split, problems in rows.items():
+        assert split_file(split).read_text() == split_text(problems), (
+            f"run tests/bench/repro_code.py split ({split})"
+        )
+    assert {s: len(p) for s, p in rows.items()} == {"train": 100, **SIZES}
+    ids = [f"HumanEval/{i}" for i in range(164)]
+    assert split_ids(ids) != split_ids(ids, seed=1)  # the seed decides
+    assert split_ids(ids[::-1])["test"] == split_ids(ids)["test"][::-1]  # the file's order does not
