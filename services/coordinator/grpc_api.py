@@ -335,14 +335,18 @@ class RunApi(pb_grpc.RunServiceServicer):
         started: list[int] = []
 
         def begin(r: pb.Run, cfg: RunConfig, ids: Any) -> core.Decision:
-            rv, decision = reverify.start(r, cfg, request.iteration)
+            rv, _ = reverify.start(r, cfg, request.iteration)
             started.append(rv.number)
-            return decision
+            return core.Decision()
 
         try:
             run = await self.orc.mutate(run.run_id, begin)
         except reverify.CannotReverify as exc:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        # Published only once the run's stored state names the reverification: a verifier drops
+        # the jobs of a finished run unless it does (`shared.worker.run_is_over`). A coordinator
+        # that dies in between re-publishes them when it restarts (`reconcile`).
+        await self.orc.publish(core.Decision(jobs=reverify.open_jobs(run, self.orc.config(run))))
         log.info("run %s: reverification %d started", run.run_id, started[-1])
         return pb.ReverifyRunResponse(run=run, number=started[-1])
 
