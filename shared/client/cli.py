@@ -368,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_stack_commands(sub: Any) -> None:
     """The local stack: up, down, status, demo."""
+    from shared.client.provenance import NOT_A_FORK
+
     p = sub.add_parser("up", help="start the local stack")
     p.add_argument(
         "--s3-endpoint", help="use this S3 endpoint (host:port) instead of a local directory store"
@@ -400,7 +402,7 @@ def _add_stack_commands(sub: Any) -> None:
         metavar="URI",
         help="track the run in this MLflow server (sets tracking.mlflow.tracking_uri), e.g. http://127.0.0.1:5000",
     )
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, **NOT_A_FORK)
 
 
 def _add_run_commands(sub: Any) -> None:

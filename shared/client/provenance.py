@@ -139,6 +139,11 @@ def add_commands(sub: Any, connect: Callable[[argparse.Namespace], Any]) -> None
     p.set_defaults(func=cmd_recover, connect=connect)
 
 
+NOT_A_FORK = {"from_run": None, "iteration": 0, "reverification": 0}
+"""`add_fork_arguments`' values when none is given: for commands that start a run but never fork
+one (`restem demo`), so `cmd_run` reads the same fields."""
+
+
 def add_fork_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_run", metavar="RUN", help="fork this finished run (CONFIG optional)")
     p.add_argument(

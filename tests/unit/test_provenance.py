@@ -211,3 +211,33 @@ def test_snapshots_keep_the_latest_state_and_write_a_finished_run_at_once(tmp_pa
 
     asyncio.run(go())
     assert stored_run_ids(store) == ["snap-1"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "fork"),
+    [
+        (["demo"], {}),  # the demo starts a run and never forks one
+        (["run", "examples/arithmetic-demo.yaml"], {}),
+        (["run", "--from", "run-1", "--iteration", "2"], {"from_run": "run-1", "from_iteration": 2, "from_reverification": 0}),
+    ],
+)  # fmt: skip
+def test_commands_that_start_runs_reach_the_coordinator_with_their_fork_fields(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], fork: dict[str, object]
+) -> None:
+    from unittest import mock
+
+    from shared.client import cli, stack
+
+    class Reached(Exception):
+        pass
+
+    client = mock.MagicMock()
+    client.__enter__.return_value.start_run.side_effect = Reached
+    monkeypatch.setattr(stack, "load_stack", lambda state_dir: object())  # a stack is up: left up
+    monkeypatch.setattr(stack, "up", lambda state_dir: None)
+    monkeypatch.setattr(cli, "_client", lambda args: client)
+    with pytest.raises(Reached):
+        cli.main(argv)
+    ((config_yaml, *_), kwargs) = client.__enter__.return_value.start_run.call_args
+    assert kwargs == fork
+    assert ("task:" in config_yaml) == (argv[0] == "demo" or "--from" not in argv)
