@@ -5,7 +5,7 @@ sha256 of "restem-humaneval-split:<seed>:<task_id>" orders them, the first 40 ar
 validation, the other 100 train. `split` writes examples/data/humaneval-{train,validation,test}.jsonl
 (committed; a unit test checks they are what the rule gives). The run is
 examples/humaneval-repro.yaml: K samples per train problem at T 0.7, top-k 40, at most
-ceil(10 K / 64) kept per problem (the paper's 10 of 64 on APPS, scaled to K), iterations from the
+ceil(10 K / 64) kept per problem (K = 4: 1) (the paper's 10 of 64 on APPS, scaled to K), iterations from the
 base, greedy pass@1 on validation and test, sampled pass@k on test, and the SFT baseline on the
 canonical solutions of the 100 train problems. Writes docs/repro/code/ (report, plots, table.md).
 """
