@@ -5,7 +5,6 @@ the M-step's loss on a tiny random-init model through the trainer's own dataset 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +12,17 @@ import pytest
 import torch
 
 from services.trainer.core import examples_from_kept
-from services.verifier.checkers import Checkers
-from services.verifier.config import SandboxSettings
 from services.verifier.core import verdict_rows
 from services.verifier.rewards import Scored, reward_mode
-from services.verifier.verdict_cache import CacheCounts, code_key, decode, encode
+from services.verifier.verdict_cache import code_key, decode, encode
 from shared.llm.dataset import read_chunks, write_tokenized
 from shared.llm.generation import render_prompt
 from shared.llm.packing import IGNORE, collate
 from shared.llm.training import batch_loss, encode_example
-from shared.store import ArtifactStore, LocalStore
+from shared.store import LocalStore
 from shared.tasks import Verdict, dumps_jsonl
 from tests.fixtures.models import smollm2_tokenizer, tiny_llama
+from tests.fixtures.verifier import Replica, cache_counts
 
 # Four tests of n -> n * n: the identity passes n = 0 and n = 1 only.
 SQUARE = {
@@ -37,25 +35,8 @@ RIGHT = "```python\nn = int(input())\nprint(n * n)\n```"
 NO_CODE = "I do not know."
 
 
-@pytest.fixture
-def replica() -> Iterator[Callable[[ArtifactStore | None], Checkers]]:
-    made: list[Checkers] = []
-
-    def make(store: ArtifactStore | None) -> Checkers:
-        made.append(Checkers(SandboxSettings(workers=1, math_workers=1), store))
-        return made[-1]
-
-    yield make
-    for checkers in made:
-        checkers.close()
-
-
-def _counts(checkers: Checkers, checker: str) -> CacheCounts:
-    return checkers.cache_counts().get(checker, CacheCounts())
-
-
 async def test_a_program_passing_two_of_four_tests_scores_half_only_under_fraction_of_tests(
-    replica: Callable[[ArtifactStore | None], Checkers],
+    replica: Replica,
 ) -> None:
     checkers = replica(None)
     pairs = [(SQUARE, HALF), (SQUARE, RIGHT), (SQUARE, NO_CODE)]
@@ -76,14 +57,17 @@ async def test_a_program_passing_two_of_four_tests_scores_half_only_under_fracti
 
 
 async def test_graded_verdicts_are_cached_apart_and_a_second_replica_runs_nothing(
-    tmp_path: Path, replica: Callable[[ArtifactStore | None], Checkers]
+    tmp_path: Path, replica: Replica
 ) -> None:
     store = LocalStore(tmp_path / "store")
     first = replica(store)
     assert [s.reward for s in await first.score_many("apps", [(SQUARE, HALF)])] == [0.0]
     # a verdict that stopped at the first failing test cannot say how many tests pass: it runs again
     assert [s.reward for s in await first.score_many("apps", [(SQUARE, HALF)], "fraction_of_tests")] == [0.5]
-    assert (_counts(first, "code").checks_run, _counts(first, "code-fraction-of-tests").checks_run) == (1, 1)
+    assert (
+        cache_counts(first, "code").checks_run,
+        cache_counts(first, "code-fraction-of-tests").checks_run,
+    ) == (1, 1)
     key = code_key(
         first._fingerprint(first.code_problem(SQUARE)), "print(int(input()))\n", "fraction_of_tests"
     )
@@ -91,8 +75,8 @@ async def test_graded_verdicts_are_cached_apart_and_a_second_replica_runs_nothin
     assert isinstance(stored, Scored) and stored.reward == 0.5
     second = replica(store)
     again = await second.score_many("apps", [(SQUARE, HALF)], "fraction_of_tests")
-    assert again[0] == stored and _counts(second, "code-fraction-of-tests").store_hits == 1
-    assert _counts(second, "code-fraction-of-tests").checks_run == 0
+    assert again[0] == stored and cache_counts(second, "code-fraction-of-tests").store_hits == 1
+    assert cache_counts(second, "code-fraction-of-tests").checks_run == 0
 
 
 def test_a_graded_cache_object_must_carry_its_reward() -> None:
@@ -107,7 +91,7 @@ def test_a_graded_cache_object_must_carry_its_reward() -> None:
 
 
 async def test_graded_rewards_need_a_code_task_and_a_known_mode(
-    replica: Callable[[ArtifactStore | None], Checkers],
+    replica: Replica,
 ) -> None:
     with pytest.raises(ValueError, match="reward 'fraction_of_tests' needs a code task"):
         await replica(None).score_many("gsm8k", [("4", "The answer is 4.")], "fraction_of_tests")
