@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -132,6 +133,43 @@ def scarce_table(report: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     }
 
 
+def _outcomes(report: dict[str, Any], checkpoint: str) -> dict[str, bool]:
+    t = report["test_outcomes"]
+    return dict(zip(t["problem_ids"], (c == "1" for c in t["correct"][checkpoint]), strict=True))
+
+
+def _paired(a: dict[str, bool], b: dict[str, bool], name_a: str, name_b: str) -> str:
+    from shared.stats import compare_paired
+
+    c = compare_paired(a, b)
+    t = c.table
+    return (
+        f"{name_a} vs {name_b}: {t.only_a} test problems solved only by the first, {t.only_b} only by the "
+        f"second, exact McNemar p = {c.p_value:.3g} ({'distinguishable' if c.distinguishable else 'within noise'})"
+    )
+
+
+def paired_lines(reports: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(c): each K against the next larger one; (b): the best iteration against each later one."""
+    best = {k: str(_best_within(reports[f"k{k}"], SELECTED_WITHIN)["iteration"]) for k in KS}
+    samples = [
+        "- "
+        + _paired(
+            _outcomes(reports[f"k{a}"], best[a]), _outcomes(reports[f"k{b}"], best[b]), f"K = {a}", f"K = {b}"
+        )
+        for a, b in itertools.pairwise(KS)
+    ]
+    k8 = reports["k8"]
+    chosen = k8["best_iteration"]
+    later = [r["iteration"] for r in k8["iterations"] if r["iteration"] > chosen]
+    iterations = [
+        "- "
+        + _paired(_outcomes(k8, str(chosen)), _outcomes(k8, str(i)), f"iteration {chosen}", f"iteration {i}")
+        for i in later
+    ]
+    return samples, iterations
+
+
 def plots(samples: list[dict[str, Any]], iterations: list[dict[str, Any]]) -> None:
     import matplotlib
 
@@ -194,10 +232,13 @@ def render(reports: dict[str, dict[str, Any]]) -> str:
         if paired
         else ""
     )
+    s_paired, i_paired = paired_lines(reports)
     text = "\n\n".join([
         "(c) Samples per problem (three iterations each):", s_table,
+        "Paired on the same test problems:\n\n" + "\n".join(s_paired),
         "![samples per problem](samples_per_problem.png)",
-        "(b) Iterations (K = 8):", i_table, "![iterations](iterations.png)",
+        "(b) Iterations (K = 8):", i_table,
+        "Paired on the same test problems:\n\n" + "\n".join(i_paired), "![iterations](iterations.png)",
         f"(a) Human references for {REFERENCES:.0%} of the train problems:", a_table, a_note,
         "Runs: " + ", ".join(f"{n} `{r['run_id']}` ({r['wall_seconds']:.0f} s)" for n, r in reports.items())
         + ". In brackets: 95 % Wilson intervals over the split's problems.",
