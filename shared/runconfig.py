@@ -323,6 +323,8 @@ class EvaluationConfig(StrictModel):
     """Temperature of the sampled evaluation (the paper's pass@k curves use 1.0)."""
     top_p: float = Field(default=0.95, gt=0, le=1)
     """Nucleus filtering of the sampled evaluation (the paper: 0.95)."""
+    top_k: int = Field(default=0, ge=0)
+    """Top-k filtering of the sampled evaluation; 0 = none. The paper's pass@k samples use top-p only, so the E-step's `sampling.top_k` is not inherited."""
     seed: int = Field(default=1234, ge=0)
     """Seed of the sampled evaluation (fixed across iterations so they are compared on equal terms)."""
     shard_size: int = Field(default=256, ge=1, le=1_000_000)

@@ -82,7 +82,13 @@ def _eval_jobs(
         if cfg.evaluation.samples > 0 and split in cfg.evaluation.sample_splits:
             e = cfg.evaluation
             sampled = replace(
-                greedy, greedy=False, n=e.samples, temperature=e.temperature, top_p=e.top_p, seed=e.seed
+                greedy,
+                greedy=False,
+                n=e.samples,
+                temperature=e.temperature,
+                top_k=e.top_k,
+                top_p=e.top_p,
+                seed=e.seed,
             )
             sample_params = sampling_params(sampled)
         bounds = eval_shard_bounds(problems, cfg.evaluation.shard_size)

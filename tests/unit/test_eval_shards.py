@@ -65,6 +65,22 @@ def test_a_large_split_is_evaluated_in_shard_jobs_and_a_small_one_whole() -> Non
     assert run.progress.total == 4
 
 
+def test_the_sampled_evaluation_takes_its_own_top_k_not_the_e_steps() -> None:
+    """pass@k and maj@k sample at T 1.0, top-p 0.95 and no top-k (the paper), while the E-step keeps
+    its top-k 40; `evaluation.top_k` sets the evaluation's."""
+    _, jobs = _evaluating()
+    sampled = jobs[1].message.sample_params
+    assert (sampled.top_k, sampled.temperature, round(sampled.top_p, 6)) == (0, 1.0, 0.95)
+    assert not sampled.greedy
+    assert CFG.sampling.top_k == 40
+    cfg = parse_run_config(
+        "task: {arithmetic: {train: 8, validation: 4, test: 6}}\nevaluation: {samples: 4, top_k: 20}\n"
+    )
+    run, _ = core.new_run("r-k", cfg, "", base_model_key="models/base")
+    msgs = [j.message for j in core.on_prepare_done(run, cfg, ev.PrepareDone(run_id="r-k"), {"test": 6}).jobs]
+    assert [m.sample_params.top_k for m in msgs if m.split == "test"] == [20]
+
+
 def _rows(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     rows = []
