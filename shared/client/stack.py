@@ -168,16 +168,20 @@ def _service_config(
 
 
 def service_env(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a local service starts with: the caller's, with OpenMP's idle threads asleep.
+    """The environment a local service starts with: the caller's, with OpenMP's idle threads spinning
+    only briefly before they sleep.
 
     On one machine the sampler, trainer and evaluator often compute at the same time (an evaluation
-    beside the next E-step and the SFT M-step), each with a thread per core. OpenMP's default is to
-    spin while waiting, and spinning threads of one process steal the cores another computes on:
-    on 2 cores a training step and a greedy decode beside it ran 4.9x and 5.8x slower than alone,
-    against 1.4x and 1.8x with passive waiting, which costs 14-28 % when a process runs alone
-    (`tests/bench/bench_contention.py`). A value the caller sets wins."""
+    beside the next E-step and the SFT M-step), each with a thread per core. libgomp's threads spin
+    300,000 times before sleeping, and spinning threads of one process steal the cores another
+    computes on. `make bench-contention` (2 cores): a training loop beside a greedy decode ran 3.8x
+    slower than alone by default, 2.1x (a fair share) with GOMP_SPINCOUNT=10000, which costs nothing
+    alone (226 vs 223 tokens/s, 23.0 s decode both ways). OMP_WAIT_POLICY=PASSIVE shares even
+    better (1.6x) but is 12-17 % slower alone, which is most of a run's time. A wait setting the
+    caller makes wins."""
     env = dict(os.environ if environ is None else environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in env:
+        env.setdefault("GOMP_SPINCOUNT", "10000")
     return env
 
 

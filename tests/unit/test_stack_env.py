@@ -5,10 +5,11 @@ from __future__ import annotations
 from shared.client.stack import service_env
 
 
-def test_services_wait_passively_unless_the_caller_says_otherwise() -> None:
+def test_services_spin_briefly_unless_the_caller_sets_a_wait_policy() -> None:
     env = service_env({"PATH": "/usr/bin", "RESTEM_HOME": "/tmp/x"})
-    assert env == {"PATH": "/usr/bin", "RESTEM_HOME": "/tmp/x", "OMP_WAIT_POLICY": "PASSIVE"}
-    assert service_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert env == {"PATH": "/usr/bin", "RESTEM_HOME": "/tmp/x", "GOMP_SPINCOUNT": "10000"}
+    assert service_env({"GOMP_SPINCOUNT": "500"})["GOMP_SPINCOUNT"] == "500"
+    assert service_env({"OMP_WAIT_POLICY": "PASSIVE"}) == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def test_the_callers_environment_is_copied_not_changed() -> None:
